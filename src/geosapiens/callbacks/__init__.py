@@ -1,0 +1,1 @@
+"""Lightning callbacks: EMA teacher, schedules, visualisation, prediction writing."""

@@ -1,0 +1,72 @@
+"""The ``geosapiens`` command.
+
+``fit | validate | test | predict`` go to LightningCLI (subclass mode, stacked ``--config``, ``--print_config``,
+``--ckpt_path last``), exactly as torchgeo's entry point does. The other verbs are small tools, each a
+``main(argv) -> int`` in the module that owns the work, listed in :data:`TOOLS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+TRAINER_VERBS = ("fit", "validate", "test", "predict")
+
+# "verb [subverb]" -> "module:function"; each function takes the remaining argv and returns an exit code.
+TOOLS: dict[str, tuple[str, str]] = {
+    "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
+    "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
+    "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
+    "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
+    "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
+    "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
+    "report": ("geosapiens.metrics.report", "builds one table and plots across finished runs"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: geosapiens {fit,validate,test,predict} [--config CONFIG ...] [options]", "       geosapiens TOOL ...", ""]
+    lines += [f"  {verb:<16} {help_}" for verb, (_, help_) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def run_trainer(args: list[str]) -> None:
+    """LightningCLI over every stage module and DataModule the package defines."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
+    import geosapiens.stages  # noqa: F401
+
+    LightningCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in TRAINER_VERBS:
+        run_trainer(argv)
+        return 0
+    for n in (2, 1):
+        verb = " ".join(argv[:n])
+        if len(argv) >= n and verb in TOOLS:
+            module = importlib.import_module(TOOLS[verb][0])
+            return int(module.main(argv[n:]) or 0)
+    print(f"geosapiens: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: real-format readers, crops, augmentation, DataModules and the procedural generator."""

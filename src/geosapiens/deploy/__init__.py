@@ -1,0 +1,1 @@
+"""Deployment: video prediction, distillation, ONNX export."""

@@ -1,0 +1,1 @@
+"""Metrics as torchmetrics Metrics (PCK, COCO OKS AP, G-Error) and the report builder."""

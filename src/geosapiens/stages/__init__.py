@@ -1,0 +1,1 @@
+"""Training stages as thin LightningModules."""
