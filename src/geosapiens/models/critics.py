@@ -1,0 +1,64 @@
+"""Geometric critics: frozen depth and normal estimators whose maps guide adaptation.
+
+Every source (official Sapiens checkpoints, TorchScript files, a small trained critic, the generator's
+rendered ground truth through the cache) answers the same question: for a batch of crops, what are the
+relative depth and the camera-frame unit normals at each pixel of the crop?
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class GeometryMaps:
+    """Critic output in the crop frame.
+
+    Attributes:
+        depth: (B, 1, H, W) relative depth, normalised per image (larger = farther).
+        normals: (B, 3, H, W) unit normals in the camera frame (x right, y down, z forward).
+        valid: (B, 1, H, W) bool where the maps are meaningful (on the body / inside the image), or None.
+    """
+
+    depth: torch.Tensor
+    normals: torch.Tensor
+    valid: torch.Tensor | None = None
+
+
+class GeometricCritic(nn.Module, ABC):
+    """A frozen image -> (depth, normals) estimator.
+
+    Critics never train with the pose model: parameters are frozen, the module stays in eval mode whatever
+    ``train()`` is called with, and :meth:`state_dict` is empty so critic weights never land in a training
+    checkpoint (they are reloaded from their own file).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def freeze(self) -> GeometricCritic:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> GeometricCritic:  # noqa: ARG002 - critics are always in eval mode
+        return super().train(False)
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Nothing: critic weights stay out of training checkpoints (use :meth:`weights` for the critic's own)."""
+        return {} if destination is None else destination
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The critic's real weights, for writing its own file."""
+        return nn.Module.state_dict(self)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        return None  # weights come from the critic's own file, never from a training checkpoint
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor) -> GeometryMaps:
+        """Map (B, 3, H, W) images, normalised with Sapiens' mean/std, to geometry in the same frame."""
