@@ -33,7 +33,9 @@ def dome_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     Depth is in the critic's units (median-centred, ~1 per body MAD); the wall sits 3 units behind.
     Normals face the camera (-z), tilted on the dome by its slope; the wall's are exactly (0, 0, -1).
     """
-    y, x = torch.meshgrid(torch.arange(S, dtype=torch.float64), torch.arange(S, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(S, dtype=torch.float64), torch.arange(S, dtype=torch.float64), indexing="ij"
+    )
     ex, ey = (x - BODY_C[0]) / BODY_R[0], (y - BODY_C[1]) / BODY_R[1]
     r2 = ex**2 + ey**2
     body = r2 < 1.0
@@ -51,8 +53,12 @@ def symmetric_pose_px() -> torch.Tensor:
     """(17, 2) a pose mirror-symmetric about the dome's vertical axis x = 31.5, every joint on the body."""
     cx = BODY_C[0]
     half = {  # (dx from the axis, y) for left joints; right joints mirror
-        "shoulder": (7.0, 16.0), "elbow": (11.0, 24.0), "wrist": (12.0, 32.0),
-        "hip": (5.0, 40.0), "knee": (7.0, 48.0), "ankle": (6.0, 55.0),
+        "shoulder": (7.0, 16.0),
+        "elbow": (11.0, 24.0),
+        "wrist": (12.0, 32.0),
+        "hip": (5.0, 40.0),
+        "knee": (7.0, 48.0),
+        "ankle": (6.0, 55.0),
     }
     kp = torch.zeros(17, 2)
     kp[0] = torch.tensor([cx, 8.0])
@@ -74,7 +80,7 @@ def rotate_about(p: torch.Tensor, centre: torch.Tensor, deg: float) -> torch.Ten
     return centre + torch.stack([c * d[0] - s * d[1], s * d[0] + c * d[1]])
 
 
-# ----------------------------------------------------------------------------------------------- L_sup
+# L_sup -----------------------------------------------------------------------------------------------------
 
 
 def test_heatmap_mse_weighted_mean_over_joints():
@@ -90,12 +96,14 @@ def test_heatmap_mse_weighted_mean_over_joints():
     assert loss.item() == 0.0 and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() == 0
 
 
-# ----------------------------------------------------------------------------------------------- L_cons
+# L_cons ----------------------------------------------------------------------------------------------------
 
 
 def gaussians(points_hm: torch.Tensor, h: int, w: int, sigma: float = 2.0) -> torch.Tensor:
     """(B, K, h, w) unit-peak Gaussians at heatmap-pixel points (B, K, 2)."""
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     p = points_hm.double()
     d2 = (x - p[..., 0, None, None]) ** 2 + (y - p[..., 1, None, None]) ** 2
     return torch.exp(-d2 / (2 * sigma**2)).float()
@@ -151,7 +159,8 @@ def test_consistency_uses_udp_heatmap_stride():
 
 
 def test_consistency_confidence_masking_and_gradients():
-    teacher = gaussians(torch.full((2, 4, 2), 20.0), *HM_HW) * torch.tensor([1.0, 0.9, 0.2, 0.1]).view(1, 4, 1, 1)
+    peaks = torch.tensor([1.0, 0.9, 0.2, 0.1]).view(1, 4, 1, 1)
+    teacher = gaussians(torch.full((2, 4, 2), 20.0), *HM_HW) * peaks
     student = torch.zeros(2, 4, *HM_HW, requires_grad=True)
     A = torch.eye(2, 3).expand(2, 2, 3)
     per_joint = teacher.pow(2).mean(dim=(-2, -1))  # MSE of a zero student, per joint
@@ -167,12 +176,14 @@ def test_consistency_confidence_masking_and_gradients():
     assert student.grad[:, [0, 2, 3]].abs().sum() == 0
     # nothing confident: an exact, differentiable zero
     student.grad = None
-    loss, kept = consistency_loss(student, torch.zeros_like(teacher), A, INPUT_HW, threshold=0.5, quantile=0.5)
+    loss, kept = consistency_loss(
+        student, torch.zeros_like(teacher), A, INPUT_HW, threshold=0.5, quantile=0.5
+    )
     loss.backward()
     assert loss.item() == 0.0 and kept.item() == 0.0 and torch.isfinite(student.grad).all()
 
 
-# ----------------------------------------------------------------------------------------------- L_geo-depth
+# L_geo-depth -----------------------------------------------------------------------------------------------
 
 
 def test_bone_symmetry_symmetric_pose_scores_lower_than_asymmetric():
@@ -213,7 +224,8 @@ def test_bone_symmetry_gates_joints_on_depth_discontinuities():
     lw = COCO17.index("left_wrist")
     x_wrist = int(round(float(symmetric_pose_px()[lw, 0])))
     step = torch.zeros(1, 1, S, S)
-    step[..., x_wrist:] = 2.0  # a depth step under the left wrist: the left forearm sees it, the right does not
+    # a depth step under the left wrist: the left forearm sees it, the right one does not
+    step[..., x_wrist:] = 2.0
     loss = bone_symmetry_loss(kp, step, lambda_z=1.0)
     no_gate = bone_symmetry_loss(kp, step, lambda_z=1.0, edge_threshold=float("inf"))
     assert loss.item() < 1e-6 < 0.01 < no_gate.item()
@@ -231,7 +243,7 @@ def test_bone_symmetry_gradient_reduces_the_asymmetry():
     assert uv.grad[0, lw, 1] > 0 and stepped.item() < loss.item()
 
 
-# ----------------------------------------------------------------------------------------------- L_geo-norm
+# L_geo-norm ------------------------------------------------------------------------------------------------
 
 
 def test_normal_prior_rises_when_a_joint_leaves_the_body_and_follows_kappa():
@@ -249,7 +261,8 @@ def test_normal_prior_rises_when_a_joint_leaves_the_body_and_follows_kappa():
     assert at_truth < 1e-6 and off_body == pytest.approx(expected, rel=1e-4) and expected > 0.01
     # The body mask gates the off-body joint instead.
     assert normal_prior_loss(to_uv(moved), normals, prior_mean, kappa, valid=body).item() < 1e-6
-    # Concentration weights, normalised to mean 1: the wrist at kappa 27 among sixteen joints at kappa 1 weighs 2.5.
+    # Concentration weights, normalised to mean 1: the wrist at kappa 27 among sixteen joints at kappa 1
+    # weighs 2.5.
     kappa_w = torch.ones(17)
     kappa_w[lw] = 27.0
     weighted = normal_prior_loss(to_uv(moved), normals, prior_mean, kappa_w).item()
@@ -268,7 +281,7 @@ def test_normal_prior_gradient_points_back_to_the_matching_surface():
     assert uv.grad[0, lw, 0] < 0  # descent moves the wrist back outwards (+x)
 
 
-# ----------------------------------------------------------------------------------------------- degenerate inputs
+# degenerate inputs -----------------------------------------------------------------------------------------
 
 
 def test_every_loss_has_finite_gradients_on_degenerate_inputs():
@@ -283,8 +296,9 @@ def test_every_loss_has_finite_gradients_on_degenerate_inputs():
         bone_symmetry_loss(coincident, zero_depth, valid=empty),
         bone_symmetry_loss(coincident, const_depth, joint_weights=torch.zeros(B, K)),
         normal_prior_loss(coincident, zero_normals, torch.zeros(K, 3), torch.zeros(K)),
-        normal_prior_loss(coincident, dome_scene()[1].expand(B, -1, -1, -1), torch.randn(K, 3), torch.ones(K),
-                          valid=empty),
+        normal_prior_loss(
+            coincident, dome_scene()[1].expand(B, -1, -1, -1), torch.randn(K, 3), torch.ones(K), valid=empty
+        ),
         bone_length_consistency(coincident.unsqueeze(0).expand(3, -1, -1, -1)),
         manifold_loss(coincident * 100.0, PoseVAE().freeze(), torch.ones(K, dtype=torch.bool)),
         manifold_loss(coincident * 100.0, PoseVAE().freeze(), torch.zeros(K, dtype=torch.bool)),
@@ -298,7 +312,7 @@ def test_every_loss_has_finite_gradients_on_degenerate_inputs():
         assert cases[i].item() == 0.0
 
 
-# ----------------------------------------------------------------------------------------------- L_manifold plumbing
+# L_manifold plumbing ---------------------------------------------------------------------------------------
 
 
 def test_manifold_loss_reaches_keypoints_not_the_vae():
@@ -313,7 +327,7 @@ def test_manifold_loss_reaches_keypoints_not_the_vae():
     assert again.item() == pytest.approx(loss.item(), rel=1e-4)
 
 
-# ----------------------------------------------------------------------------------------------- FiDIP
+# FiDIP -----------------------------------------------------------------------------------------------------
 
 
 def test_domain_adversarial_alternation():
@@ -324,7 +338,8 @@ def test_domain_adversarial_alternation():
     pose_loss = (features**2).mean()
     out = domain_adversarial_losses(D, features, labels, pose_loss, lam=0.5)
     bce = nn.functional.binary_cross_entropy_with_logits(D(features).reshape(-1), labels)
-    assert out.classifier.item() == pytest.approx(bce.item()) and out.confusion.item() == pytest.approx(bce.item())
+    assert out.classifier.item() == pytest.approx(bce.item())
+    assert out.confusion.item() == pytest.approx(bce.item())
     assert out.pose.item() == pytest.approx(pose_loss.item() - 0.5 * bce.item())
     out.pose.backward(retain_graph=True)  # step II: pose network only
     assert all(p.grad is None for p in D.parameters()) and features.grad.abs().sum() > 0
@@ -333,13 +348,19 @@ def test_domain_adversarial_alternation():
     assert features.grad is None and all(p.grad.abs().sum() > 0 for p in D.parameters())
 
 
-# ----------------------------------------------------------------------------------------------- TTA over time
+# TTA over time ---------------------------------------------------------------------------------------------
 
 
 def test_bone_length_consistency_rigid_motion_vs_stretching():
     base = symmetric_pose_px()
-    rigid = torch.stack([(base - 31.5) @ torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
-                         + 31.5 + 3 * a for a in np.linspace(0, 1.2, 6)])
+    rigid = torch.stack(
+        [
+            (base - 31.5) @ torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+            + 31.5
+            + 3 * a
+            for a in np.linspace(0, 1.2, 6)
+        ]
+    )
     assert bone_length_consistency(rigid).item() < 1e-8
     stretch = torch.stack([base * torch.tensor([1.0 + 0.1 * t, 1.0]) for t in range(6)])
     v = bone_length_consistency(stretch).item()

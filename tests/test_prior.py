@@ -1,5 +1,6 @@
-"""The pose prior: normalisation, augmentation, data plumbing, checkpoints, and the acceptance check that a VAE
-trained for a few seconds on plausible infant poses scores broken poses (reversed knees, swapped limbs) worse."""
+"""The pose prior: normalisation, augmentation, data plumbing, checkpoints, and the acceptance check that a
+VAE trained for a few seconds on plausible infant poses scores broken poses (reversed knees, swapped limbs)
+worse."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 J = {n: i for i, n in enumerate(COCO17.names)}
 
 
-# ------------------------------------------------------------------------------------------- infant pose sampler
+# infant pose sampler ---------------------------------------------------------------------------------------
 
 
 def _dirs(deg: np.ndarray) -> np.ndarray:
@@ -38,16 +39,19 @@ def _dirs(deg: np.ndarray) -> np.ndarray:
 
 def _rotate(v: np.ndarray, deg: np.ndarray) -> np.ndarray:
     a = np.radians(deg)[:, None]
-    return np.concatenate([np.cos(a) * v[:, :1] - np.sin(a) * v[:, 1:], np.sin(a) * v[:, :1] + np.cos(a) * v[:, 1:]], 1)
+    return np.concatenate(
+        [np.cos(a) * v[:, :1] - np.sin(a) * v[:, 1:], np.sin(a) * v[:, :1] + np.cos(a) * v[:, 1:]], 1
+    )
 
 
 def sample_infant_poses(n: int, rng: np.random.Generator, *, knee_flex=(10.0, 120.0)) -> np.ndarray:
     """(n, 17, 2) supine-infant COCO-17 poses in a canonical frame (mid-hip at 0, head up, torso ~1).
 
-    Infant proportions (big head, short limbs) and joint-angle noise: shoulder and hip abduction, elbows bending
-    towards the head, knees bending towards the midline (frog legs). Each side is built as a left side and
-    the right one is its mirror with its own angles, so "which way a joint bends" is mirror-consistent.
+    Infant proportions (big head, short limbs) and joint-angle noise: shoulder and hip abduction, elbows
+    bending towards the head, knees bending towards the midline (frog legs). Each side is built as a left side
+    and the right one is its mirror with its own angles, so "which way a joint bends" is mirror-consistent.
     """
+
     def side() -> dict[str, np.ndarray]:
         shoulder = np.stack([0.42 + rng.normal(0, 0.02, n), -1.0 + rng.normal(0, 0.03, n)], -1)
         hip = np.stack([0.28 + rng.normal(0, 0.02, n), rng.normal(0, 0.02, n)], -1)
@@ -59,7 +63,14 @@ def sample_infant_poses(n: int, rng: np.random.Generator, *, knee_flex=(10.0, 12
         knee = hip + 0.55 * thigh
         shank = _rotate(thigh, rng.uniform(*knee_flex, n))  # bends back towards the midline
         ankle = knee + 0.50 * shank
-        return {"shoulder": shoulder, "elbow": elbow, "wrist": wrist, "hip": hip, "knee": knee, "ankle": ankle}
+        return {
+            "shoulder": shoulder,
+            "elbow": elbow,
+            "wrist": wrist,
+            "hip": hip,
+            "knee": knee,
+            "ankle": ankle,
+        }
 
     left = side()
     right = {k: v * np.array([-1.0, 1.0]) for k, v in side().items()}  # own angles, mirrored
@@ -104,7 +115,7 @@ def swap_limbs(kp: np.ndarray) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------------------- normalisation
+# normalisation ---------------------------------------------------------------------------------------------
 
 
 def test_normalize_pose_frame_and_invariances():
@@ -158,12 +169,13 @@ def test_augment_poses_flip_swaps_channels_and_rotation_keeps_shape():
     assert not torch.allclose(rotated, kp, atol=1e-3)
     stretched, _ = augment_poses(kp, lab, rotation_deg=0.0, flip_prob=0.0, scale_range=0.3, generator=g)
     ratio = stretched / kp
-    assert ((ratio - 1.0).abs() <= 0.3 + 1e-5).all() and ratio[:, :, 0].std(1).max() < 1e-4  # one factor per axis
+    assert ((ratio - 1.0).abs() <= 0.3 + 1e-5).all()
+    assert ratio[:, :, 0].std(1).max() < 1e-4  # one factor per axis and pose
     _, dropped = augment_poses(kp, torch.ones(4, 17, dtype=torch.bool), drop_prob=1.0, generator=g)
     assert dropped[:, [5, 6, 11, 12]].all() and not dropped[:, [0, 7, 9, 13, 15]].any()  # torso never dropped
 
 
-# ------------------------------------------------------------------------------------------- data module
+# data module -----------------------------------------------------------------------------------------------
 
 
 def test_pose_datamodule_from_arrays_filters_and_splits():
@@ -197,15 +209,26 @@ def test_pose_datamodule_holds_out_whole_sequences():
 
     rng = np.random.default_rng(4)
     kp = to_pixels(sample_infant_poses(40, rng), rng)
-    records = [PoseRecord(image_path=Path(f"{i}.png"), keypoints=kp[i], labelled=np.ones(17, bool),
-                          visible=np.ones(17, bool), bbox=np.zeros(4, np.float32), width=640, height=480,
-                          image_id=f"{i // 10:02d}/{i}", sequence=f"{i // 10:02d}", domain="synthetic")
-               for i in range(40)]
+    records = [
+        PoseRecord(
+            image_path=Path(f"{i}.png"),
+            keypoints=kp[i],
+            labelled=np.ones(17, bool),
+            visible=np.ones(17, bool),
+            bbox=np.zeros(4, np.float32),
+            width=640,
+            height=480,
+            image_id=f"{i // 10:02d}/{i}",
+            sequence=f"{i // 10:02d}",
+            domain="synthetic",
+        )
+        for i in range(40)
+    ]
     keypoints, labelled, groups = PoseDataModule._from_records(records, "mini-rgbd:")
     assert keypoints.shape == (40, 17, 2) and labelled.all() and len(set(groups)) == 4
 
 
-# ------------------------------------------------------------------------------------------- training + acceptance
+# training + acceptance -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +242,17 @@ def trained_prior(tmp_path_factory) -> tuple[PoseVAE, Path, float]:
     root = tmp_path_factory.mktemp("prior")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny MLP: thread hand-offs cost more than they save on a shared machine
-    trainer = L.Trainer(max_steps=400, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root, limit_val_batches=1,
-                        check_val_every_n_epoch=10)
+    trainer = L.Trainer(
+        max_steps=400,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        limit_val_batches=1,
+        check_val_every_n_epoch=10,
+    )
     start = time.perf_counter()
     try:
         trainer.fit(task, datamodule=dm)
@@ -241,12 +272,14 @@ def test_plausible_poses_score_lower_than_broken_ones(trained_prior):
 
     def per_pose(kp: np.ndarray) -> torch.Tensor:
         px = torch.from_numpy(to_pixels(kp, np.random.default_rng(7)))  # same placement for each variant
-        return torch.stack([manifold_loss(px[i:i + 1], vae, lab) for i in range(len(px))])
+        return torch.stack([manifold_loss(px[i : i + 1], vae, lab) for i in range(len(px))])
 
     good, knees, limbs = per_pose(canon), per_pose(reverse_knees(canon)), per_pose(swap_limbs(canon))
-    print(f"trained {seconds:.1f}s; L_manifold mean plausible {good.mean():.4f}, reversed knees "
-          f"{knees.mean():.4f} (worse in {(knees > good).float().mean():.0%}), swapped limbs {limbs.mean():.4f} "
-          f"(worse in {(limbs > good).float().mean():.0%})")
+    print(
+        f"trained {seconds:.1f}s; L_manifold mean plausible {good.mean():.4f}, reversed knees "
+        f"{knees.mean():.4f} (worse in {(knees > good).float().mean():.0%}), "
+        f"swapped limbs {limbs.mean():.4f} (worse in {(limbs > good).float().mean():.0%})"
+    )
     assert knees.mean() > 2.0 * good.mean() and (knees > good).float().mean() > 0.85
     assert limbs.mean() > 4.0 * good.mean() and (limbs > good).float().mean() > 0.95
 
@@ -280,10 +313,20 @@ def test_pose_vae_config_parses_in_subclass_mode():
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=["--config", str(REPO / "configs/priors/pose_vae.yaml"),
-                                        "--trainer.logger=false", "--trainer.callbacks=[]",
-                                        "--trainer.enable_checkpointing=false"])
+    cli = LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=[
+            "--config",
+            str(REPO / "configs/priors/pose_vae.yaml"),
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.enable_checkpointing=false",
+        ],
+    )
     assert isinstance(cli.model, PosePriorTask) and isinstance(cli.datamodule, PoseDataModule)
     assert cli.datamodule.hparams.rotation_deg == 180.0 and cli.datamodule.hparams.syrip_domain == "synthetic"
     assert cli.model.hparams.latent_dim == 24

@@ -1,7 +1,8 @@
 """Every Geo-Sapiens training loss, as pure functions over tensors (SPEC §5).
 
-No loss holds state: weights, schedules and the models whose outputs feed them live in the stages. Each function
-documents its shapes; B = batch, K = keypoints (COCO-17), h x w = heatmap size, H x W = input (crop) or map size.
+No loss holds state: weights, schedules and the models whose outputs feed them live in the stages. Each
+function documents its shapes; B = batch, K = keypoints (COCO-17), h x w = heatmap size, H x W = input (crop)
+or map size.
 
 Coordinate conventions:
     - crop pixels: pixel centres at integer coordinates, as everywhere in the project;
@@ -38,8 +39,8 @@ __all__ = [
     "BODY_BONES",
 ]
 
-# COCO-17 limbs between body joints (shoulders, elbows, wrists, hips, knees, ankles): the face edges are short,
-# noisy and foreshorten with every head turn, so the temporal bone-length term leaves them out.
+# COCO-17 limbs between body joints (shoulders, elbows, wrists, hips, knees, ankles): the face edges are
+# short, noisy and foreshorten with every head turn, so the temporal bone-length term leaves them out.
 BODY_BONES: tuple[tuple[int, int], ...] = tuple((a, b) for a, b in COCO17.limbs if min(a, b) >= 5)
 
 
@@ -68,10 +69,12 @@ def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor)
 
 
 def _pixel_to_normalized(size_hw: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """(3, 3) map from pixel coordinates of an H x W image to ``align_corners=True`` normalised coordinates."""
+    """(3, 3) map from pixel coordinates of an H x W image to ``align_corners=True`` normalised ones."""
     H, W = size_hw
     sx, sy = 2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)
-    return torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device)
+    return torch.tensor(
+        [[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device
+    )
 
 
 def _homogeneous(affine: torch.Tensor) -> torch.Tensor:
@@ -99,8 +102,8 @@ def consistency_loss(
 
     Strong-view pixels that fall outside the weak view carry no teacher information and are left out of the
     squared error. Teacher joints are kept when their confidence (heatmap maximum in the weak view) reaches
-    ``threshold`` and/or the ``quantile`` of the confidences of the non-ignored joints in the batch (UniFrame's
-    batch-quantile masking); the teacher is a target and is detached.
+    ``threshold`` and/or the ``quantile`` of the confidences of the non-ignored joints in the batch
+    (UniFrame's batch-quantile masking); the teacher is a target and is detached.
 
     Args:
         student_strong: (B, K, h, w) student heatmaps on the strong view.
@@ -112,8 +115,8 @@ def consistency_loss(
         ignore_mask: (B, K) bool, True for joints to leave out whatever their confidence.
 
     Returns:
-        ``(loss, kept)``: () mean over kept joints of the per-joint MSE over valid pixels (0 when none is kept),
-        and () the fraction of the B*K joints kept.
+        ``(loss, kept)``: () mean over kept joints of the per-joint MSE over valid pixels (0 when none is
+        kept), and () the fraction of the B*K joints kept.
     """
     B, K, h, w = student_strong.shape
     teacher = teacher_weak.detach().to(student_strong.dtype)
@@ -171,12 +174,14 @@ def _inside(uv: torch.Tensor) -> torch.Tensor:
 def _depth_gradient_magnitude(depth: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) magnitude of the depth gradient, in depth units per image unit (longer side = 1).
 
-    Central differences inside, one-sided at the border (``torch.gradient``); measured per image unit rather than
-    per pixel so that smooth body surfaces give the same slope at every map resolution.
+    Central differences inside, one-sided at the border (``torch.gradient``); measured per image unit rather
+    than per pixel so that smooth body surfaces give the same slope at every map resolution.
     """
     H, W = depth.shape[-2:]
     side = float(max(H, W) - 1) or 1.0
-    gy, gx = torch.gradient(depth, dim=(-2, -1), spacing=1.0 / side) if min(H, W) > 1 else (depth * 0, depth * 0)
+    gy, gx = (
+        torch.gradient(depth, dim=(-2, -1), spacing=1.0 / side) if min(H, W) > 1 else (depth * 0, depth * 0)
+    )
     return torch.sqrt(gx.pow(2) + gy.pow(2))
 
 
@@ -193,8 +198,8 @@ def bone_symmetry_loss(
 ) -> torch.Tensor:
     """``L_geo-depth``: left/right 2.5D bone lengths should match (scale-free ratio form).
 
-    For each bone ``(i, j)``: ``D_ij = sqrt(du^2 + dv^2 + lambda_z * dd^2 + eps)`` with the depth ``d`` sampled
-    bilinearly from the critic map at the keypoints; each symmetric pair scores
+    For each bone ``(i, j)``: ``D_ij = sqrt(du^2 + dv^2 + lambda_z * dd^2 + eps)`` with the depth ``d``
+    sampled bilinearly from the critic map at the keypoints; each symmetric pair scores
     ``|D_l - D_r| / (D_l + D_r + eps)``. ``du, dv`` are measured in isotropic image units (the longer side of
     the map is 1): for a square crop these are exactly the ``uv`` units, and for a 4:3 crop a bone's length
     no longer depends on its orientation.
@@ -229,8 +234,9 @@ def bone_symmetry_loss(
     depth = sample_maps(depth_map, keypoints_uv)[..., 0]  # (B, K)
 
     with torch.no_grad():
-        gate = _inside(keypoints_uv) & (sample_maps(_depth_gradient_magnitude(depth_map), keypoints_uv)[..., 0]
-                                        <= edge_threshold)
+        gate = _inside(keypoints_uv) & (
+            sample_maps(_depth_gradient_magnitude(depth_map), keypoints_uv)[..., 0] <= edge_threshold
+        )
         if valid is not None:
             gate &= sample_maps(valid.to(depth_map.dtype), keypoints_uv)[..., 0] >= 0.5
         weight = gate.to(depth.dtype)
@@ -265,10 +271,10 @@ def normal_prior_loss(
     usually points, ``1 - cos(prior_mean_k, n(u_k, v_k))``.
 
     Joints are weighted by their von Mises-Fisher concentration, normalised to mean 1 over the K joints, so a
-    joint whose normal is predictable (chest, hips) counts more than one that is not (wrists), and a joint with
-    no prior (kappa 0) not at all. The sampled normal is re-normalised (bilinear mixing shortens it); a joint is
-    gated off outside the image, off the body (``valid`` below 0.5) or where the sampled normal is shorter than
-    ``min_norm`` (zero-normal background of rendered maps, or a fold where neighbours disagree).
+    joint whose normal is predictable (chest, hips) counts more than one that is not (wrists), and a joint
+    with no prior (kappa 0) not at all. The sampled normal is re-normalised (bilinear mixing shortens it); a
+    joint is gated off outside the image, off the body (``valid`` below 0.5) or where the sampled normal is
+    shorter than ``min_norm`` (zero-normal background of rendered maps, or a fold where neighbours disagree).
 
     The prior and the map must share a camera frame: compare in the frame the prior was fitted in (the
     canonical crop), since a rotated or flipped view rotates the normals' x/y.
@@ -301,14 +307,16 @@ def normal_prior_loss(
         if joint_weights is not None:
             count = count * joint_weights.to(n.dtype)
     total = count.sum()
-    return ((1.0 - cos) * kappa_weight * count).sum() / total.clamp_min(torch.finfo(n.dtype).tiny) * (total > 0)
+    return (
+        ((1.0 - cos) * kappa_weight * count).sum() / total.clamp_min(torch.finfo(n.dtype).tiny) * (total > 0)
+    )
 
 
 def manifold_loss(keypoints: torch.Tensor, vae: nn.Module, labelled: torch.Tensor) -> torch.Tensor:
     """``L_manifold``: reconstruction error of the frozen pose VAE on the normalised predicted pose.
 
-    The VAE's parameters enter the computation detached (``torch.func.functional_call``), so gradients reach the
-    keypoints and never the prior, whether or not the caller froze it.
+    The VAE's parameters enter the computation detached (``torch.func.functional_call``), so gradients reach
+    the keypoints and never the prior, whether or not the caller froze it.
 
     Args:
         keypoints: (B, K, 2) keypoints in any pixel frame (normalisation removes translation and scale).
@@ -352,10 +360,10 @@ def domain_adversarial_losses(
     Step I trains the domain classifier with ``BCEWithLogits`` on *detached* features (the pose network is
     locked); step II trains the pose network with ``pose_loss - lam * BCE(D(features), domain)``. It is
     alternating optimisation, not a gradient-reversal layer: the stage steps the classifier's optimiser on
-    ``classifier`` and the pose optimiser on ``pose``. The step-II classifier runs with detached parameters, so
-    ``pose.backward()`` leaves the classifier's gradients untouched. FiDIP's code default is ``lam = 5e-4``
-    with 10 classifier pre-training epochs; its released HRNet infant config uses ``lam = 0`` (plain fine-tuning
-    with balanced real/synthetic sampling).
+    ``classifier`` and the pose optimiser on ``pose``. The step-II classifier runs with detached parameters,
+    so ``pose.backward()`` leaves the classifier's gradients untouched. FiDIP's code default is ``lam = 5e-4``
+    with 10 classifier pre-training epochs; its released HRNet infant config uses ``lam = 0`` (plain
+    fine-tuning with balanced real/synthetic sampling).
 
     Args:
         classifier: domain classifier, features -> (B,) or (B, 1) logits.
@@ -368,7 +376,9 @@ def domain_adversarial_losses(
     logits_detached = classifier(features.detach()).reshape(-1)
     classifier_loss = F.binary_cross_entropy_with_logits(logits_detached, target)
     if isinstance(classifier, nn.Module):
-        frozen = {name: t.detach() for name, t in [*classifier.named_parameters(), *classifier.named_buffers()]}
+        frozen = {
+            name: t.detach() for name, t in [*classifier.named_parameters(), *classifier.named_buffers()]
+        }
         logits = torch.func.functional_call(classifier, frozen, (features,)).reshape(-1)
     else:
         logits = classifier(features).reshape(-1)
@@ -386,8 +396,8 @@ def bone_length_consistency(
 
     Bones keep their length over a clip; the loss is each bone's squared coefficient of variation over time,
     ``var_t(L) / (mean_t(L)^2 + eps)`` (scale-normalised, so a near and a far infant count alike, and the same
-    quantity the G-Error metric reports), averaged over bones and clips. Projection foreshortens bones, so this
-    is a soft regulariser, not a constraint.
+    quantity the G-Error metric reports), averaged over bones and clips. Projection foreshortens bones, so
+    this is a soft regulariser, not a constraint.
 
     Args:
         keypoints_seq: (T, K, 2) or (B, T, K, 2) keypoints over time (any pixel frame).

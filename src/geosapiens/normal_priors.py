@@ -52,8 +52,8 @@ class NormalPriors:
         mean: (K, 3) float32 unit mean directions (zeros where no sample was usable).
         kappa: (K,) float32 concentrations (0 = no prior for that joint: the loss ignores it).
         count: (K,) int64 samples each fit used.
-        critic: identity of the critic whose normals were fitted (its name, checkpoint and hash); a prior is only
-            meaningful with the critic that made it.
+        critic: identity of the critic whose normals were fitted (its name, checkpoint and hash); a prior is
+            only meaningful with the critic that made it.
         keypoints: keypoint names in channel order.
         extra: free-form provenance (dataset, command line).
     """
@@ -72,15 +72,19 @@ class NormalPriors:
         self.keypoints = tuple(self.keypoints)
         K = len(self.keypoints)
         if not (len(self.mean) == len(self.kappa) == len(self.count) == K):
-            raise ValueError(f"normal priors: {len(self.mean)} means, {len(self.kappa)} kappas, "
-                             f"{len(self.count)} counts for {K} keypoints")
+            raise ValueError(
+                f"normal priors: {len(self.mean)} means, {len(self.kappa)} kappas, "
+                f"{len(self.count)} counts for {K} keypoints"
+            )
 
     def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (K, 3), kappa (K,))`` float32 tensors for :func:`geosapiens.losses.normal_prior_loss`."""
         return torch.as_tensor(self.mean, device=device), torch.as_tensor(self.kappa, device=device)
 
 
-def fit_von_mises_fisher(normals: np.ndarray | torch.Tensor, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def fit_von_mises_fisher(
+    normals: np.ndarray | torch.Tensor, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Maximum-likelihood mean direction and approximate concentration of 3D unit vectors.
 
     Args:
@@ -91,7 +95,9 @@ def fit_von_mises_fisher(normals: np.ndarray | torch.Tensor, weights: np.ndarray
         ``(mean (3,) float32, kappa)``; ``(zeros, 0.0)`` when no sample is usable; kappa is at most
         :data:`MAX_KAPPA`.
     """
-    x = np.asarray(normals.detach().cpu() if isinstance(normals, torch.Tensor) else normals, np.float64).reshape(-1, 3)
+    x = np.asarray(
+        normals.detach().cpu() if isinstance(normals, torch.Tensor) else normals, np.float64
+    ).reshape(-1, 3)
     w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
     length = np.linalg.norm(x, axis=1)
     ok = np.isfinite(x).all(1) & np.isfinite(length) & (length > 1e-8) & np.isfinite(w) & (w > 0)
@@ -178,16 +184,21 @@ def load_normal_priors(path: str | Path, *, critic: str | None = None) -> Normal
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(path, f"not readable as JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DataError(path, f"not a normal-priors file (expected \"format\": \"{FORMAT}\")")
+        raise DataError(path, f'not a normal-priors file (expected "format": "{FORMAT}")')
     if doc.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(path, f"schema_version {doc.get('schema_version')!r}; this version reads {SCHEMA_VERSION}")
+        raise DataError(
+            path, f"schema_version {doc.get('schema_version')!r}; this version reads {SCHEMA_VERSION}"
+        )
     if critic is not None and doc.get("critic") != critic:
         raise DataError(path, f"fitted with critic {doc.get('critic')!r}, but the run uses {critic!r}")
     try:
         priors = NormalPriors(
-            np.asarray(doc["mean"], np.float32), np.asarray(doc["kappa"], np.float32),
-            np.asarray(doc["count"], np.int64), critic=str(doc.get("critic", "")),
-            keypoints=tuple(doc["keypoints"]), extra=dict(doc.get("extra") or {}),
+            np.asarray(doc["mean"], np.float32),
+            np.asarray(doc["kappa"], np.float32),
+            np.asarray(doc["count"], np.int64),
+            critic=str(doc.get("critic", "")),
+            keypoints=tuple(doc["keypoints"]),
+            extra=dict(doc.get("extra") or {}),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(path, f"malformed priors ({type(e).__name__}: {e})") from None
@@ -197,4 +208,3 @@ def load_normal_priors(path: str | Path, *, critic: str | None = None) -> Normal
     if not np.all((priors.kappa == 0) | (np.abs(norms - 1.0) < 1e-3)):
         raise DataError(path, "every mean with kappa > 0 must be a unit vector")
     return priors
-

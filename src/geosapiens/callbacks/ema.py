@@ -1,16 +1,16 @@
 """Mean-teacher EMA update as a Lightning callback (SPEC §6; reference/anchors-uda-lightning.md §4c).
 
-The LightningModule owns both networks as submodules, ``student`` and ``teacher``: the teacher is called inside
-``training_step``, lives in the module's ``state_dict`` (so checkpoints and ``--ckpt_path last`` restore it) and,
-with ``requires_grad=False``, is ignored by DDP. This callback only keeps it an exponential moving average of the
-student. Lightning's own ``EMAWeightAveraging`` does not fit that role: its average is private to the callback
-and deep-copies the whole module.
+The LightningModule owns both networks as submodules, ``student`` and ``teacher``: the teacher is called
+inside ``training_step``, lives in the module's ``state_dict`` (so checkpoints and ``--ckpt_path last``
+restore it) and, with ``requires_grad=False``, is ignored by DDP. This callback only keeps it an exponential
+moving average of the student. Lightning's own ``EMAWeightAveraging`` does not fit that role: its average is
+private to the callback and deep-copies the whole module.
 
 Maths follow timm's ``ModelEmaV3``: :meth:`EMATeacher.get_decay` (optional warm-up) apart from
-:meth:`EMATeacher.update_teacher`, a ``torch._foreach_lerp_`` over floating-point parameters; buffers (BatchNorm
-running statistics, counters) are copied from the student. Updates follow Lightning's ``WeightAveraging``
-discipline: one per optimiser step, detected by ``trainer.global_step`` advancing, so gradient-accumulation
-micro-batches never update the teacher.
+:meth:`EMATeacher.update_teacher`, a ``torch._foreach_lerp_`` over floating-point parameters; buffers
+(BatchNorm running statistics, counters) are copied from the student. Updates follow Lightning's
+``WeightAveraging`` discipline: one per optimiser step, detected by ``trainer.global_step`` advancing, so
+gradient-accumulation micro-batches never update the teacher.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class EMATeacher(L.Callback):
 
     def modules(self, pl_module: L.LightningModule) -> tuple[nn.Module, nn.Module]:
         """The ``(student, teacher)`` submodules of ``pl_module``."""
-        return operator.attrgetter(self.student_attr)(pl_module), operator.attrgetter(self.teacher_attr)(pl_module)
+        get = operator.attrgetter
+        return get(self.student_attr)(pl_module), get(self.teacher_attr)(pl_module)
 
     def get_decay(self, step: int | None = None) -> float:
         """Decay for the update after optimiser step ``step`` (None: the plain ``decay``)."""
@@ -108,8 +109,10 @@ class EMATeacher(L.Callback):
         floats = [t for t in (*s_params.values(), *s_bufs.values()) if t.is_floating_point()]
         if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
             self.skipped_updates += 1
-            rank_zero_warn(f"EMATeacher: student has non-finite weights at step {step}; teacher update skipped "
-                           f"({self.skipped_updates} so far)")
+            rank_zero_warn(
+                f"EMATeacher: student has non-finite weights at step {step}; teacher update skipped "
+                f"({self.skipped_updates} so far)"
+            )
             return False
         weight = 1.0 - self.get_decay(step)
         pairs = [(t_params[k], s_params[k]) for k in t_params if t_params[k].is_floating_point()]
@@ -133,10 +136,14 @@ class EMATeacher(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         student, teacher = self.modules(pl_module)
         if student is teacher:
-            raise ValueError(f"EMATeacher: {self.student_attr!r} and {self.teacher_attr!r} are the same module")
+            raise ValueError(
+                f"EMATeacher: {self.student_attr!r} and {self.teacher_attr!r} are the same module"
+            )
         self._freeze(teacher)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._freeze(self.modules(pl_module)[1])  # the fit loop calls module.train() at every epoch start
 
     def on_train_batch_end(
@@ -150,7 +157,11 @@ class EMATeacher(L.Callback):
         pl_module.log("ema/skipped", float(self.skipped_updates), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step, "num_updates": self.num_updates, "skipped_updates": self.skipped_updates}
+        return {
+            "last_step": self.last_step,
+            "num_updates": self.num_updates,
+            "skipped_updates": self.skipped_updates,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_step = int(state_dict["last_step"])

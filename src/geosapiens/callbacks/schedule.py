@@ -5,10 +5,11 @@ The plan's layout is the default (:data:`PLAN_LOSS_TERMS`): epochs 0-20 supervis
 geo 0.1, manifold 0.05. The plan gives no ramp length; the defaults ramp each new term over 5 epochs so the
 first unsupervised gradients do not jolt a converged student.
 
-A stage takes ``loss_terms: dict[str, LossTerm]`` as an init argument (YAML: ``loss_terms: {cons: {weight: 1.0,
-start_epoch: 21, ramp_epochs: 5}}``), builds a :class:`LossSchedule` and asks it for the weights at the
-fractional epoch of each batch (:func:`fractional_epoch`); a term whose weight is 0 need not be computed. The
-schedule is also a callback: returned from the stage's ``configure_callbacks`` it logs every weight per step.
+A stage takes ``loss_terms: dict[str, LossTerm]`` as an init argument (YAML:
+``loss_terms: {cons: {weight: 1.0, start_epoch: 21, ramp_epochs: 5}}``), builds a :class:`LossSchedule` and
+asks it for the weights at the fractional epoch of each batch (:func:`fractional_epoch`); a term whose weight
+is 0 need not be computed. The schedule is also a callback: returned from the stage's ``configure_callbacks``
+it logs every weight per step.
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ class LossSchedule(L.Callback):
     """Named loss terms and their weights over training; as a callback, logs ``loss_weight/<name>`` per step.
 
     Args:
-        terms: name -> :class:`LossTerm` (or a plain mapping of its fields, as YAML gives); None for the plan's
-            layout. Names not given keep the plan's term only when ``defaults`` is True.
+        terms: name -> :class:`LossTerm` (or a plain mapping of its fields, as YAML gives); None for the
+            plan's layout. Names not given keep the plan's term only when ``defaults`` is True.
         defaults: start from :data:`PLAN_LOSS_TERMS` and override with ``terms``.
     """
 
-    def __init__(self, terms: Mapping[str, LossTerm | Mapping] | None = None, *, defaults: bool = True) -> None:
+    def __init__(
+        self, terms: Mapping[str, LossTerm | Mapping] | None = None, *, defaults: bool = True
+    ) -> None:
         merged: dict[str, LossTerm] = dict(PLAN_LOSS_TERMS) if defaults else {}
         for name, term in (terms or {}).items():
             merged[name] = term if isinstance(term, LossTerm) else LossTerm(**term)
@@ -104,7 +107,9 @@ class LossSchedule(L.Callback):
         """Every term's weight at ``epoch``."""
         return {name: term.at(epoch) for name, term in self.terms.items()}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         weights = self.weights(fractional_epoch(trainer, batch_idx))
         pl_module.log_dict({f"loss_weight/{k}": v for k, v in weights.items()}, on_step=True, on_epoch=False)
 

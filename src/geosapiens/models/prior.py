@@ -1,17 +1,17 @@
 """Infant pose-manifold prior: a small VAE over normalised 2D COCO-17 poses (SPEC §4, §5 ``L_manifold``).
 
-Poses are normalised (centre at mid-hip, scale by torso length) so the prior sees shape only; lying infants take
-any in-plane orientation and either chirality, so training augments with rotations up to +-180 deg, horizontal
-flips (with the COCO-17 left/right channel swap) and anisotropic scaling (a uniform scale would be undone by the
-normalisation; stretching one axis mimics foreshortening). Missing joints are zeroed and their mask is fed to
-the encoder, so one prior serves datasets that label different joints (MINI-RGBD has no eyes or ears).
+Poses are normalised (centre at mid-hip, scale by torso length) so the prior sees shape only; lying infants
+take any in-plane orientation and either chirality, so training augments with rotations up to +-180 deg,
+horizontal flips (with the COCO-17 left/right channel swap) and anisotropic scaling (a uniform scale would be
+undone by the normalisation; stretching one axis mimics foreshortening). Missing joints are zeroed and their
+mask is fed to the encoder, so one prior serves datasets that label different joints (MINI-RGBD: no eyes).
 
 Used frozen: :func:`geosapiens.losses.manifold_loss` scores predicted poses by their reconstruction error.
-Load a trained prior with :meth:`PoseVAE.load` from the Lightning checkpoint of :class:`PosePriorTask` or from a
-safetensors export (:meth:`PoseVAE.save`).
+Load a trained prior with :meth:`PoseVAE.load` from the Lightning checkpoint of :class:`PosePriorTask` or from
+a safetensors export (:meth:`PoseVAE.save`).
 
-VAE shape follows VPoser (Pavlakos et al. 2019; an MLP encoder to a Gaussian latent and an MLP decoder), scaled
-down to 2D keypoints: ~0.2M parameters at the defaults.
+VAE shape follows VPoser (Pavlakos et al. 2019; an MLP encoder to a Gaussian latent and an MLP decoder),
+scaled down to 2D keypoints: ~0.2M parameters at the defaults.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ __all__ = [
     "PosePriorTask",
 ]
 
-LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP = (COCO17.index(n) for n in (
-    "left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP = (
+    COCO17.index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+)
 TORSO_JOINTS = (LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP)
 
 
@@ -85,7 +86,7 @@ def normalize_pose(keypoints: torch.Tensor, labelled: torch.Tensor, eps: float =
 
 
 def masked_pose_error(recon: torch.Tensor, poses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) mean squared joint distance between ``recon`` and ``poses`` (B, K, 2) over the joints in ``mask``."""
+    """(B,) mean squared joint distance between ``recon`` and ``poses`` (B, K, 2) over ``mask``'s joints."""
     m = mask.bool().expand(poses.shape[:-1]).to(poses.dtype)
     return ((recon - poses).pow(2).sum(-1) * m).sum(-1) / m.sum(-1).clamp_min(1.0)
 
@@ -111,7 +112,9 @@ class PoseVAE(nn.Module):
         num_layers: hidden layers in each of encoder and decoder.
     """
 
-    def __init__(self, num_keypoints: int = 17, latent_dim: int = 24, hidden_dim: int = 256, num_layers: int = 2):
+    def __init__(
+        self, num_keypoints: int = 17, latent_dim: int = 24, hidden_dim: int = 256, num_layers: int = 2
+    ):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.latent_dim = latent_dim
@@ -122,8 +125,12 @@ class PoseVAE(nn.Module):
 
     @property
     def config(self) -> dict[str, int]:
-        return {"num_keypoints": self.num_keypoints, "latent_dim": self.latent_dim,
-                "hidden_dim": self.hidden_dim, "num_layers": self.num_layers}
+        return {
+            "num_keypoints": self.num_keypoints,
+            "latent_dim": self.latent_dim,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+        }
 
     def encode(self, poses: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, 2) normalised poses and (B, K) mask -> mean and log-variance, each (B, latent_dim)."""
@@ -149,7 +156,7 @@ class PoseVAE(nn.Module):
         return self.decode(z), mu, logvar
 
     def reconstruction_error(self, poses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B,) deterministic reconstruction error of normalised poses (B, K, 2) over the joints in ``mask``."""
+        """(B,) deterministic reconstruction error of normalised poses (B, K, 2) over ``mask``'s joints."""
         recon, _, _ = self(poses, mask, sample=False)
         return masked_pose_error(recon, poses, mask)
 
@@ -161,10 +168,14 @@ class PoseVAE(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write weights and config to a safetensors file (safe to load, no pickle)."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"format": "geosapiens.pose_vae", "config": json.dumps(self.config)})
+        save_file(
+            tensors, str(path), metadata={"format": "geosapiens.pose_vae", "config": json.dumps(self.config)}
+        )
 
     @classmethod
-    def load(cls, path: str | Path, *, freeze: bool = True, map_location: str | torch.device = "cpu") -> PoseVAE:
+    def load(
+        cls, path: str | Path, *, freeze: bool = True, map_location: str | torch.device = "cpu"
+    ) -> PoseVAE:
         """Load from a safetensors export or a :class:`PosePriorTask` Lightning checkpoint (``weights_only``).
 
         Raises:
@@ -185,9 +196,14 @@ class PoseVAE(nn.Module):
             else:
                 ckpt = torch.load(path, map_location=map_location, weights_only=True)
                 hparams = ckpt.get("hyper_parameters", {})
-                config = {k: hparams[k] for k in ("num_keypoints", "latent_dim", "hidden_dim", "num_layers")
-                          if k in hparams}
-                state = {k.removeprefix("vae."): v for k, v in ckpt["state_dict"].items() if k.startswith("vae.")}
+                config = {
+                    k: hparams[k]
+                    for k in ("num_keypoints", "latent_dim", "hidden_dim", "num_layers")
+                    if k in hparams
+                }
+                state = {
+                    k.removeprefix("vae."): v for k, v in ckpt["state_dict"].items() if k.startswith("vae.")
+                }
             vae = cls(**config)
             vae.load_state_dict(state)
         except CheckpointError:
@@ -266,9 +282,9 @@ class PoseDataModule(L.LightningDataModule):
     """Training poses for the prior, from SyRIP-format annotation files, MINI-RGBD roots, or arrays in memory.
 
     Only poses whose four torso joints (shoulders, hips) are labelled are kept: the normalisation needs them.
-    Non-finite coordinates count as unlabelled. Validation holds out whole groups (a MINI-RGBD sequence, a SyRIP
-    image), so near-identical video frames never sit on both sides; it is augmented once, with a fixed seed.
-    Training batches are augmented on their device after transfer (:func:`augment_poses`).
+    Non-finite coordinates count as unlabelled. Validation holds out whole groups (a MINI-RGBD sequence, a
+    SyRIP image), so near-identical video frames never sit on both sides; it is augmented once, with a fixed
+    seed. Training batches are augmented on their device after transfer (:func:`augment_poses`).
 
     Args:
         syrip_root: SyRIP dataset root, for ``syrip_annotation_files``.
@@ -325,7 +341,9 @@ class PoseDataModule(L.LightningDataModule):
             records = read_mini_rgbd(hp.mini_rgbd_root, hp.mini_rgbd_sequences)
             out.append(self._from_records(records, "mini-rgbd:"))
         if self.poses is not None:
-            kp = np.asarray([np.asarray(p, np.float32) for p in self.poses], np.float32).reshape(-1, COCO17.num_keypoints, 2)
+            kp = np.asarray([np.asarray(p, np.float32) for p in self.poses], np.float32).reshape(
+                -1, COCO17.num_keypoints, 2
+            )
             lab = np.isfinite(kp).all(-1)
             out.append((np.nan_to_num(kp), lab, [f"pose:{i}" for i in range(len(kp))]))
         return out
@@ -333,7 +351,11 @@ class PoseDataModule(L.LightningDataModule):
     @staticmethod
     def _from_records(records: Sequence[Any], prefix: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         K = COCO17.num_keypoints
-        kp = np.stack([r.keypoints for r in records]).astype(np.float32) if records else np.zeros((0, K, 2), np.float32)
+        kp = (
+            np.stack([r.keypoints for r in records]).astype(np.float32)
+            if records
+            else np.zeros((0, K, 2), np.float32)
+        )
         lab = np.stack([r.labelled for r in records]).astype(bool) if records else np.zeros((0, K), bool)
         groups = [prefix + str(r.sequence if r.sequence is not None else r.image_id) for r in records]
         return kp, lab, groups
@@ -343,7 +365,9 @@ class PoseDataModule(L.LightningDataModule):
             return
         sources = self._sources()
         if not sources:
-            raise DataError("PoseDataModule", "no pose source: give syrip_annotation_files, mini_rgbd_root or poses")
+            raise DataError(
+                "PoseDataModule", "no pose source: give syrip_annotation_files, mini_rgbd_root or poses"
+            )
         kp = np.concatenate([s[0] for s in sources])
         lab = np.concatenate([s[1] for s in sources])
         groups = np.asarray([g for s in sources for g in s[2]])
@@ -359,35 +383,50 @@ class PoseDataModule(L.LightningDataModule):
         val_groups = set(rng.permutation(unique)[:n_val].tolist())
         is_val = np.asarray([g in val_groups for g in groups], bool)
         self.train_set = PoseDataset(kp[~is_val], lab[~is_val])
-        val_kp, val_lab = augment_poses(torch.from_numpy(kp[is_val]), torch.from_numpy(lab[is_val]),
-                                        generator=torch.Generator().manual_seed(hp.seed), **self._augmentation())
+        val_kp, val_lab = augment_poses(
+            torch.from_numpy(kp[is_val]),
+            torch.from_numpy(lab[is_val]),
+            generator=torch.Generator().manual_seed(hp.seed),
+            **self._augmentation(),
+        )
         self.val_set = PoseDataset(val_kp, val_lab)
 
     def _augmentation(self) -> dict[str, float]:
         hp = self.hparams
         return {"rotation_deg": hp.rotation_deg, "flip_prob": hp.flip_prob, "scale_range": hp.scale_range}
 
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
         if self.trainer is None or not self.trainer.training:
             return batch
-        kp, lab = augment_poses(batch["keypoints"], batch["labelled"], drop_prob=self.hparams.drop_prob,
-                                **self._augmentation())
+        kp, lab = augment_poses(
+            batch["keypoints"], batch["labelled"], drop_prob=self.hparams.drop_prob, **self._augmentation()
+        )
         return {**batch, "keypoints": kp, "labelled": lab}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers
+        )
 
 
 class PosePriorTask(L.LightningModule):
     """Trains :class:`PoseVAE` on normalised poses: reconstruction + KL with a linear KL warm-up.
 
-    The KL weight rises from 0 to ``kl_weight`` over ``kl_warmup_steps`` optimiser steps, so the decoder learns
-    to reconstruct before the posterior is pulled towards the prior (avoids posterior collapse). The checkpoint
-    holds the VAE under ``vae.`` and its shape in the hyper-parameters, which is all :meth:`PoseVAE.load` needs.
+    The KL weight rises from 0 to ``kl_weight`` over ``kl_warmup_steps`` optimiser steps, so the decoder
+    learns to reconstruct before the posterior is pulled towards the prior (avoids posterior collapse). The
+    checkpoint holds the VAE under ``vae.`` and its shape in the hyper-parameters, which is all
+    :meth:`PoseVAE.load` needs.
 
     Args:
         num_keypoints, latent_dim, hidden_dim, num_layers: :class:`PoseVAE` shape.
@@ -425,8 +464,13 @@ class PosePriorTask(L.LightningModule):
         kl = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
         loss = rec + self.kl_beta() * kl
         bs = poses.shape[0]
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/rec": rec, f"{stage}/kl": kl}, batch_size=bs,
-                      prog_bar=stage == "val", on_step=stage == "train", on_epoch=True)
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/rec": rec, f"{stage}/kl": kl},
+            batch_size=bs,
+            prog_bar=stage == "val",
+            on_step=stage == "train",
+            on_epoch=True,
+        )
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -437,4 +481,6 @@ class PosePriorTask(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(
+            self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
