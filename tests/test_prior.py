@@ -204,28 +204,32 @@ def test_pose_datamodule_from_arrays_filters_and_splits():
         PoseDataModule().setup("fit")
 
 
-def test_pose_datamodule_holds_out_whole_sequences():
-    from geosapiens.data.records import PoseRecord
+def test_pose_datamodule_reads_syrip_and_mini_rgbd(syrip_sample, tmp_path):
+    from fixtures_mini_rgbd import write_mini_rgbd
 
-    rng = np.random.default_rng(4)
-    kp = to_pixels(sample_infant_poses(40, rng), rng)
-    records = [
-        PoseRecord(
-            image_path=Path(f"{i}.png"),
-            keypoints=kp[i],
-            labelled=np.ones(17, bool),
-            visible=np.ones(17, bool),
-            bbox=np.zeros(4, np.float32),
-            width=640,
-            height=480,
-            image_id=f"{i // 10:02d}/{i}",
-            sequence=f"{i // 10:02d}",
-            domain="synthetic",
-        )
-        for i in range(40)
-    ]
-    keypoints, labelled, groups = PoseDataModule._from_records(records, "mini-rgbd:")
-    assert keypoints.shape == (40, 17, 2) and labelled.all() and len(set(groups)) == 4
+    write_mini_rgbd(tmp_path / "mini", sequences=("01", "02", "03"), frames=(0, 1, 2), occlude=())
+    dm = PoseDataModule(
+        syrip_root=str(syrip_sample),
+        syrip_annotation_files=["annotations/200R/person_keypoints_train_infant.json"],
+        syrip_domain="real",  # the sample holds the 32 real images
+        mini_rgbd_root=str(tmp_path / "mini"),
+        val_fraction=0.2,
+    )
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) == 32 + 9
+    mini_val = [g for g in dm.val_groups if g.startswith("mini-rgbd:")]
+    syrip_val = [g for g in dm.val_groups if g.startswith("syrip:")]
+    assert len(dm.val_groups) == round(0.2 * (32 + 3)) and len(dm.val_set) == len(syrip_val) + 3 * len(
+        mini_val
+    )
+    mini_train = (~dm.train_set.labelled[:, 1:5]).all(1).sum()  # MINI-RGBD frames: eyes and ears unlabelled
+    assert mini_train == 9 - 3 * len(mini_val)
+    synthetic_only = PoseDataModule(
+        syrip_root=str(syrip_sample),
+        syrip_annotation_files=["annotations/200R/person_keypoints_train_infant.json"],
+    )
+    with pytest.raises(DataError, match="hold no pose"):
+        synthetic_only.setup("fit")  # default domain "synthetic": the real-only sample has none
 
 
 # training + acceptance -------------------------------------------------------------------------------------

@@ -283,8 +283,9 @@ class PoseDataModule(L.LightningDataModule):
 
     Only poses whose four torso joints (shoulders, hips) are labelled are kept: the normalisation needs them.
     Non-finite coordinates count as unlabelled. Validation holds out whole groups (a MINI-RGBD sequence, a
-    SyRIP image), so near-identical video frames never sit on both sides; it is augmented once, with a fixed
-    seed. Training batches are augmented on their device after transfer (:func:`augment_poses`).
+    SyRIP image; recorded in ``val_groups``), so near-identical video frames never sit on both sides; it is
+    augmented once, with a fixed seed. Training batches are augmented on their device after transfer
+    (:func:`augment_poses`).
 
     Args:
         syrip_root: SyRIP dataset root, for ``syrip_annotation_files``.
@@ -322,6 +323,7 @@ class PoseDataModule(L.LightningDataModule):
         self.poses = poses
         self.train_set: PoseDataset | None = None
         self.val_set: PoseDataset | None = None
+        self.val_groups: list[str] = []
 
     def _sources(self) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
         """(keypoints (N, K, 2), labelled (N, K), group ids) per source."""
@@ -371,6 +373,10 @@ class PoseDataModule(L.LightningDataModule):
         kp = np.concatenate([s[0] for s in sources])
         lab = np.concatenate([s[1] for s in sources])
         groups = np.asarray([g for s in sources for g in s[2]])
+        if len(kp) == 0:
+            raise DataError(
+                "PoseDataModule", f"the sources hold no pose (syrip_domain={self.hparams.syrip_domain!r})"
+            )
         usable = lab[:, list(TORSO_JOINTS)].all(1)
         kp, lab, groups = kp[usable], lab[usable], groups[usable]
         if len(kp) == 0:
@@ -380,8 +386,8 @@ class PoseDataModule(L.LightningDataModule):
         unique = np.unique(groups)
         rng = np.random.default_rng(hp.seed)
         n_val = int(round(hp.val_fraction * len(unique))) if len(unique) > 1 else 0
-        val_groups = set(rng.permutation(unique)[:n_val].tolist())
-        is_val = np.asarray([g in val_groups for g in groups], bool)
+        self.val_groups = sorted(rng.permutation(unique)[:n_val].tolist())
+        is_val = np.isin(groups, self.val_groups)
         self.train_set = PoseDataset(kp[~is_val], lab[~is_val])
         val_kp, val_lab = augment_poses(
             torch.from_numpy(kp[is_val]),
