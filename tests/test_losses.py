@@ -158,6 +158,21 @@ def test_consistency_uses_udp_heatmap_stride():
     assert right < 1e-9 < 1e-4 < wrong.item()
 
 
+def test_consistency_swaps_channels_between_mirrored_views():
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(1, 17, 2, generator=g) * torch.tensor([110.0, 150.0]) + torch.tensor([40.0, 50.0])
+    W = INPUT_HW[1]
+    mirror = torch.tensor([[[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]]])  # x -> (W - 1) - x
+    pts_strong = pts * torch.tensor([-1.0, 1.0]) + torch.tensor([W - 1.0, 0.0])
+    flip = list(COCO17.flip_indices)
+    teacher = gaussians(pts * HM_SCALE, *HM_HW)
+    # flip augmentation relabels: the strong view's channel k shows the weak view's joint flip[k]
+    student = gaussians(pts_strong[:, flip] * HM_SCALE, *HM_HW)
+    swapped, _ = consistency_loss(student, teacher, mirror, INPUT_HW)
+    unswapped, _ = consistency_loss(student, teacher, mirror, INPUT_HW, flip_indices=None)
+    assert swapped.item() < 1e-9 < 1e-3 < unswapped.item()
+
+
 def test_consistency_confidence_masking_and_gradients():
     peaks = torch.tensor([1.0, 0.9, 0.2, 0.1]).view(1, 4, 1, 1)
     teacher = gaussians(torch.full((2, 4, 2), 20.0), *HM_HW) * peaks

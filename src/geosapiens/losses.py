@@ -92,6 +92,7 @@ def consistency_loss(
     threshold: float | None = None,
     quantile: float | None = None,
     ignore_mask: torch.Tensor | None = None,
+    flip_indices: Sequence[int] | None = COCO17.flip_indices,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_cons``: student heatmaps on the strong view vs teacher heatmaps of the weak view warped into it.
 
@@ -99,6 +100,10 @@ def consistency_loss(
     input px * (h - 1) / (H - 1). In ``align_corners=True`` normalised coordinates both grids read
     ``2 x / (W - 1) - 1`` (resp. ``2 x_hm / (w - 1) - 1``), the same number for the same point, so the warp is
     built once in the input frame and applies to heatmaps of any stride.
+
+    When one view is mirrored relative to the other (``det`` of the affine's linear part < 0), flip
+    augmentation has relabelled its joints left <-> right (a mirrored infant's left wrist is labelled as a
+    right wrist), so the teacher's channels are swapped with ``flip_indices`` before the warp.
 
     Strong-view pixels that fall outside the weak view carry no teacher information and are left out of the
     squared error. Teacher joints are kept when their confidence (heatmap maximum in the weak view) reaches
@@ -112,7 +117,9 @@ def consistency_loss(
         input_size_hw: (H, W) of the input crops.
         threshold: minimum teacher confidence, or None.
         quantile: in [0, 1]; keep joints whose confidence is at least this batch quantile, or None.
-        ignore_mask: (B, K) bool, True for joints to leave out whatever their confidence.
+        ignore_mask: (B, K) bool in the strong view's channel order, True for joints to leave out whatever
+            their confidence.
+        flip_indices: left/right channel swap for mirrored pairs of views (None: views are never mirrored).
 
     Returns:
         ``(loss, kept)``: () mean over kept joints of the per-joint MSE over valid pixels (0 when none is
@@ -123,9 +130,16 @@ def consistency_loss(
     if quantile is not None and not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
 
+    A = _homogeneous(weak_to_strong.to(student_strong.dtype))
+    mirrored = torch.linalg.det(A[:, :2, :2]) < 0
+    if flip_indices is not None and bool(mirrored.any()):
+        if len(flip_indices) != K:
+            raise ValueError(f"{len(flip_indices)} flip indices for {K} heatmap channels")
+        swapped = teacher[:, torch.as_tensor(flip_indices, device=teacher.device)]
+        teacher = torch.where(mirrored[:, None, None, None], swapped, teacher)
+
     # Sampling grid: strong-view pixel -> weak-view pixel, in normalised coordinates.
     N = _pixel_to_normalized(input_size_hw, student_strong)
-    A = _homogeneous(weak_to_strong.to(student_strong.dtype))
     theta = (N @ torch.linalg.inv(A) @ torch.linalg.inv(N))[:, :2]
     grid = F.affine_grid(theta, [B, K, h, w], align_corners=True)
     warped = F.grid_sample(teacher, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
