@@ -4,7 +4,8 @@ Poses are normalised (centre at mid-hip, scale by torso length) so the prior see
 take any in-plane orientation and either chirality, so training augments with rotations up to +-180 deg,
 horizontal flips (with the COCO-17 left/right channel swap) and anisotropic scaling (a uniform scale would be
 undone by the normalisation; stretching one axis mimics foreshortening). Missing joints are zeroed and their
-mask is fed to the encoder, so one prior serves datasets that label different joints (MINI-RGBD: no eyes).
+mask is fed to the encoder, so one prior serves datasets that label different joints (MINI-RGBD has no eyes
+or ears).
 
 Used frozen: :func:`geosapiens.losses.manifold_loss` scores predicted poses by their reconstruction error.
 Load a trained prior with :meth:`PoseVAE.load` from the Lightning checkpoint of :class:`PosePriorTask` or from
