@@ -37,7 +37,11 @@ def test_vmf_fit_recovers_mean_and_concentration(kappa):
     samples = vonmises_fisher(mu, kappa).rvs(20_000, random_state=np.random.default_rng(0))
     mean, k = fit_von_mises_fisher(samples)
     assert angle_deg(mean, mu) < 1.5
-    assert k == pytest.approx(kappa, rel=0.05)
+    # Banerjee's closed form is itself biased (+3.7% at kappa 10): compare with its value at the population
+    # mean resultant length A_3(kappa) = coth(kappa) - 1/kappa, and with kappa itself more loosely.
+    r = 1.0 / np.tanh(kappa) - 1.0 / kappa
+    assert k == pytest.approx(r * (3 - r**2) / (1 - r**2), rel=0.02)
+    assert k == pytest.approx(kappa, rel=0.06)
     # the same from torch, with unnormalised input lengths (directions are what count)
     scaled = torch.from_numpy(samples * np.random.default_rng(1).uniform(0.5, 2.0, (len(samples), 1)))
     mean_t, k_t = fit_von_mises_fisher(scaled)
