@@ -10,6 +10,10 @@ scale is a choice that is always stated in the output:
 Ground truth is read into a clean minimal copy (ids, keypoints, bbox, area, iscrowd, num_keypoints), so
 extra fields (SyRIP's ``bbox_head``, ``scores``, ``track_id``...) and negative box origins do not matter;
 results are checked against it and every problem is a :class:`~geosapiens.errors.DataError` naming the file.
+Annotation ids are renumbered 1..N because pycocotools' ``evaluateImg`` stores matched GT ids in arrays where
+0 means "unmatched": a GT annotation with id 0 (SyRIP's ``validate100`` and ``validate500`` both have one)
+turns its correct detection into a false positive. On the released FiDIP predictions for Test100 that bug
+gives AP 91.0 (``datasets.md`` §2.6); without it, AP 92.8 (AP50 98.5, AR 94.1).
 pycocotools' progress prints are captured and dropped.
 
 Note:
