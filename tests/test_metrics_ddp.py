@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,13 @@ def test_two_process_gloo_sync_equals_single_process(syrip_sample: Path, tmp_pat
     pck_single.update(d["preds"][rows], d["target"][rows], d["labelled"][rows], bbox=d["bbox"][rows])
     expected |= {f"PCK/{k}": v.item() for k, v in pck_single.compute().items()}
 
-    mp.spawn(_worker, args=(_free_port(), str(gt_path), str(tmp_path)), nprocs=2, join=True)
+    context = mp.spawn(_worker, args=(_free_port(), str(gt_path), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 180.0  # a hung rendezvous must fail the test, not hang CI
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two gloo ranks did not finish within 180 s")
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got.keys() == expected.keys()
