@@ -20,5 +20,5 @@ def syrip_sample() -> Path:
     """The 32 real SyRIP images in the official layout (``../shared/data/syrip_sample``)."""
     root = SHARED_DATA / "syrip_sample"
     if not (root / "annotations").is_dir():
-        pytest.skip(f"SyRIP sample not found at {root}: set GEOSAPIENS_SHARED_DATA to the folder holding syrip_sample/")
+        pytest.skip(f"SyRIP sample not found at {root}: set GEOSAPIENS_SHARED_DATA to the folder holding it")
     return root
