@@ -1,10 +1,11 @@
 """Equivalence with the official Sapiens architecture, through the official containers only.
 
-The reference below is written from ``../shared/reference/sapiens.md`` (§1-§4): the mmpretrain encoder with its
-module names (``patch_embed.projection``, ``layers.i.{ln1,attn.qkv,attn.proj,ln2,ffn.layers.0.0,ffn.layers.1}``,
-final ``ln1``), explicit qkv reshape / softmax attention, and heads whose forward is plain functional code
-(ConvTranspose -> InstanceNorm without affine -> SiLU). Its random weights are written as the official files are
-(flat ``*_clean.pth``; ``{'state_dict', 'meta'}`` task ``.pth`` with numpy in ``meta``; traced TorchScript), read
+The reference below is written from ``../shared/reference/sapiens.md`` (§1-§4): the mmpretrain encoder
+with its module names (``patch_embed.projection``,
+``layers.i.{ln1,attn.qkv,attn.proj,ln2,ffn.layers.0.0,ffn.layers.1}``, final ``ln1``), explicit qkv
+reshape / softmax attention, and heads whose forward is plain functional code (ConvTranspose ->
+InstanceNorm without affine -> SiLU). Its random weights are written as the official files are (flat
+``*_clean.pth``; ``{'state_dict', 'meta'}`` task ``.pth`` with numpy in ``meta``; traced TorchScript), read
 back through our loader, and the outputs are compared.
 
 Other test modules import the reference from here.
@@ -70,7 +71,9 @@ class _Attention(nn.Module):
 class _FFN(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU()), nn.Linear(4 * dim, dim))
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU()), nn.Linear(4 * dim, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -119,7 +122,11 @@ def _official_stack(in_channels: int, channels, deconv: bool) -> nn.Sequential:
     """Official indices 0/3/6/9: the norm and activation slots hold no parameters."""
     layers = []
     for c in channels:
-        layer = nn.ConvTranspose2d(in_channels, c, 4, 2, 1, bias=False) if deconv else nn.Conv2d(in_channels, c, 1)
+        layer = (
+            nn.ConvTranspose2d(in_channels, c, 4, 2, 1, bias=False)
+            if deconv
+            else nn.Conv2d(in_channels, c, 1)
+        )
         layers += [layer, nn.Identity(), nn.Identity()]
         in_channels = c
     return nn.Sequential(*layers)
@@ -194,14 +201,21 @@ def official_model(family: str, seed: int = 0, keypoints: int = 308, dim: int = 
         return _randomise(OfficialViT(dim, depth, padding=0, grid=(8, 8), cls_token=True), seed)
     vit = OfficialViT(dim, depth, padding=padding)
     if family == "pose":
-        return _randomise(OfficialTopdown(vit, OfficialHead(dim, keypoints, [HEAD_CH] * 2, [HEAD_CH] * 2, "final_layer")), seed)
+        return _randomise(
+            OfficialTopdown(vit, OfficialHead(dim, keypoints, [HEAD_CH] * 2, [HEAD_CH] * 2, "final_layer")),
+            seed,
+        )
     deconvs, convs, out = ([16] * 4, [16] * 2, 1) if family == "depth" else ([HEAD_CH] * 3, [HEAD_CH] * 3, 3)
     return _randomise(OfficialDense(vit, OfficialHead(dim, out, deconvs, convs, "conv_seg")), seed)
 
 
 OFFICIAL_META = {
     "cfg": "model = dict(backbone=dict(type='mmpretrain.VisionTransformer', patch_cfg=dict(padding=2)))",
-    "dataset_meta": {"dataset_name": "goliath", "sigmas": np.full(308, 0.025, np.float32), "flip_indices": [0, 2, 1]},
+    "dataset_meta": {
+        "dataset_name": "goliath",
+        "sigmas": np.full(308, 0.025, np.float32),
+        "flip_indices": [0, 2, 1],
+    },
     "epoch": 210,
     "seed": np.int64(0),
 }
@@ -222,13 +236,18 @@ def images(batch: int = 2, size=IMG, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def test_pretrain_clean_drops_cls_and_resizes_pos_embed_like_the_finetunes(tmp_path):
     official = official_model("pretrain")
     path = save_official(official, tmp_path / "sapiens_nano_epoch_1600_clean.pth", "clean")
-    assert set(torch.load(path, weights_only=True)) >= {"cls_token", "pos_embed", "ln1.weight", "layers.1.ffn.layers.0.0.weight"}
+    assert set(torch.load(path, weights_only=True)) >= {
+        "cls_token",
+        "pos_embed",
+        "ln1.weight",
+        "layers.1.ffn.layers.0.0.weight",
+    }
 
     ours = create_backbone("sapiens_nano", img_size=IMG, checkpoint=path).eval()
     # What the official finetune builds from this file: no cls token, cls row dropped, 8x8 -> 8x6 bicubic.
@@ -245,7 +264,9 @@ def test_pretrain_clean_drops_cls_and_resizes_pos_embed_like_the_finetunes(tmp_p
 @pytest.mark.parametrize("container", ["pth", "torchscript"])
 def test_pose_checkpoint_matches_official_forward(tmp_path, container):
     official = official_model("pose")
-    path = save_official(official, tmp_path / f"sapiens_nano_goliath.{'pt2' if container != 'pth' else 'pth'}", container)
+    path = save_official(
+        official, tmp_path / f"sapiens_nano_goliath.{'pt2' if container != 'pth' else 'pth'}", container
+    )
     model = PoseModel.from_checkpoint(path, img_size=IMG).eval()
     assert model.backbone.patch_padding == 2 and model.num_keypoints == 308
     x = images()
@@ -272,17 +293,23 @@ def test_dense_checkpoints_match_official_forward(tmp_path, family):
     x = images()
     with torch.no_grad():
         ours, ref = model(x), official(x)
-    assert ours.shape == ref.shape == (2, 1 if family == "depth" else 3, *(s * (16 if family == "depth" else 8) // 16 for s in IMG))
+    assert (
+        ours.shape
+        == ref.shape
+        == (2, 1 if family == "depth" else 3, *(s * (16 if family == "depth" else 8) // 16 for s in IMG))
+    )
     assert rel_err(ours, ref) < 1e-5
 
 
 def test_task_pos_embed_resizes_to_other_input_sizes(tmp_path):
-    """A 64x48-grid task file run at the paper's 1024x1024 (here 8x6 -> 8x8), resized at load or at forward."""
+    """A 64x48-grid task file run at the paper's 1024x1024 (here 8x6 -> 8x8), resized at load/forward."""
     official = official_model("depth", seed=4)
     path = save_official(official, tmp_path / "depth.pth")
     square = (GRID[0] * 16, GRID[0] * 16)
     x = images(size=square)
-    at_load = create_backbone("sapiens_nano", img_size=square, checkpoint=load_checkpoint(path, source_grid=GRID))
+    at_load = create_backbone(
+        "sapiens_nano", img_size=square, checkpoint=load_checkpoint(path, source_grid=GRID)
+    )
     at_forward = create_backbone("sapiens_nano", img_size=IMG, checkpoint=path)
     with torch.no_grad():
         ref = official.backbone(x)  # the official forward-time resize: bicubic, no antialias
@@ -291,7 +318,9 @@ def test_task_pos_embed_resizes_to_other_input_sizes(tmp_path):
 
         # and back down: the 8x8 model run on an 8x6 grid
         ref_square = OfficialViT(grid=(8, 8)).eval()
-        ref_square.load_state_dict(official.backbone.state_dict() | {"pos_embed": at_load.pos_embed.detach().clone()})
+        ref_square.load_state_dict(
+            official.backbone.state_dict() | {"pos_embed": at_load.pos_embed.detach().clone()}
+        )
         assert rel_err(at_load(images()), ref_square(images())) < 1e-5
 
 
@@ -304,13 +333,15 @@ def test_grid_inference_for_official_row_counts():
     assert out.shape == (1, 4096, 8)
     torch.testing.assert_close(out, bicubic(pos, (64, 48), (64, 64)))
     # a prefix row (the cls token) is carried through untouched
-    with_cls = resize_pos_embed(torch.cat([torch.ones(1, 1, 8), pos], 1), (64, 64), (64, 48), num_prefix_tokens=1)
+    with_cls = resize_pos_embed(
+        torch.cat([torch.ones(1, 1, 8), pos], 1), (64, 64), (64, 48), num_prefix_tokens=1
+    )
     torch.testing.assert_close(with_cls[:, 1:], out)
     assert torch.equal(with_cls[:, :1], torch.ones(1, 1, 8))
 
 
 def test_full_size_official_key_table_maps_onto_timm():
-    """sapiens.md §2.2: 5 + 12 L official keys per backbone map one-to-one onto timm's, with the same shapes."""
+    """sapiens.md §2.2: the 5 + 12 L official backbone keys map one-to-one onto timm's, same shapes."""
     from geosapiens.models.checkpoint import official_to_timm
 
     d, depth = 1024, 24
@@ -318,10 +349,18 @@ def test_full_size_official_key_table_maps_onto_timm():
     official["pos_embed"] = (1, 3072, d)
     for i in range(depth):
         for name, shape in [
-            ("ln1.weight", (d,)), ("ln1.bias", (d,)), ("attn.qkv.weight", (3 * d, d)), ("attn.qkv.bias", (3 * d,)),
-            ("attn.proj.weight", (d, d)), ("attn.proj.bias", (d,)), ("ln2.weight", (d,)), ("ln2.bias", (d,)),
-            ("ffn.layers.0.0.weight", (4 * d, d)), ("ffn.layers.0.0.bias", (4 * d,)),
-            ("ffn.layers.1.weight", (d, 4 * d)), ("ffn.layers.1.bias", (d,)),
+            ("ln1.weight", (d,)),
+            ("ln1.bias", (d,)),
+            ("attn.qkv.weight", (3 * d, d)),
+            ("attn.qkv.bias", (3 * d,)),
+            ("attn.proj.weight", (d, d)),
+            ("attn.proj.bias", (d,)),
+            ("ln2.weight", (d,)),
+            ("ln2.bias", (d,)),
+            ("ffn.layers.0.0.weight", (4 * d, d)),
+            ("ffn.layers.0.0.bias", (4 * d,)),
+            ("ffn.layers.1.weight", (d, 4 * d)),
+            ("ffn.layers.1.bias", (d,)),
         ]:
             official[f"layers.{i}.{name}"] = shape
     official |= {"ln1.weight": (d,), "ln1.bias": (d,)}

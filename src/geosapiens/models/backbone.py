@@ -1,9 +1,10 @@
 """Sapiens ViT backbones on timm's ``VisionTransformer``, plus any timm CNN for CPU demos.
 
-Sapiens (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", ECCV 2024) uses a plain pre-norm ViT-16:
-LayerNorm eps 1e-6, qkv bias, exact GELU, MLP ratio 4, no layer scale, a final norm, no class token in the
-finetuned task models, and (for the pose and normal families) a symmetric 2-px zero padding in the patch
-convolution. Shapes and facts: ``../shared/reference/sapiens.md`` §1-§2; checkpoint reading: ``checkpoint.py``.
+Sapiens (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", ECCV 2024) uses a plain
+pre-norm ViT-16: LayerNorm eps 1e-6, qkv bias, exact GELU, MLP ratio 4, no layer scale, a final norm, no
+class token in the finetuned task models, and (for the pose and normal families) a symmetric 2-px zero
+padding in the patch convolution. Shapes and facts: ``../shared/reference/sapiens.md`` §1-§2; checkpoint
+reading: ``checkpoint.py``.
 
 Every backbone returns a (B, out_channels, H/stride, W/stride) feature map.
 """
@@ -28,12 +29,19 @@ from geosapiens.models.checkpoint import (
     load_checkpoint,
 )
 
-__all__ = ["SAPIENS_ARCHS", "SapiensArch", "SapiensViT", "TimmFeatureBackbone", "create_backbone", "preset_for_shape"]
+__all__ = [
+    "SAPIENS_ARCHS",
+    "SapiensArch",
+    "SapiensViT",
+    "TimmFeatureBackbone",
+    "create_backbone",
+    "preset_for_shape",
+]
 
 
 @dataclass(frozen=True)
 class SapiensArch:
-    """Shape of one Sapiens encoder (head_dim = embed_dim / num_heads: 64, except 80 for 0.6b and 60 for 2b)."""
+    """Shape of one Sapiens encoder (head_dim = embed_dim / num_heads: 64; 80 for 0.6b, 60 for 2b)."""
 
     embed_dim: int
     depth: int
@@ -62,10 +70,11 @@ class SapiensViT(VisionTransformer):
     """timm ``VisionTransformer`` configured as the Sapiens encoder, returning a feature map.
 
     Args:
-        img_size: (H, W) the position embeddings are laid out for; other sizes (multiples of 16) work through a
-            bicubic resize without antialias, as the official ``resize_pos_embed`` does.
+        img_size: (H, W) the position embeddings are laid out for; other sizes (multiples of 16) work
+            through a bicubic resize without antialias, as the official ``resize_pos_embed`` does.
         embed_dim, depth, num_heads, mlp_ratio: the encoder shape (see :data:`SAPIENS_ARCHS`).
-        patch_padding: symmetric zero padding of the 16x16 patch convolution: 2 for pose/normal weights, else 0.
+        patch_padding: symmetric zero padding of the 16x16 patch convolution: 2 for pose/normal
+            weights, else 0.
         **kwargs: forwarded to ``VisionTransformer`` (e.g. ``drop_path_rate``).
 
     Attributes:
@@ -124,7 +133,11 @@ class SapiensViT(VisionTransformer):
         """Add position embeddings to (B, h, w, D) patch tokens -> (B, h*w, D); resize without antialias."""
         b, h, w, d = x.shape
         pos = resample_abs_pos_embed(
-            self.pos_embed, new_size=(h, w), old_size=self.patch_embed.grid_size, num_prefix_tokens=0, antialias=False
+            self.pos_embed,
+            new_size=(h, w),
+            old_size=self.patch_embed.grid_size,
+            num_prefix_tokens=0,
+            antialias=False,
         )
         return self.pos_drop(x.reshape(b, h * w, d) + pos)
 
@@ -144,7 +157,9 @@ class TimmFeatureBackbone(nn.Module):
 
     def __init__(self, model_name: str, **kwargs) -> None:
         super().__init__()
-        self.body = timm.create_model(model_name, features_only=True, out_indices=(-1,), pretrained=False, **kwargs)
+        self.body = timm.create_model(
+            model_name, features_only=True, out_indices=(-1,), pretrained=False, **kwargs
+        )
         self.out_channels = int(self.body.feature_info.channels()[-1])
         self.stride = int(self.body.feature_info.reduction()[-1])
 
@@ -173,19 +188,22 @@ def create_backbone(
         patch_padding: 0 or 2; None = what the family was trained with (pretrain/depth 0, pose/normal 2).
         checkpoint: an official ``.pth`` / ``*_torchscript.pt2`` / ``.safetensors`` file, or an already read
             :class:`SapiensCheckpoint`; its backbone is loaded strictly (pos_embed resized to ``img_size``).
-        family: the checkpoint family expected (checked against the file), or, without a checkpoint, the family
-            whose padding to use.
+        family: the checkpoint family expected (checked against the file), or, without a checkpoint,
+            the family whose padding to use.
         **kwargs: forwarded to :class:`SapiensViT` / ``timm.create_model``.
 
     Raises:
-        ValueError: unknown name or bad arguments. CheckpointError: the weights do not fit (see checkpoint.py).
+        ValueError: unknown name or bad arguments.
+        CheckpointError: the weights do not fit (see checkpoint.py).
     """
     if name.startswith("timm:"):
         if checkpoint is not None or patch_padding or family is not None:
             raise ValueError(f"{name}: timm backbones take no Sapiens checkpoint, family or patch padding")
         return TimmFeatureBackbone(name.removeprefix("timm:"), **kwargs)
     if name not in SAPIENS_ARCHS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(SAPIENS_ARCHS)} or timm:<model>")
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of {', '.join(SAPIENS_ARCHS)} or timm:<model>"
+        )
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if checkpoint is not None and not isinstance(checkpoint, SapiensCheckpoint):

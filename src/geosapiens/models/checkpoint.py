@@ -69,8 +69,9 @@ class Family:
     outputs: int | None = None
 
 
-# The cfg table (timm's default_cfgs in spirit): every family takes 1024 x 768 (H x W) RGB input normalised with
-# mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375); official files are listed in sapiens.md §2.3.
+# The cfg table (timm's default_cfgs in spirit): every family takes 1024 x 768 (H x W) RGB input
+# normalised with mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375); the official files are
+# listed in sapiens.md §2.3.
 FAMILIES: dict[str, Family] = {
     "pretrain": Family(padding=0, head_prefix=""),
     "pose": Family(padding=2, head_prefix="head."),  # K = 308 (Goliath), 133 (COCO-WholeBody), 17 (COCO)
@@ -101,7 +102,8 @@ class SapiensCheckpoint:
         path: the file it came from.
         family: one of :data:`FAMILIES`.
         backbone: timm ``VisionTransformer`` names; class-token free, ``pos_embed`` (1, h*w, D).
-        head: head weights under the official head-local names (``deconv_layers.0.weight``...); {} for pretrain.
+        head: head weights under the official head-local names (``deconv_layers.0.weight``...);
+            {} for pretrain.
         pos_embed_grid: (h, w) of ``backbone['pos_embed']``, None when the row count alone cannot tell.
         meta: the container's metadata (``meta`` of task files, the json of converted files).
     """
@@ -141,15 +143,15 @@ class SapiensCheckpoint:
         return preset_for_shape(self.embed_dim, self.depth)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reading containers
 
 
 def _numpy_safe_globals() -> list[Any]:
     """numpy's array, dtype and scalar reconstructors, under both numpy 1.x and 2.x module names.
 
-    Official files were pickled with numpy 1.x (``numpy.core.multiarray``); numpy 2 moved it to ``numpy._core``.
-    Nothing here can run code beyond rebuilding numeric arrays.
+    Official files were pickled with numpy 1.x (``numpy.core.multiarray``); numpy 2 moved it to
+    ``numpy._core``. Nothing here can run code beyond rebuilding numeric arrays.
     """
     import numpy as np
     import numpy.dtypes
@@ -178,14 +180,14 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         try:
             needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: BLE001 - legacy (non-zip) pickles cannot be scanned; the message still stands
+        except Exception:  # noqa: BLE001 - legacy (non-zip) pickles cannot be scanned
             needed = []
         needed = [g for g in needed if not g.startswith("numpy.")] or ["(see below)"]
         raise CheckpointError(
             f"{path}: refused to unpickle: the file needs {', '.join(needed)}, which safe loading "
             "(torch.load weights_only=True, plus numpy arrays) does not allow. Full unpickling could run "
-            f"arbitrary code, so it is never done; re-save the weights as safetensors where you trust the file. "
-            f"[{str(err).splitlines()[-1] if str(err) else type(err).__name__}]"
+            "arbitrary code, so it is never done; re-save the weights as safetensors where you trust the "
+            f"file. [{str(err).splitlines()[-1] if str(err) else type(err).__name__}]"
         ) from err
 
 
@@ -197,7 +199,8 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on CPU (TorchScript runs no Python, unlike a pickle); its deprecation notice is expected."""
+    """``torch.jit.load`` on CPU (TorchScript runs no Python, unlike a pickle); its deprecation notice
+    is expected."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
@@ -234,8 +237,12 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         state_dict, meta = obj["state_dict"], dict(obj.get("meta") or {})
     else:
         state_dict, meta = obj, {}
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{path}: not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(
+            f"{path}: not a state dict (expected a dict of tensors or {{'state_dict': ...}})"
+        )
     return dict(state_dict), meta
 
 
@@ -258,7 +265,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return tensors, meta
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Key maps, family detection, pos-embed
 
 
@@ -309,7 +316,7 @@ def _split(state_dict: Mapping[str, torch.Tensor], path: Path) -> tuple[dict, di
         prefix = ""
         for k in keys:
             if k.startswith("backbone."):
-                backbone[k[len("backbone."):]] = state_dict[k]
+                backbone[k[len("backbone.") :]] = state_dict[k]
             elif k.startswith(("head.", "decode_head.")):
                 p, _, rest = k.partition(".")
                 prefix = p + "."
@@ -340,8 +347,9 @@ def resize_pos_embed(
 ) -> torch.Tensor:
     """Bicubic resize of (1, prefix + h*w, D) position embeddings, as Sapiens does it.
 
-    ``align_corners=False`` and **no antialias** (timm's ``resample_abs_pos_embed`` antialiases by default, which
-    differs from the official numerics when downsampling, e.g. 64x64 -> 64x48). Prefix rows are kept as they are.
+    ``align_corners=False`` and **no antialias**: timm's ``resample_abs_pos_embed`` antialiases by
+    default, which also switches bicubic to a different kernel, so it differs from the official numerics.
+    Prefix rows are kept as they are.
     """
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     if tuple(old_grid) == tuple(new_grid):
@@ -355,6 +363,22 @@ def resize_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
+def _family_signature(family: str) -> str:
+    fam = FAMILIES[family]
+    if not fam.head_prefix:
+        return "backbone only, no head"
+    if fam.outputs is None:
+        return f"{fam.head_prefix}final_layer.*"
+    return f"{fam.head_prefix}conv_seg.* with {fam.outputs} output{'s' if fam.outputs > 1 else ''}"
+
+
+def _head_signature(head: Mapping[str, torch.Tensor], prefix: str) -> str:
+    for key in ("final_layer.weight", "conv_seg.weight"):
+        if key in head:
+            return f"{prefix}{key} {tuple(head[key].shape)}"
+    return "no head keys"
+
+
 def load_checkpoint(
     path: str | Path,
     family: str | None = None,
@@ -366,7 +390,8 @@ def load_checkpoint(
         path: ``*_clean.pth``, task ``.pth``, ``*_torchscript.pt2`` or ``.safetensors``.
         family: the family the caller expects; a file of another family raises :class:`CheckpointError`.
             None = detected from the head keys.
-        source_grid: (h, w) of the file's pos-embed grid when its row count does not tell (not square, not 3072).
+        source_grid: (h, w) of the file's pos-embed grid when its row count does not tell (not square,
+            not 3072).
 
     The class token of pretrain files is dropped with its pos-embed row, as the official finetunes do
     (``with_cls_token=False``); the remaining grid is resized to the model's when it is loaded.
@@ -388,16 +413,15 @@ def load_checkpoint(
     if found not in FAMILIES:
         raise CheckpointError(f"{path}: unknown family {found!r} (known: {', '.join(FAMILIES)})")
     if not converted and head and prefix != FAMILIES[found].head_prefix:
-        raise CheckpointError(f"{path}: a {found} head stored under {prefix!r}, expected {FAMILIES[found].head_prefix!r}")
+        raise CheckpointError(
+            f"{path}: a {found} head stored under {prefix!r}, expected {FAMILIES[found].head_prefix!r}"
+        )
     if family is not None and family != found:
         if family not in FAMILIES:
             raise CheckpointError(f"{path}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
-        head_keys = ", ".join(f"{prefix}{k}" for k in sorted(head)[-2:]) or "no head keys"
-        want = FAMILIES[family].head_prefix or "no head"
         raise CheckpointError(
-            f"{path}: wrong family: expected a {family} checkpoint ({want}"
-            f"{'' if FAMILIES[family].outputs is None else f', {FAMILIES[family].outputs} outputs'}), "
-            f"but the file is a {found} checkpoint ({head_keys})"
+            f"{path}: wrong family: expected a {family} checkpoint ({_family_signature(family)}), "
+            f"but the file is a {found} checkpoint ({_head_signature(head, prefix)})"
         )
 
     pos = backbone["pos_embed"]
@@ -405,13 +429,15 @@ def load_checkpoint(
         backbone.pop("cls_token")
         pos = pos[:, 1:]
     backbone["pos_embed"] = pos
-    grid = tuple(source_grid or (meta["pos_embed_grid"] if converted else ()) or ()) or _grid_for(pos.shape[1])
+    grid = tuple(source_grid or (meta["pos_embed_grid"] if converted else ()) or ()) or _grid_for(
+        pos.shape[1]
+    )
     if grid is not None and grid[0] * grid[1] != pos.shape[1]:
         raise CheckpointError(f"{path}: pos_embed has {pos.shape[1]} rows, not a {grid[0]}x{grid[1]} grid")
     return SapiensCheckpoint(str(path), found, backbone, head, grid, meta)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Strict loading with explanations
 
 
@@ -454,19 +480,19 @@ def _mismatch_error(path: str, what: str, missing, unexpected, shapes, causes: l
 
 
 def load_backbone_state(model: nn.Module, checkpoint: SapiensCheckpoint) -> None:
-    """Load a checkpoint's backbone into a ``SapiensViT`` strictly, resizing ``pos_embed`` to the model's grid.
+    """Load a checkpoint's backbone into a ``SapiensViT`` strictly, ``pos_embed`` resized to its grid.
 
     Raises:
-        CheckpointError: keys or shapes differ (naming them and the likely cause: another model size), or a task
-            family trained with a patch padding other than the model's.
+        CheckpointError: keys or shapes differ (naming them and the likely cause: another model size),
+            or a task family trained with a patch padding other than the model's.
     """
     fam = FAMILIES[checkpoint.family]
     padding = getattr(model, "patch_padding", 0)
     if checkpoint.family != "pretrain" and padding != fam.padding:
         raise CheckpointError(
-            f"{checkpoint.path}: {checkpoint.family} weights were trained with {fam.padding}-px patch padding, "
-            f"but the backbone uses {padding} px (build it with patch_padding={fam.padding} or family="
-            f"'{checkpoint.family}')"
+            f"{checkpoint.path}: {checkpoint.family} weights were trained with {fam.padding}-px patch "
+            f"padding, but the backbone uses {padding} px (build it with patch_padding={fam.padding} or "
+            f"family='{checkpoint.family}')"
         )
     state = dict(checkpoint.backbone)
     ours = model.state_dict()
@@ -490,7 +516,7 @@ def load_backbone_state(model: nn.Module, checkpoint: SapiensCheckpoint) -> None
 
 
 def load_head_state(head: nn.Module, checkpoint: SapiensCheckpoint, state: Mapping | None = None) -> None:
-    """Load a checkpoint's head weights (or ``state``, derived from them) strictly into an official-layout head.
+    """Load a checkpoint's head weights (or ``state``, derived from them) strictly into an official head.
 
     Raises:
         CheckpointError: naming missing/unexpected keys and the likely cause (pose ``head.final_layer`` vs
@@ -504,12 +530,18 @@ def load_head_state(head: nn.Module, checkpoint: SapiensCheckpoint, state: Mappi
         return
     causes = []
     if ("final_layer.weight" in ours) != ("final_layer.weight" in state) or not state:
-        kind = "pose heatmap head (head.final_layer)" if "final_layer.weight" in ours else "dense head (decode_head.conv_seg)"
+        kind = (
+            "pose heatmap head (head.final_layer)"
+            if "final_layer.weight" in ours
+            else "dense head (decode_head.conv_seg)"
+        )
         causes.append(f"wrong family: the file is a {checkpoint.family} checkpoint, the module a {kind}")
     for key in ("final_layer.weight", "conv_seg.weight"):
         if key in ours and key in state and ours[key].shape[0] != state[key].shape[0]:
             causes.append(f"the file has {state[key].shape[0]} outputs, the head {ours[key].shape[0]}")
     first = next((k for k in ours if k.endswith("0.weight")), None)
     if first and first in state and ours[first].shape[0] != state[first].shape[0]:
-        causes.append(f"the head input width differs: file {state[first].shape[0]}, head {ours[first].shape[0]}")
+        causes.append(
+            f"the head input width differs: file {state[first].shape[0]}, head {ours[first].shape[0]}"
+        )
     raise _mismatch_error(checkpoint.path, f"{type(head).__name__}", missing, unexpected, shapes, causes)

@@ -1,8 +1,8 @@
 """Decoder heads: a light SimpleBaseline deconv head and the official Sapiens heads.
 
-The Sapiens heads reproduce the official module trees so that ``state_dict`` names and indices are those of the
-released checkpoints (``../shared/reference/sapiens.md`` §3-§4, prefix ``head.`` / ``decode_head.`` removed):
-stacks of [ConvTranspose2d(k4, s2, p1, no bias) -> InstanceNorm2d (no affine, no keys) -> SiLU] and
+The Sapiens heads reproduce the official module trees so that ``state_dict`` names and indices are those
+of the released checkpoints (``../shared/reference/sapiens.md`` §3-§4, prefix ``head.`` / ``decode_head.``
+removed): stacks of [ConvTranspose2d(k4, s2, p1, no bias) -> InstanceNorm2d (no affine, no keys) -> SiLU] and
 [Conv2d(1x1) -> InstanceNorm2d -> SiLU], hence parameter indices 0, 3, 6, 9.
 """
 
@@ -31,9 +31,13 @@ def _sapiens_stack(in_channels: int, channels: Sequence[int], deconv: bool) -> n
     return nn.Sequential(*layers)
 
 
-def _stack_channels(state_dict: Mapping[str, torch.Tensor], name: str, deconv: bool) -> tuple[list[int], int | None]:
+def _stack_channels(
+    state_dict: Mapping[str, torch.Tensor], name: str, deconv: bool
+) -> tuple[list[int], int | None]:
     """(output channels per layer, input channels) of a ``name.{0,3,6..}.weight`` stack in a state dict."""
-    weights = {int(m.group(1)): v for k, v in state_dict.items() if (m := re.fullmatch(rf"{name}\.(\d+)\.weight", k))}
+    weights = {
+        int(m.group(1)): v for k, v in state_dict.items() if (m := re.fullmatch(rf"{name}\.(\d+)\.weight", k))
+    }
     ordered = [weights[i] for i in sorted(weights)]
     if deconv:  # ConvTranspose2d weight: (in, out, k, k)
         return [int(w.shape[1]) for w in ordered], (int(ordered[0].shape[0]) if ordered else None)
@@ -81,7 +85,10 @@ class DeconvHead(nn.Module):
         num_layers = int(math.log2(ratio))
         widths = [channels] * num_layers if isinstance(channels, int) else list(channels)
         if len(widths) != num_layers:
-            raise ValueError(f"{num_layers} deconvolutions from stride {in_stride} to {out_stride}, got {len(widths)} widths")
+            raise ValueError(
+                f"{num_layers} deconvolutions from stride {in_stride} to {out_stride}, "
+                f"got {len(widths)} widths"
+            )
         layers: list[nn.Module] = []
         c_in = in_channels
         for c in widths:
@@ -102,7 +109,7 @@ class DeconvHead(nn.Module):
 
 
 class SapiensHeatmapHead(nn.Module):
-    """The official Sapiens pose head (mmpose ``HeatmapHead`` with ``use_silu``), key-compatible with ``head.*``.
+    """The official Sapiens pose head (mmpose ``HeatmapHead``, ``use_silu``), keys as under ``head.*``.
 
     Args:
         in_channels: backbone width D. num_keypoints: K (308 Goliath, 133 COCO-WholeBody, 17 COCO).

@@ -21,8 +21,8 @@ class PoseModel(nn.Module):
     """Backbone + heatmap head.
 
     Args:
-        backbone: any module with ``out_channels``, ``stride`` and ``forward(x) -> (B, C, H/stride, W/stride)``
-            (see :func:`geosapiens.models.backbone.create_backbone`).
+        backbone: any module with ``out_channels``, ``stride`` and
+            ``forward(x) -> (B, C, H/stride, W/stride)`` (see ``backbone.create_backbone``).
         head: a heatmap head with an ``upsample`` factor (``DeconvHead``, ``SapiensHeatmapHead``) such that
             ``backbone.stride / head.upsample`` is 4.
 
@@ -45,9 +45,16 @@ class PoseModel(nn.Module):
     def from_checkpoint(
         cls, checkpoint: str | Path | SapiensCheckpoint, img_size: tuple[int, int] = (1024, 768)
     ) -> PoseModel:
-        """The official pose model of a Sapiens pose checkpoint: its backbone (size recognised from the weights,
-        2-px patch padding) and its full ``SapiensHeatmapHead`` (K = 308, 133 or 17)."""
-        ckpt = checkpoint if isinstance(checkpoint, SapiensCheckpoint) else load_checkpoint(checkpoint, family="pose")
+        """The official pose model of a Sapiens pose checkpoint.
+
+        Its backbone (size recognised from the weights, 2-px patch padding) and its full
+        ``SapiensHeatmapHead`` (K = 308, 133 or 17).
+        """
+        ckpt = (
+            checkpoint
+            if isinstance(checkpoint, SapiensCheckpoint)
+            else load_checkpoint(checkpoint, family="pose")
+        )
         if ckpt.family != "pose" or ckpt.preset is None:
             raise CheckpointError(
                 f"{ckpt.path}: need a pose checkpoint of a known size, got {ckpt.family} with embed dim "

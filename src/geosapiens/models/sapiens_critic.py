@@ -1,10 +1,11 @@
 """Geometric critics from Meta's Sapiens depth and normal models (official checkpoints or TorchScript files).
 
-They run as the reference inference runs them (``../shared/reference/sapiens.md`` §4-§5): the whole crop is
-resized (no aspect preservation, bilinear) to the model input (1024 x 768), predicted, and the raw output is
-resized back to the crop bilinearly (``align_corners=False``); normals are L2-normalised per pixel *after* that
-upsampling (eps 1e-5). Sapiens depth is relative and scale-ambiguous (larger = farther), so it is normalised per
-image with robust statistics (:func:`normalize_relative_depth`): ``(d - median) / MAD`` over the valid pixels.
+They run as the reference inference runs them (``../shared/reference/sapiens.md`` §4-§5): the whole crop
+is resized (no aspect preservation, bilinear) to the model input (1024 x 768), predicted, and the raw output
+is resized back to the crop bilinearly (``align_corners=False``); normals are L2-normalised per pixel
+*after* that upsampling (eps 1e-5). Sapiens depth is relative and scale-ambiguous (larger = farther), so it
+is normalised per image with robust statistics (:func:`normalize_relative_depth`): ``(d - median) / MAD``
+over the valid pixels.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def normalize_relative_depth(
 ) -> torch.Tensor:
     """Per-image robust normalisation of relative depth: ``(d - median) / MAD`` over the valid pixels.
 
-    Median and median absolute deviation (unscaled) are blind to the offset and scale Sapiens depth leaves free
-    and robust to the unsupervised background; one MAD is about one typical body-depth deviation.
+    Median and median absolute deviation (unscaled) are blind to the offset and scale Sapiens depth
+    leaves free and robust to the unsupervised background; one MAD is about one typical body-depth
+    deviation. The median is the lower median (torch semantics) for an even pixel count.
 
     Args:
         depth: (B, 1, H, W) relative depth. valid: (B, 1, H, W) bool, None = every pixel.
@@ -59,12 +61,13 @@ def _forget_critic_keys(module: nn.Module, incompatible) -> None:
 
 
 class _WholeImageCritic(GeometricCritic):
-    """Resize the crop to the model input, predict raw depth and normals, bring them back to the crop frame."""
+    """Resize the crop to the model input, predict raw depth and normals, bring them back to the crop."""
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
-        # Without this, a parent's strict load_state_dict reports the (deliberately unsaved) critic weights missing.
+        # Without this, a parent's strict load_state_dict reports the (deliberately unsaved) critic
+        # weights as missing.
         self.register_load_state_dict_post_hook(_forget_critic_keys)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -73,7 +76,7 @@ class _WholeImageCritic(GeometricCritic):
 
     @abstractmethod
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, h, w) model-size input -> raw depth (B, 1, ., .) and raw normals (B, 3, ., .) at native size."""
+        """(B, 3, h, w) model-size input -> raw depth (B, 1, ., .), raw normals (B, 3, ., .), native size."""
 
     def _dtype(self) -> torch.dtype:
         return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
@@ -83,8 +86,9 @@ class _WholeImageCritic(GeometricCritic):
         """(B, 3, H, W) Sapiens-normalised crops -> GeometryMaps in the same (H, W) frame.
 
         Args:
-            images: normalised with Sapiens' mean/std. valid: optional (B, 1, H, W) bool body/image mask; depth
-                statistics use only those pixels and it is returned as ``GeometryMaps.valid``.
+            images: normalised with Sapiens' mean/std.
+            valid: optional (B, 1, H, W) bool body/image mask; depth statistics use only those pixels and it
+                is returned as ``GeometryMaps.valid``.
         """
         size = images.shape[-2:]
         x = images.to(self._dtype())
@@ -100,11 +104,17 @@ class _WholeImageCritic(GeometricCritic):
 def _official_dense_model(
     checkpoint: str | Path | SapiensCheckpoint, family: str, input_size: tuple[int, int]
 ) -> nn.Sequential:
-    ckpt = checkpoint if isinstance(checkpoint, SapiensCheckpoint) else load_checkpoint(checkpoint, family=family)
+    ckpt = (
+        checkpoint
+        if isinstance(checkpoint, SapiensCheckpoint)
+        else load_checkpoint(checkpoint, family=family)
+    )
     if ckpt.family != family:
         raise CheckpointError(f"{ckpt.path}: a {ckpt.family} checkpoint where a {family} one is needed")
     if ckpt.preset is None:
-        raise CheckpointError(f"{ckpt.path}: no backbone preset with embed dim {ckpt.embed_dim}, depth {ckpt.depth}")
+        raise CheckpointError(
+            f"{ckpt.path}: no backbone preset with embed dim {ckpt.embed_dim}, depth {ckpt.depth}"
+        )
     head = (SapiensDepthHead if family == "depth" else SapiensNormalHead).from_state_dict(ckpt.head)
     load_head_state(head, ckpt)
     return nn.Sequential(create_backbone(ckpt.preset, img_size=input_size, checkpoint=ckpt), head)
@@ -114,8 +124,8 @@ class SapiensCritic(_WholeImageCritic):
     """Frozen official Sapiens depth + normal models as one critic.
 
     Args:
-        depth_checkpoint: official depth ``.pth`` / ``*_torchscript.pt2`` / converted safetensors (size recognised
-            from the weights, no patch padding).
+        depth_checkpoint: official depth ``.pth`` / ``*_torchscript.pt2`` / converted safetensors
+            (size recognised from the weights, no patch padding).
         normal_checkpoint: official normal checkpoint (2-px patch padding).
         input_size: (H, W) the models run at; 1024x768 is what they were trained for.
     """
@@ -156,7 +166,9 @@ class TorchScriptCritic(_WholeImageCritic):
         files: one TorchScript file or several. input_size: (H, W) the files take (official: 1024x768).
     """
 
-    def __init__(self, files: str | Path | Sequence[str | Path], input_size: tuple[int, int] = (1024, 768)) -> None:
+    def __init__(
+        self, files: str | Path | Sequence[str | Path], input_size: tuple[int, int] = (1024, 768)
+    ) -> None:
         super().__init__(input_size)
         self.paths = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]
         for path in self.paths:
@@ -178,7 +190,9 @@ class TorchScriptCritic(_WholeImageCritic):
                         "one of each across the files"
                     )
                 found[channels] = t
-        missing = [name for c, name in ((1, "depth (1 channel)"), (3, "normals (3 channels)")) if c not in found]
+        missing = [
+            name for c, name in ((1, "depth (1 channel)"), (3, "normals (3 channels)")) if c not in found
+        ]
         if missing:
             raise CheckpointError(f"{', '.join(self.paths)}: no file predicts {' or '.join(missing)}")
         return found[1], found[3]

@@ -1,9 +1,9 @@
 """Adult zero-shot baseline: an official Sapiens pose checkpoint read out as COCO-17 heatmaps.
 
-Sapiens pose checkpoints predict Goliath-308, COCO-WholeBody-133 or COCO-17 keypoints. The head's last layer is
-a 1x1 convolution, so selecting output channels is the same as selecting rows of its weight: the model keeps only
-the 17 rows COCO-17 needs (``GOLIATH308_TO_COCO17`` for Goliath; the first 17 for COCO-WholeBody, whose body block
-is COCO-17), which gives identical heatmaps and skips 291 of 308 output maps.
+Sapiens pose checkpoints predict Goliath-308, COCO-WholeBody-133 or COCO-17 keypoints. The head's last
+layer is a 1x1 convolution, so selecting output channels is the same as selecting rows of its weight: the
+model keeps only the 17 rows COCO-17 needs (``GOLIATH308_TO_COCO17`` for Goliath; the first 17 for
+COCO-WholeBody, whose body block is COCO-17), which gives identical heatmaps and skips 291 of 308 maps.
 """
 
 from __future__ import annotations
@@ -40,10 +40,18 @@ class ZeroShotPoseModel(PoseModel):
     Output: (B, 17, H/4, W/4) heatmaps in ``geosapiens.skeleton.COCO17`` order.
     """
 
-    def __init__(self, checkpoint: str | Path | SapiensCheckpoint, img_size: tuple[int, int] = (1024, 768)) -> None:
-        ckpt = checkpoint if isinstance(checkpoint, SapiensCheckpoint) else load_checkpoint(checkpoint, family="pose")
+    def __init__(
+        self, checkpoint: str | Path | SapiensCheckpoint, img_size: tuple[int, int] = (1024, 768)
+    ) -> None:
+        ckpt = (
+            checkpoint
+            if isinstance(checkpoint, SapiensCheckpoint)
+            else load_checkpoint(checkpoint, family="pose")
+        )
         if ckpt.family != "pose":
-            raise CheckpointError(f"{ckpt.path}: a {ckpt.family} checkpoint, the zero-shot model needs a pose one")
+            raise CheckpointError(
+                f"{ckpt.path}: a {ckpt.family} checkpoint, the zero-shot model needs a pose one"
+            )
         if ckpt.preset is None:
             raise CheckpointError(
                 f"{ckpt.path}: no backbone preset with embed dim {ckpt.embed_dim} and depth {ckpt.depth}"
