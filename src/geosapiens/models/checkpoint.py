@@ -189,6 +189,8 @@ def _torch_load(path: Path) -> Any:
             "arbitrary code, so it is never done; re-save the weights as safetensors where you trust the "
             f"file. [{str(err).splitlines()[-1] if str(err) else type(err).__name__}]"
         ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({err})") from err
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -199,8 +201,7 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on CPU (TorchScript runs no Python, unlike a pickle); its deprecation notice
-    is expected."""
+    """``torch.jit.load`` on CPU; TorchScript runs no Python, unlike a pickle (its deprecation is known)."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
@@ -429,9 +430,12 @@ def load_checkpoint(
         backbone.pop("cls_token")
         pos = pos[:, 1:]
     backbone["pos_embed"] = pos
-    grid = tuple(source_grid or (meta["pos_embed_grid"] if converted else ()) or ()) or _grid_for(
-        pos.shape[1]
-    )
+    if source_grid is not None:
+        grid = tuple(source_grid)
+    elif converted:
+        grid = tuple(meta["pos_embed_grid"])
+    else:
+        grid = _grid_for(pos.shape[1])
     if grid is not None and grid[0] * grid[1] != pos.shape[1]:
         raise CheckpointError(f"{path}: pos_embed has {pos.shape[1]} rows, not a {grid[0]}x{grid[1]} grid")
     return SapiensCheckpoint(str(path), found, backbone, head, grid, meta)
