@@ -106,6 +106,10 @@ def test_wrong_family_names_the_head_keys(files):
     assert "depth checkpoint (decode_head.conv_seg.weight (1, 16, 1, 1))" in str(err.value)
     with pytest.raises(CheckpointError, match="wrong family"):
         create_backbone("sapiens_nano", img_size=IMG, checkpoint=files["pose"], family="normal")
+    with pytest.raises(CheckpointError, match="wrong family: a depth checkpoint, not pose"):
+        create_backbone(
+            "sapiens_nano", img_size=IMG, checkpoint=load_checkpoint(files["depth"]), family="pose"
+        )
     # forcing a pose head onto depth weights
     with pytest.raises(CheckpointError) as err:
         load_head_state(SapiensHeatmapHead(64, 17, (32, 32), (32, 32)), load_checkpoint(files["depth"]))

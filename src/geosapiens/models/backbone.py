@@ -21,6 +21,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from geosapiens.errors import CheckpointError
 from geosapiens.models.checkpoint import (
     FAMILIES,
     PATCH_SIZE,
@@ -184,7 +185,8 @@ def create_backbone(
     Args:
         name: a :data:`SAPIENS_ARCHS` preset (``sapiens_0.3b`` ... ``sapiens_2b``, ``sapiens_tiny`` ...) or
             ``timm:<model>`` for a randomly initialised timm CNN.
-        img_size: (H, W) of the position-embedding grid; 1024x768 is native, 1024x1024 the paper configs.
+        img_size: (H, W) of the position-embedding grid; 1024x768 is native, 1024x1024 the paper configs
+            (timm CNNs take any size; use multiples of their stride).
         patch_padding: 0 or 2; None = what the family was trained with (pretrain/depth 0, pose/normal 2).
         checkpoint: an official ``.pth`` / ``*_torchscript.pt2`` / ``.safetensors`` file, or an already read
             :class:`SapiensCheckpoint`; its backbone is loaded strictly (pos_embed resized to ``img_size``).
@@ -208,6 +210,10 @@ def create_backbone(
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if checkpoint is not None and not isinstance(checkpoint, SapiensCheckpoint):
         checkpoint = load_checkpoint(checkpoint, family=family)
+    if checkpoint is not None and family is not None and checkpoint.family != family:
+        raise CheckpointError(
+            f"{checkpoint.path}: wrong family: a {checkpoint.family} checkpoint, not {family}"
+        )
     fam = checkpoint.family if checkpoint is not None else family
     if patch_padding is None:
         patch_padding = FAMILIES[fam].padding if fam else 0
