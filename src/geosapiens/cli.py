@@ -26,7 +26,11 @@ TOOLS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: geosapiens {fit,validate,test,predict} [--config CONFIG ...] [options]", "       geosapiens TOOL ...", ""]
+    lines = [
+        "usage: geosapiens {fit,validate,test,predict} [--config CONFIG ...] [options]",
+        "       geosapiens TOOL ...",
+        "",
+    ]
     lines += [f"  {verb:<16} {help_}" for verb, (_, help_) in TOOLS.items()]
     return "\n".join(lines)
 

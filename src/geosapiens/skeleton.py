@@ -34,12 +34,12 @@ def _swap_name(name: str) -> str:
     """The mirror name: left_* <-> right_*, l_* <-> r_*, leftX <-> rightX; central names map to themselves."""
     for a, b in (("left", "right"), ("right", "left")):
         if name.startswith(a):
-            return b + name[len(a):]
+            return b + name[len(a) :]
         if f"_{a}_" in name:
             return name.replace(f"_{a}_", f"_{b}_")
     for a, b in (("l_", "r_"), ("r_", "l_")):
         if name.startswith(a):
-            return b + name[len(a):]
+            return b + name[len(a) :]
     return name
 
 
@@ -68,7 +68,9 @@ class KeypointSet:
             flips = tuple(index.get(_swap_name(n), i) for i, n in enumerate(self.names))
             object.__setattr__(self, "flip_indices", flips)
         if len(self.flip_indices) != len(self.names):
-            raise ValueError(f"{self.name}: {len(self.flip_indices)} flip indices for {len(self.names)} names")
+            raise ValueError(
+                f"{self.name}: {len(self.flip_indices)} flip indices for {len(self.names)} names"
+            )
         if self.sigmas is not None and len(self.sigmas) != len(self.names):
             raise ValueError(f"{self.name}: {len(self.sigmas)} sigmas for {len(self.names)} names")
 
@@ -83,18 +85,64 @@ class KeypointSet:
 COCO17 = KeypointSet(
     name="coco17",
     names=(
-        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-        "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+        "nose",
+        "left_eye",
+        "right_eye",
+        "left_ear",
+        "right_ear",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
     ),
     # The standard COCO skeleton (19 edges), 0-based.
     limbs=(
-        (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-        (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+        (15, 13),
+        (13, 11),
+        (16, 14),
+        (14, 12),
+        (11, 12),
+        (5, 11),
+        (6, 12),
+        (5, 6),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (1, 2),
+        (0, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
     ),
     sigmas=(
-        0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
-        0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
     ),
 )
 
@@ -103,21 +151,87 @@ SMIL25 = KeypointSet(
     # anatomy: "leftUpperArm" is the shoulder joint, "leftShoulder" the collar bone.
     name="smil25",
     names=(
-        "global", "leftThigh", "rightThigh", "spine", "leftCalf", "rightCalf", "spine1", "leftFoot",
-        "rightFoot", "spine2", "leftToes", "rightToes", "neck", "leftShoulder", "rightShoulder", "head",
-        "leftUpperArm", "rightUpperArm", "leftForeArm", "rightForeArm", "leftHand", "rightHand",
-        "leftFingers", "rightFingers", "noseVertex",
+        "global",
+        "leftThigh",
+        "rightThigh",
+        "spine",
+        "leftCalf",
+        "rightCalf",
+        "spine1",
+        "leftFoot",
+        "rightFoot",
+        "spine2",
+        "leftToes",
+        "rightToes",
+        "neck",
+        "leftShoulder",
+        "rightShoulder",
+        "head",
+        "leftUpperArm",
+        "rightUpperArm",
+        "leftForeArm",
+        "rightForeArm",
+        "leftHand",
+        "rightHand",
+        "leftFingers",
+        "rightFingers",
+        "noseVertex",
     ),
     limbs=(
-        (0, 1), (1, 4), (4, 7), (7, 10), (0, 2), (2, 5), (5, 8), (8, 11), (0, 3), (3, 6), (6, 9), (9, 12),
-        (12, 15), (15, 24), (12, 13), (13, 16), (16, 18), (18, 20), (20, 22), (12, 14), (14, 17), (17, 19),
-        (19, 21), (21, 23),
+        (0, 1),
+        (1, 4),
+        (4, 7),
+        (7, 10),
+        (0, 2),
+        (2, 5),
+        (5, 8),
+        (8, 11),
+        (0, 3),
+        (3, 6),
+        (6, 9),
+        (9, 12),
+        (12, 15),
+        (15, 24),
+        (12, 13),
+        (13, 16),
+        (16, 18),
+        (18, 20),
+        (20, 22),
+        (12, 14),
+        (14, 17),
+        (17, 19),
+        (19, 21),
+        (21, 23),
     ),
 )
 
 # Parent of each SMIL joint (the SMPL kinematic tree); -1 for the root.
 SMIL25_PARENTS: tuple[int, ...] = (
-    -1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 12, 12, 13, 14, 16, 17, 18, 19, 20, 21, 15,
+    -1,
+    0,
+    0,
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    12,
+    12,
+    12,
+    13,
+    14,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    15,
 )
 
 
@@ -147,7 +261,14 @@ SYMMETRIC_BONES: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
 # COCO-17 kinematic chain as (parent, child) from the mid-hip outwards; used by elastic scale augmentation
 # and the pose prior's normalisation. "neck" is the shoulder midpoint, the head hangs off it.
 COCO17_CHAIN: tuple[tuple[int, int], ...] = (
-    (5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16),
+    (5, 7),
+    (7, 9),
+    (6, 8),
+    (8, 10),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
 )
 COCO17_HEAD: tuple[int, ...] = (0, 1, 2, 3, 4)
 

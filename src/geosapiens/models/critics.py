@@ -29,6 +29,13 @@ class GeometryMaps:
     valid: torch.Tensor | None = None
 
 
+def _forget_critic_keys(module: nn.Module, incompatible) -> None:
+    """Load post-hook: a training checkpoint never holds critic weights, so their absence is not an error."""
+    prefix = getattr(module, "_checkpoint_prefix", None)
+    if prefix is not None:
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
+
+
 class GeometricCritic(nn.Module, ABC):
     """A frozen image -> (depth, normals) estimator.
 
@@ -39,6 +46,9 @@ class GeometricCritic(nn.Module, ABC):
 
     def __init__(self) -> None:
         super().__init__()
+        # The parent's strict load_state_dict would otherwise report the (deliberately unsaved) weights of
+        # the critic's children as missing.
+        self.register_load_state_dict_post_hook(_forget_critic_keys)
 
     def freeze(self) -> GeometricCritic:
         for p in self.parameters():
@@ -49,7 +59,7 @@ class GeometricCritic(nn.Module, ABC):
         return super().train(False)
 
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Nothing: critic weights stay out of training checkpoints (use :meth:`weights` for the critic's own)."""
+        """Nothing: critic weights stay out of training checkpoints (:meth:`weights` has them)."""
         return {} if destination is None else destination
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -57,7 +67,9 @@ class GeometricCritic(nn.Module, ABC):
         return nn.Module.state_dict(self)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        return None  # weights come from the critic's own file, never from a training checkpoint
+        self._checkpoint_prefix = (
+            prefix  # weights come from the critic's own file, never a training checkpoint
+        )
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> GeometryMaps:

@@ -53,26 +53,12 @@ def normalize_relative_depth(
     return out.nan_to_num(0.0, posinf=0.0, neginf=0.0).reshape(depth.shape)
 
 
-def _forget_critic_keys(module: nn.Module, incompatible) -> None:
-    """Load post-hook: a training checkpoint never holds critic weights, so their absence is not an error."""
-    prefix = getattr(module, "_checkpoint_prefix", None)
-    if prefix is not None:
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
-
-
 class _WholeImageCritic(GeometricCritic):
     """Resize the crop to the model input, predict raw depth and normals, bring them back to the crop."""
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         super().__init__()
         self.input_size = tuple(int(s) for s in input_size)
-        # Without this, a parent's strict load_state_dict reports the (deliberately unsaved) critic
-        # weights as missing.
-        self.register_load_state_dict_post_hook(_forget_critic_keys)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._checkpoint_prefix = prefix
-        return None
 
     @abstractmethod
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
