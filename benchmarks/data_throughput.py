@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         n = len(records)
         print(f"images: {n} from {source}; input {size[0]}x{size[1]}; {os.cpu_count()} CPUs visible")
 
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(0)  # sequential, as in a DataLoader worker
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         torch.manual_seed(0)

@@ -4,6 +4,7 @@ source + target composition (also through a real Trainer, with its state in the 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 
 import lightning.pytorch as L
@@ -147,9 +148,12 @@ def test_fewshot_choice_is_seeded_recorded_and_restorable(syrip):
         fewshot(fewshot_image_ids=[dm.val_image_ids[0]])
 
 
-def test_unlabelled_mode_yields_pairs(syrip):
-    dm = SyRIPRealDataModule(syrip, mode="unlabelled", train_file=TRAIN, test_file=TEST, **SMALL)
+def test_unlabelled_mode_yields_pairs_from_workers(syrip):
+    dm = SyRIPRealDataModule(syrip, mode="unlabelled", train_file=TRAIN, test_file=TEST,
+                             **{**SMALL, "num_workers": 2})
     dm.setup("fit")
+    for part in (dm.train_labelled_dataset(), dm.train_pair_dataset(), dm.pair_train_loader().collate_fn):
+        pickle.loads(pickle.dumps(part))  # spawn-started workers (and ddp_spawn) pickle them
     batch = next(iter(dm.train_dataloader()))
     assert {"weak", "strong", "weak_to_strong", "canonical_affine", "cutmix_mask"} <= batch.keys()
     assert "keypoints" not in batch

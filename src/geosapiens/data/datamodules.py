@@ -23,6 +23,7 @@ from typing import Any, Literal
 import cv2
 import lightning.pytorch as L
 import numpy as np
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
@@ -46,8 +47,15 @@ __all__ = [
 
 
 def _worker_init(worker_id: int) -> None:
-    """One OpenCV thread per DataLoader worker: workers are the parallelism, threads would oversubscribe."""
-    cv2.setNumThreads(1)
+    """Per DataLoader worker: OpenCV runs sequentially (workers are the parallelism; threads would
+    oversubscribe), and Lightning's seeding, which mixes the global rank into the worker's torch seed so DDP
+    ranks never share an augmentation stream (Lightning adds it itself only to loaders without an init fn).
+
+    ``cv2.setNumThreads(0)``, not 1: with OpenCV's pthreads backend, a forked worker whose parent already
+    ran a parallel OpenCV call hangs forever in ``setNumThreads(1)`` (0 and 2+ return; checked on 5.0.0).
+    """
+    cv2.setNumThreads(0)
+    pl_worker_init_function(worker_id)
 
 
 def split_by_image(records: Sequence[PoseRecord], fraction: float, seed: int) -> tuple[list, list, list]:
