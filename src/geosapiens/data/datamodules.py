@@ -91,6 +91,7 @@ class PoseDataModule(L.LightningDataModule):
         photometric_strength: magnitude of colour/blur/noise/JPEG augmentation on labelled training crops
             and strong views (0 disables); baselines get the same as the method.
         cutmix_prob: per-pair probability of CutMix between the strong views of a target batch.
+        cutmix_area: CutMix rectangle area range, as a fraction of the view.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class PoseDataModule(L.LightningDataModule):
         occlude_prob: float = 0.5,
         photometric_strength: float = 1.0,
         cutmix_prob: float = 0.5,
+        cutmix_area: tuple[float, float] = (0.1, 0.3),
     ) -> None:
         super().__init__()
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -136,6 +138,7 @@ class PoseDataModule(L.LightningDataModule):
         self.occlude = CutOcclude(occlude_prob) if occlude_prob > 0 else None
         self.photometric = Photometric(photometric_strength) if photometric_strength > 0 else None
         self.cutmix_prob = cutmix_prob
+        self.cutmix_area = (float(cutmix_area[0]), float(cutmix_area[1]))
         self.train_records: list[PoseRecord] = []
         self.val_records: list[PoseRecord] = []
         self.test_records: list[PoseRecord] = []
@@ -182,7 +185,8 @@ class PoseDataModule(L.LightningDataModule):
         return self._loader(self.train_labelled_dataset(), train=True)
 
     def pair_train_loader(self) -> DataLoader:
-        return self._loader(self.train_pair_dataset(), train=True, collate_fn=PairCollate(self.cutmix_prob))
+        collate = PairCollate(self.cutmix_prob, self.cutmix_area)
+        return self._loader(self.train_pair_dataset(), train=True, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self.labelled_train_loader()

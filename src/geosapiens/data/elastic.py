@@ -6,8 +6,8 @@ model does not learn a fixed head-to-body ratio. It runs in the crop frame, afte
 
 1. the *forward* rule moves the labelled keypoints (:func:`skeleton_targets`): head points radially about
    the neck (shoulder midpoint), and for each (parent, child) segment the child and everything below it;
-2. control points = labelled keypoints, extra points along each limb and around the head (moved by the
-   same rule), and fixed anchors on the crop border (:func:`control_points`);
+2. control points = labelled keypoints, points around the head (moved by the same rule), a fixed neck and
+   mid-hip, and fixed anchors on a frame around the crop (:func:`control_points`);
 3. the *backward* map (output pixel -> pre-warp pixel) is the TPS fitted from target to source points,
    evaluated on a coarse node grid (:class:`ElasticWarp`). Composed with the inverse crop affine on the
    nodes and upsampled with ``cv2.resize``, it gives the ONE ``cv2.remap`` that makes the labelled view.
@@ -154,17 +154,23 @@ def control_points(
     segment_factors: np.ndarray,
     output_size_hw: tuple[int, int],
     anchors_per_side: int = 5,
-    limb_points: int = 2,
+    limb_points: int = 0,
     head_ring: int = 8,
-    head_ring_radius: float = 1.5,
-    anchor_margin: float = 0.0,
+    head_ring_radius: float = 1.0,
+    anchor_margin: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Source and target control points of the warp (labelled keypoints first).
 
-    Extras keep the warp rigid where the body is: ``limb_points`` evenly spaced points inside each scaled
-    segment (so limbs stay straight), a fixed neck and mid-hip (the torso does not move), ``head_ring``
-    points on a circle around the head on its far side from the neck (the whole skull scales, not only the
-    face), and ``anchors_per_side`` fixed points along each crop border edge (the background stays put).
+    Extras: a fixed neck and mid-hip (the torso does not move); ``head_ring`` points on a circle around the
+    head (``head_ring_radius`` x its extent), on its far side from the neck, moved with the head (the whole
+    skull scales, not only the face); ``anchors_per_side`` fixed points along each edge of a frame
+    ``anchor_margin`` x the crop size outside the crop (the background stays put); optionally
+    ``limb_points`` points inside each scaled segment (keeps limbs straight).
+
+    The defaults are measured (SyRIP sample, 160 random 1024 views, random factors, share of warps applied
+    with full / shrunk / no factors): anchors *on* the crop border pin the background next to a head or limb
+    that the padding-1.25 crop leaves near the border (68 / 31 / 2%); the 0.25 frame gives 84 / 15 / 1%.
+    Two limb points per segment add conflicts where limbs cross, frequent for infants (76 / 21 / 3%).
     Points whose target coincides with an earlier one (within 1e-3 px) are dropped, so the TPS is solvable.
 
     Returns:
