@@ -80,6 +80,8 @@ def test_mini_rgbd_frame_stride_and_overlap_check(mini_rgbd):
         ("01", 0), ("01", 2), ("02", 0), ("02", 2)
     ]
     assert dm.test_records == []  # the test split is only read for testing
+    assert dm.val_dataloader() != []
+    assert MiniRGBDDataModule(mini_rgbd, val_sequences=[]).val_dataloader() == []  # Lightning skips it
     with pytest.raises(ValueError, match=r"\['08'\] are in both train and test"):
         MiniRGBDDataModule(mini_rgbd, test_sequences=["08", "11"])
 

@@ -191,7 +191,10 @@ class PoseDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.labelled_train_loader()
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader; ``[]`` (Lightning then skips validation) when the split is empty."""
+        if not self.val_records:
+            return []
         return self._loader(self.eval_dataset(self.val_records), train=False)
 
     def test_dataloader(self) -> DataLoader:
@@ -464,7 +467,7 @@ class AdaptationDataModule(L.LightningDataModule):
         loaders = {"source": self.source.labelled_train_loader(), "target": self.target.pair_train_loader()}
         return CombinedLoader(loaders, mode=self.mode)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         return self.target.val_dataloader()
 
     def test_dataloader(self) -> DataLoader:
