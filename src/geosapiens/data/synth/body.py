@@ -182,7 +182,7 @@ class BodyShape:
     """Shape knobs of one infant (all 1.0 = the mean 3-month infant).
 
     Attributes:
-        scale: overall size (0.85 is a newborn, 1.15 about six months).
+        scale: overall size (0.85 is a newborn, 1.1 about six months).
         girth: limb and trunk thickness (chubbiness).
         head: head size relative to the body.
         limbs: limb length relative to the trunk.
@@ -196,7 +196,7 @@ class BodyShape:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> BodyShape:
         return cls(
-            scale=float(rng.uniform(0.86, 1.14)),
+            scale=float(rng.uniform(0.85, 1.1)),
             girth=float(rng.uniform(0.85, 1.2)),
             head=float(rng.uniform(0.92, 1.1)),
             limbs=float(rng.uniform(0.92, 1.08)),

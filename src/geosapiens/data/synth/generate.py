@@ -243,7 +243,7 @@ def generate(out: str | Path, preset: Preset, seed: int = 0, workers: int = 1, p
             results = map(_run, jobs)
             pool = None
         else:
-            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
             results = pool.imap_unordered(_run, jobs)
         try:
             for done, stills in results:

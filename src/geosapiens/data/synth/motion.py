@@ -188,8 +188,8 @@ def sample_motion(body: Body, rng: np.random.Generator, num_frames: int, fps: fl
     """A supine sequence of ``num_frames`` poses with smooth, variable limb movements.
 
     Every angle follows ``base + envelope(t) * sum_k a_k sin(2 pi f_k t + phi_k)`` with five frequencies
-    drawn log-uniformly in 0.25-4 Hz (amplitude ~ f^-0.5: fidgety small fast moves on top of slower
-    writhing), a slow random activity envelope (bursts and pauses), then a soft clip to the joint limits.
+    drawn log-uniformly in 0.2-3 Hz (amplitude ~ 1/f, so every component contributes the same speed:
+    small fast fidgety moves on top of larger, slower writhing), a slow random activity envelope (bursts and pauses), then a soft clip to the joint limits.
     """
     base = sample_pose(body, rng, "supine", yaw=float(rng.uniform(-np.pi, np.pi)))
     t = np.arange(num_frames) / fps
@@ -198,8 +198,8 @@ def sample_motion(body: Body, rng: np.random.Generator, num_frames: int, fps: fl
         amp[i] = amp[FLIP_NODES[i]] = a
     amp = np.deg2rad(amp) * rng.uniform(0.6, 1.4)
     K = 5
-    freqs = np.exp(rng.uniform(np.log(0.25), np.log(4.0), (K, NUM_NODES, 3)))
-    weights = freqs**-0.5 * rng.uniform(0.3, 1.0, freqs.shape)
+    freqs = np.exp(rng.uniform(np.log(0.2), np.log(3.0), (K, NUM_NODES, 3)))
+    weights = rng.uniform(0.3, 1.0, freqs.shape) / freqs
     weights /= np.sqrt((weights**2).sum(0, keepdims=True) / 2)
     phases = rng.uniform(0, 2 * np.pi, freqs.shape)
     wave = (

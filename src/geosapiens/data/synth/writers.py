@@ -122,21 +122,18 @@ def coco_keypoints(frame: Frame) -> np.ndarray:
 def coco_bbox(frame: Frame, keypoints: np.ndarray) -> list[float]:
     """Tight box (x, y, w, h) of the infant mask, grown to hold every in-image keypoint (occluded ones too).
 
-    Mask pixels count whole (``[c0, c1 + 1)``, PIL ``getbbox`` style), as a MINI-RGBD reader gets its box.
+    Pixel centres sit at integer coordinates, so mask columns ``c0..c1`` span ``[c0 - 0.5, c1 + 0.5]``: the
+    same box the MINI-RGBD reader derives from a foreground mask.
     """
     ys, xs = np.nonzero(frame.mask)
     labelled = keypoints[keypoints[:, 2] > 0, :2]
-    if xs.size:
-        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-    else:
-        x0 = y0 = np.inf
-        x1 = y1 = -np.inf
-    if len(labelled):
-        x0, y0 = min(x0, labelled[:, 0].min()), min(y0, labelled[:, 1].min())
-        x1, y1 = max(x1, labelled[:, 0].max()), max(y1, labelled[:, 1].max())
-    if not np.isfinite([x0, y0, x1, y1]).all():
+    corners = [np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])] if xs.size else []
+    corners += [labelled] if len(labelled) else []
+    if not corners:
         return [0.0, 0.0, 0.0, 0.0]
-    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+    pts = np.concatenate(corners)
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    return [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)]
 
 
 def coco_entries(
