@@ -1,7 +1,8 @@
 """Is the domain gap of the procedural generator real? Train on "synthetic", test on both styles.
 
 Generates (or reuses, ``--data``) a SyRIP-style folder, loads it through the SyRIP reader like real data,
-trains a tiny CNN (heatmaps + soft-argmax, L1 on coordinates) on "synthetic" stills for a fixed time on one CPU thread, and reports
+trains a tiny CNN (heatmaps + soft-argmax, L1 on coordinates) on "synthetic" stills for a fixed time on
+one CPU thread, and reports
 PCK (threshold = alpha x bbox max side, over labelled keypoints) on held-out "synthetic" stills and on the
 "real-like" test split. A real gap shows as clearly lower "real-like" PCK.
 
@@ -36,8 +37,9 @@ STRIDE = 4  # heatmap stride
 FLIP = np.asarray(COCO17.flip_indices)
 
 
-def crop(image: np.ndarray, keypoints: np.ndarray, bbox, size: int = SIZE, padding: float = 1.25
-         ) -> tuple[np.ndarray, np.ndarray, float]:
+def crop(
+    image: np.ndarray, keypoints: np.ndarray, bbox, size: int = SIZE, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Square crop around the bbox centre; returns (image, keypoints in crop px, bbox max side in crop px)."""
     x, y, w, h = bbox
     side = max(w, h) * padding
@@ -60,8 +62,10 @@ def _stack(crops: list, labelled: list) -> dict[str, np.ndarray]:
 def load(root: Path, annotation: str, ids: range | None = None) -> dict[str, np.ndarray]:
     """Crops of a SyRIP-style split read through the real-format reader."""
     records = [r for r in read_syrip(root, annotation) if ids is None or r.image_id in ids]
-    crops = [crop(cv2.cvtColor(cv2.imread(str(r.image_path)), cv2.COLOR_BGR2RGB), r.keypoints, r.bbox)
-             for r in records]
+    crops = [
+        crop(cv2.cvtColor(cv2.imread(str(r.image_path)), cv2.COLOR_BGR2RGB), r.keypoints, r.bbox)
+        for r in records
+    ]
     return _stack(crops, [r.labelled for r in records])
 
 
@@ -70,7 +74,9 @@ def restyled_test(seed: int, count: int, size: tuple[int, int]) -> dict[str, np.
     crops, labelled = [], []
     for i in range(count):
         ss = still_seed(seed, STILL_SPLITS[3], i)
-        frame = render_frame(sample_still(ss, "synthetic", size, camera_style="real-like"), stream(ss, "noise"))
+        frame = render_frame(
+            sample_still(ss, "synthetic", size, camera_style="real-like"), stream(ss, "noise")
+        )
         kp = coco_keypoints(frame)
         crops.append(crop(frame.rgb, kp[:, :2].astype(np.float32), coco_bbox(frame, kp)))
         labelled.append(kp[:, 2] > 0)
@@ -84,14 +90,25 @@ class TinyPose(nn.Module):
         super().__init__()
 
         def block(i: int, o: int, s: int = 1) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)
+            )
 
         def up(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.ConvTranspose2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True))
+            return nn.Sequential(
+                nn.ConvTranspose2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)
+            )
 
         self.net = nn.Sequential(
-            block(3, 32, 2), block(32, 32), block(32, 64, 2), block(64, 64), block(64, 128, 2), block(128, 128),
-            up(128, 64), block(64, 64), nn.Conv2d(64, k, 1),
+            block(3, 32, 2),
+            block(32, 32),
+            block(32, 64, 2),
+            block(64, 64),
+            block(64, 128, 2),
+            block(128, 128),
+            up(128, 64),
+            block(64, 64),
+            nn.Conv2d(64, k, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +125,9 @@ def augment(images: np.ndarray, kp: np.ndarray, rng: np.random.Generator) -> tup
     """Random rotation (+-30 deg), scale (0.8-1.2) and horizontal flip with left/right swap."""
     out_i, out_k = np.empty_like(images), np.empty_like(kp)
     for b in range(len(images)):
-        A = cv2.getRotationMatrix2D((SIZE / 2 - 0.5, SIZE / 2 - 0.5), rng.uniform(-30, 30), rng.uniform(0.8, 1.2))
+        A = cv2.getRotationMatrix2D(
+            (SIZE / 2 - 0.5, SIZE / 2 - 0.5), rng.uniform(-30, 30), rng.uniform(0.8, 1.2)
+        )
         img = cv2.warpAffine(images[b], A, (SIZE, SIZE), borderMode=cv2.BORDER_REFLECT)
         k = kp[b] @ A[:, :2].T + A[:, 2]
         if rng.random() < 0.5:
@@ -128,8 +147,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def pck(model: nn.Module, data: dict[str, np.ndarray], alphas=(0.05, 0.1, 0.2)) -> dict[float, float]:
     model.eval()
-    pred = np.concatenate([model(to_tensor(data["images"][i : i + 128])).numpy()
-                           for i in range(0, len(data["images"]), 128)])
+    pred = np.concatenate(
+        [model(to_tensor(data["images"][i : i + 128])).numpy() for i in range(0, len(data["images"]), 128)]
+    )
     err = np.linalg.norm(pred - data["keypoints"], axis=-1) / data["scale"][:, None]
     lab = data["weights"] > 0
     return {a: float((err[lab] < a).mean() * 100) for a in alphas}
@@ -140,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="generated folder to reuse/create (default: a temporary one)")
     p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
     p.add_argument("--train", type=int, default=1800, help="synthetic training stills")
-    p.add_argument("--test", type=int, default=300, help="stills per test set (synthetic held-out, real-like)")
+    p.add_argument(
+        "--test", type=int, default=300, help="stills per test set (synthetic held-out, real-like)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -180,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         for g in opt.param_groups:  # cosine decay over the time budget
             g["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, (time.perf_counter() - t0) / budget)))
-    print(f"TinyPose {n_params / 1e6:.2f}M params, {step} steps (batch 32, {SIZE}x{SIZE}) in "
-          f"{time.perf_counter() - t0:.0f} s on 1 thread; final loss {loss.item():.3f}")
+    print(
+        f"TinyPose {n_params / 1e6:.2f}M params, {step} steps (batch 32, {SIZE}x{SIZE}) in "
+        f"{time.perf_counter() - t0:.0f} s on 1 thread; final loss {loss.item():.3f}"
+    )
     rows = (
         ("synthetic (held out)", test_syn),
         ("validate100 scenes, synthetic look", test_restyled),
@@ -193,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         res = results[name] = pck(model, data)
         print(f"{name:<36}{len(data['images']):>5}  {res[0.05]:8.1f}  {res[0.1]:7.1f}  {res[0.2]:7.1f}")
     syn, same, real = (results[name][0.1] for name, _ in rows)
-    print(f"gap at PCK@0.1: {syn - real:.1f} points in all ({same - real:.1f} from the real-like look alone, "
-          f"same scenes)")
+    print(
+        f"gap at PCK@0.1: {syn - real:.1f} points in all ({same - real:.1f} from the real-like look alone, "
+        f"same scenes)"
+    )
     return 0
 
 

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             items = list(enumerate(scenes))
             wall, cpu = _timed(
-                lambda item: write_mini_rgbd_frame(Path(tmp), "01", item[0],
-                                                   render_frame(item[1], np.random.default_rng(item[0]))), items)
+                lambda item: write_mini_rgbd_frame(
+                    Path(tmp), "01", item[0], render_frame(item[1], np.random.default_rng(item[0]))
+                ),
+                items,
+            )
         print(f"{'sequence frame, ' + style + ' (render + write)':<44}{wall:9.1f}{cpu:9.1f}")
 
     if not args.no_demo:
@@ -65,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             generate(Path(tmp) / "demo", preset, seed=0, workers=args.workers, progress=False)
             wall = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 2**20
-        print(f"demo preset ({preset.num_stills} stills at {preset.still_size[0]}x{preset.still_size[1]}, "
-              f"{len(preset.sequence_styles)}x{preset.sequence_frames} frames at 640x480, maps included): "
-              f"{wall:.1f} s wall with {args.workers} workers, {size:.0f} MiB")
+        print(
+            f"demo preset ({preset.num_stills} stills at {preset.still_size[0]}x{preset.still_size[1]}, "
+            f"{len(preset.sequence_styles)}x{preset.sequence_frames} frames at 640x480, maps included): "
+            f"{wall:.1f} s wall with {args.workers} workers, {size:.0f} MiB"
+        )
     return 0
 
 

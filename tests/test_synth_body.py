@@ -110,7 +110,7 @@ def test_joint_limits_move_limbs_the_anatomical_way():
 
 
 def test_mirrored_pose_gives_mirrored_labelled_joints():
-    """Swapping left/right limb angles (y/z negated) mirrors every node, with left and right labels swapped."""
+    """Swapping left/right limb angles (y/z negated) mirrors every node, left and right labels swapped."""
     rng = np.random.default_rng(1)
     body = Body(BodyShape.sample(rng))
     pose = sample_pose(body, rng)
@@ -131,7 +131,9 @@ def test_pose_sampler_respects_limits_and_the_posture_mix():
     for _ in range(300):
         pose = sample_pose(body, rng)
         postures.append(pose.posture)
-        assert np.all(pose.angles >= body.limits[..., 0] - 1e-12) and np.all(pose.angles <= body.limits[..., 1] + 1e-12)
+        assert np.all(pose.angles >= body.limits[..., 0] - 1e-12) and np.all(
+            pose.angles <= body.limits[..., 1] + 1e-12
+        )
         posed = body.pose(pose.angles, pose.root, pose.position)
         lowest = (posed.centres[:, 2] - np.linalg.norm(posed.axes[:, 2, :], axis=1)).min()
         assert abs(lowest) < 1e-9  # resting on the floor, nothing below it

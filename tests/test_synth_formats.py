@@ -22,8 +22,11 @@ TINY = PRESETS["tiny"]
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,13 @@ def test_layout_is_the_official_one(tiny):
         assert (syrip / split.annotation).is_file()
     assert (syrip / COMBINED_SPLIT[1]).is_file()
     seq = tiny / "mini_rgbd" / "01"
-    for sub, name in (("rgb", "syn_00000.png"), ("depth", "syn_00000_depth.png"), ("fg_mask", "mask_00000.png"),
-                      ("joints_2Ddep", "syn_joints_2Ddep_00000.txt"), ("joints_3D", "syn_joints_3D_00000.txt")):
+    for sub, name in (
+        ("rgb", "syn_00000.png"),
+        ("depth", "syn_00000_depth.png"),
+        ("fg_mask", "mask_00000.png"),
+        ("joints_2Ddep", "syn_joints_2Ddep_00000.txt"),
+        ("joints_3D", "syn_joints_3D_00000.txt"),
+    ):
         assert (seq / sub / name).is_file()
     manifest = json.loads((tiny / "manifest.json").read_text())
     assert manifest["mini_rgbd"]["sequences"] == {"01": "synthetic", "02": "real-like"}
@@ -79,7 +87,11 @@ def test_mini_rgbd_depth_mask_and_maps_agree(tiny):
     mask = cv2.imread(str(frame / "fg_mask" / "mask_00001.png"), cv2.IMREAD_UNCHANGED)
     maps = np.load(tiny / "mini_rgbd" / "geosapiens_maps" / "02" / "rgb" / "syn_00001.npz")
     assert depth.dtype == np.uint16 and set(np.unique(mask)) <= {0, 255}
-    assert maps["depth"].dtype == np.float32 and maps["normals"].dtype == np.float16 and maps["mask"].dtype == np.uint8
+    assert (
+        maps["depth"].dtype == np.float32
+        and maps["normals"].dtype == np.float16
+        and maps["mask"].dtype == np.uint8
+    )
     on = maps["mask"] == 1
     np.testing.assert_array_equal(on, mask == 255)
     assert np.abs(depth[on].astype(np.float32) - maps["depth"][on]).max() <= 0.5
@@ -129,7 +141,9 @@ def test_maps_of_stills_match_the_images(tiny):
     rec = read_syrip(tiny / "syrip", STILL_SPLITS[0].annotation)[0]
     maps = np.load(rec.maps_path)
     image = cv2.imread(str(rec.image_path))
-    assert maps["depth"].shape == image.shape[:2] == maps["mask"].shape and maps["normals"].shape == image.shape
+    assert (
+        maps["depth"].shape == image.shape[:2] == maps["mask"].shape and maps["normals"].shape == image.shape
+    )
     ys, xs = np.nonzero(maps["mask"])
     assert rec.bbox[0] <= xs.min() - 0.5 + 1e-3 and rec.bbox[1] <= ys.min() - 0.5 + 1e-3
 

@@ -47,7 +47,9 @@ def test_sphere_depth_normals_and_silhouette_are_exact():
 def test_nearest_surface_wins_and_plane_is_analytic():
     cam = Camera.mini_rgbd(np.eye(3), np.zeros(3))
     centres = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.7]])
-    frags = rasterise(cam, centres, np.stack([np.eye(3) * 0.1, np.eye(3) * 0.05]), (np.array([0.0, 0.0, 1.0]), 2.0))
+    frags = rasterise(
+        cam, centres, np.stack([np.eye(3) * 0.1, np.eye(3) * 0.05]), (np.array([0.0, 0.0, 1.0]), 2.0)
+    )
     v, u = int(round(cam.K[1, 2])), int(round(cam.K[0, 2]))
     assert frags.prim[v, u] == 1 and frags.depth[v, u] == pytest.approx(0.65, abs=1e-3)
     assert np.allclose(frags.plane_depth, 2.0)
@@ -111,8 +113,11 @@ def test_visibility_comes_from_the_depth_test():
     base = render_frame(Scene(scene.body, pose, cam, app), np.random.default_rng(0))
     face = [24, 25, 26]
     assert base.visible[face].all()
-    screen = Prop(posed.nodes[24] + np.array([0.0, 0.0, 0.1]), np.diag([0.08, 0.08, 0.01]),
-                  Pattern("plain", np.ones((1, 3))))
+    screen = Prop(
+        posed.nodes[24] + np.array([0.0, 0.0, 0.1]),
+        np.diag([0.08, 0.08, 0.01]),
+        Pattern("plain", np.ones((1, 3))),
+    )
     hidden = render_frame(Scene(scene.body, pose, cam, app, [screen]), np.random.default_rng(0))
     assert not hidden.visible[face].any()
     assert hidden.mask.sum() < base.mask.sum()
@@ -121,7 +126,7 @@ def test_visibility_comes_from_the_depth_test():
 
 
 def test_mirrored_body_gives_mirrored_image_and_labels():
-    """Flip left and right limbs (and the camera about the same plane): mask mirrors, COCO labels swap sides."""
+    """Flip left and right limbs (and the camera about the same plane): mask mirrors, labels swap sides."""
     ss = np.random.SeedSequence([5])
     scene = sample_still(ss, "synthetic", (320, 240))
     W, H = 320, 240

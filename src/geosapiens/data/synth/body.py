@@ -333,7 +333,7 @@ class Body:
         self.prim_side = np.array([p[5] for p in prims])
 
     def _add_limbs(self, add, side: int) -> None:
-        """Arm and leg ellipsoids of one side (+1 left, -1 right): chubby segments, joint spheres, hand, foot."""
+        """Arm and leg ellipsoids of one side (+1 left, -1 right): segments, joint spheres, hand, foot."""
         s, r = self.shape, self.rest
         g = s.scale * s.girth
         eye = np.eye(3)
@@ -366,7 +366,7 @@ class Body:
         return len(self.prim_region)
 
     def _own_prims(self) -> tuple[tuple[int, ...], ...]:
-        """Ellipsoids on the joint's own bone or its parent's (rigid relative to the joint) that contain it."""
+        """Ellipsoids on the joint's own bone or its parent's (rigid w.r.t. the joint) that contain it."""
         own = []
         for j in range(NUM_NODES):
             if j in LANDMARKS:
@@ -395,7 +395,7 @@ class Body:
         """Forward kinematics.
 
         Args:
-            angles: (NUM_NODES, 3) Euler angles in radians (node 0's are ignored: ``root_rotation`` orients it).
+            angles: (NUM_NODES, 3) Euler angles in radians (node 0's are ignored: ``root_rotation`` rules).
             root_rotation: (3, 3) body frame -> world.
             root_position: (3,) world position of the pelvis.
         """

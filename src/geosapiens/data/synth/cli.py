@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     existing = [out / name for name in _OUTPUTS if (out / name).exists()]
     if existing and not args.overwrite:
         print(
-            f"geosapiens data synth: {out} already holds generator output ({', '.join(p.name for p in existing)}); "
+            f"geosapiens data synth: {out} already holds generator output "
+            f"({', '.join(p.name for p in existing)}); "
             "pass --overwrite to replace it",
             file=sys.stderr,
         )

@@ -1,4 +1,4 @@
-"""Writes a whole generated data set (stills and sequences) in the real formats, in parallel and deterministically.
+"""Writes a whole generated data set (stills, sequences) in the real formats, in parallel, deterministically.
 
 Every image has its own seed, ``SeedSequence([seed, split code, index])`` (frames:
 ``[seed, sequence code, sequence, frame]``), so the bytes written do not depend on the number of worker
@@ -212,7 +212,8 @@ def manifest(preset: Preset, seed: int) -> dict:
             "bbox": "tight box of the infant mask grown to hold every in-image keypoint; area = w*h",
             "visibility": "v=2 visible, v=1 occluded (depth test), v=0 outside the image (x=y=0)",
         },
-        "maps": "geosapiens_maps/<image path>.npz at each dataset root: depth float32 mm, normals float16, mask uint8",
+        "maps": "geosapiens_maps/<image path>.npz at each dataset root: depth float32 mm, normals float16, "
+        "mask uint8",
     }
 
 

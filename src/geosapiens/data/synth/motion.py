@@ -189,7 +189,8 @@ def sample_motion(body: Body, rng: np.random.Generator, num_frames: int, fps: fl
 
     Every angle follows ``base + envelope(t) * sum_k a_k sin(2 pi f_k t + phi_k)`` with five frequencies
     drawn log-uniformly in 0.2-3 Hz (amplitude ~ 1/f, so every component contributes the same speed:
-    small fast fidgety moves on top of larger, slower writhing), a slow random activity envelope (bursts and pauses), then a soft clip to the joint limits.
+    small fast fidgety moves on top of larger, slower writhing), a slow random activity envelope (bursts
+    and pauses), then a soft clip to the joint limits.
     """
     base = sample_pose(body, rng, "supine", yaw=float(rng.uniform(-np.pi, np.pi)))
     t = np.arange(num_frames) / fps

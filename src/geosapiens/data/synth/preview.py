@@ -21,7 +21,7 @@ _LEFT, _RIGHT, _CENTRE = (255, 140, 0), (0, 170, 255), (60, 230, 60)
 def draw_skeleton(
     image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, labelled: np.ndarray
 ) -> np.ndarray:
-    """Draw COCO-17 ``keypoints`` (17, 2) on an RGB image: filled dots visible, rings occluded, left orange."""
+    """Draw COCO-17 ``keypoints`` (17, 2) on RGB: filled dots visible, rings occluded, left side orange."""
     out = image.copy()
     scale = max(1, round(out.shape[1] / 320))
     pts = np.round(keypoints).astype(int)

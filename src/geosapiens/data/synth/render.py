@@ -87,7 +87,7 @@ class Camera:
         )
 
     def rays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised image coordinates of pixel centres: x (W,), y (H,); the ray of (u, v) is (x[u], y[v], 1)."""
+        """Normalised coordinates of pixel centres: x (W,), y (H,); the ray of (u, v) is (x[u], y[v], 1)."""
         xs = (np.arange(self.width) - self.K[0, 2]) / self.K[0, 0]
         ys = (np.arange(self.height) - self.K[1, 2]) / self.K[1, 1]
         return xs, ys
@@ -123,7 +123,7 @@ def _quadratic(inv: np.ndarray, centre: np.ndarray, xs: np.ndarray, ys: np.ndarr
 
 
 def _screen_box(camera: Camera, centre: np.ndarray, axes: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Pixel box (c0, c1, r0, r1), end-exclusive, holding the projection of an ellipsoid; None when off screen."""
+    """Pixel box (c0, c1, r0, r1), end-exclusive, holding an ellipsoid's projection; None off screen."""
     ext = np.sqrt((axes**2).sum(axis=1))
     if centre[2] - ext[2] <= _NEAR:
         return 0, camera.width, 0, camera.height

@@ -98,7 +98,7 @@ _OUTFITS = {
     ),
     "leggings": frozenset({"pelvis", "belly", "chest", "shoulder", "thigh", "knee", "shin"}),
 }
-# Body regions where clothing stripes run across the limb: arms lie along x in the rest pose, the rest along y.
+# Regions where clothing stripes run across the limb: arms lie along x in the rest pose, the rest along y.
 ARM_REGIONS = frozenset({"shoulder", "upper_arm", "elbow", "forearm", "hand"})
 
 
@@ -154,7 +154,7 @@ class Pattern:
         return len(self.direction)
 
     def field(self, q: np.ndarray, scale: float) -> np.ndarray:
-        """Smooth random field, roughly in [-1, 1], at coordinates ``q`` (..., D); features ~``scale`` metres."""
+        """Smooth random field, roughly in [-1, 1], at ``q`` (..., D); features about ``scale`` metres."""
         out = np.zeros(q.shape[:-1], np.float32)
         for *d, freq, phase in self.waves:
             arg = _dot(q, np.asarray(d) * (2 * np.pi * freq / scale))

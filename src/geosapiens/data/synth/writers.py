@@ -1,4 +1,4 @@
-"""Writers of the real dataset formats (MINI-RGBD trees, SyRIP COCO-keypoints JSON) plus the geometry side folder.
+"""Writers of the real dataset formats (MINI-RGBD trees, SyRIP COCO-keypoints JSON) and the geometry maps.
 
 Everything written is byte-deterministic: images go through OpenCV's encoders with fixed parameters, JSON
 is dumped with fixed separators and rounded floats, and the ``.npz`` maps are zip files with fixed
@@ -57,8 +57,8 @@ def maps_path(root: Path, image_path: Path) -> Path:
 
 
 def write_maps(path: Path, frame: Frame) -> None:
-    """Rendered geometry as ``.npz``: ``depth`` float32 mm (0 off the infant), ``normals`` float16 camera-frame
-    unit vectors (0 off the infant), ``mask`` uint8 (1 = infant)."""
+    """Rendered geometry as ``.npz``: ``depth`` float32 mm (0 off the infant), ``normals`` float16
+    camera-frame unit vectors (0 off the infant), ``mask`` uint8 (1 = infant)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "depth": frame.body_depth.astype(np.float32),
@@ -110,7 +110,7 @@ def write_mini_rgbd_frame(root: Path, sequence: str, index: int, frame: Frame) -
 
 
 def coco_keypoints(frame: Frame) -> np.ndarray:
-    """(17, 3) COCO keypoints x, y, v: v=2 visible, v=1 occluded (depth test), v=0 outside the image (x=y=0)."""
+    """(17, 3) COCO keypoints x, y, v: 2 visible, 1 occluded (depth test), 0 outside the image (x=y=0)."""
     idx = list(COCO17_FROM_NODES)
     kp = np.zeros((len(idx), 3))
     inside = frame.in_image[idx]
@@ -127,7 +127,9 @@ def coco_bbox(frame: Frame, keypoints: np.ndarray) -> list[float]:
     """
     ys, xs = np.nonzero(frame.mask)
     labelled = keypoints[keypoints[:, 2] > 0, :2]
-    corners = [np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])] if xs.size else []
+    corners = (
+        [np.array([[xs.min() - 0.5, ys.min() - 0.5], [xs.max() + 0.5, ys.max() + 0.5]])] if xs.size else []
+    )
     corners += [labelled] if len(labelled) else []
     if not corners:
         return [0.0, 0.0, 0.0, 0.0]
