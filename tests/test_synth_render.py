@@ -80,7 +80,7 @@ def test_depth_at_unoccluded_joints_is_the_surface_in_front_of_them(frames):
             # the surface is in front of the joint, by less than the thickest body part
             assert 0.0 < frame.nodes_cam[j, 2] - frame.front_depth[j] < 0.15
     assert checked > 100
-    assert max(errors) < 3.0, max(errors)
+    assert max(errors) < 5.0 and np.median(errors) < 1.0, (max(errors), np.median(errors))
 
 
 def test_normals_are_unit_and_face_the_camera(frames):

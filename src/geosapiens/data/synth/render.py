@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MINI_RGBD_K", "Camera", "Fragments", "rasterise", "ray_hits"]
+__all__ = ["MINI_RGBD_K", "Camera", "Fragments", "rasterise", "ray_hits", "soft_min"]
 
 # MINI-RGBD's generation intrinsics for 640x480 (reference/datasets.md §1.4).
 MINI_RGBD_K = np.array(
@@ -98,8 +98,8 @@ class Fragments:
     """What the ray caster saw at each pixel.
 
     Attributes:
-        depth: (H, W) float32 camera z in metres of the nearest ellipsoid (inf where none).
-        prim: (H, W) int16 index of that ellipsoid, -1 where none.
+        depth: (H, W) float32 camera z in metres of the nearest surface (inf where none).
+        prim: (H, W) int16 index of the nearest ellipsoid, -1 where none.
         normals: (H, W, 3) float32 camera-frame unit normals on ellipsoids, 0 elsewhere.
         unit: (H, W, 3) float32 the hit point on the ellipsoid's unit sphere (for texturing), 0 elsewhere.
         plane_depth: (H, W) float32 camera z of the ground plane (inf where the ray misses it).
@@ -140,56 +140,98 @@ def _screen_box(camera: Camera, centre: np.ndarray, axes: np.ndarray) -> tuple[i
     return c0, c1, r0, r1
 
 
+def soft_min(t: np.ndarray, k: float, axis: int = -1) -> np.ndarray:
+    """Smooth minimum ``-k log sum exp(-t / k)`` along ``axis`` (infs ignored); the plain min when k = 0."""
+    lo = np.min(t, axis=axis, keepdims=True)
+    if k <= 0:
+        return np.squeeze(lo, axis)
+    finite = np.isfinite(lo)
+    w = np.exp(-np.where(finite, t - np.where(finite, lo, 0.0), np.inf) / k)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(np.where(finite, lo - k * np.log(w.sum(axis=axis, keepdims=True)), np.inf), axis)
+
+
 def rasterise(
-    camera: Camera, centres: np.ndarray, axes: np.ndarray, plane: tuple[np.ndarray, float] | None
+    camera: Camera,
+    centres: np.ndarray,
+    axes: np.ndarray,
+    plane: tuple[np.ndarray, float] | None,
+    blend: float = 0.0,
+    num_blended: int = 0,
 ) -> Fragments:
     """Ray-cast ellipsoids (camera frame) and an optional plane ``n . p = d`` (camera frame, n unit).
+
+    The first ``num_blended`` ellipsoids (the body) are soft-blended: where several of them are hit within a
+    few ``blend`` of the nearest, the depth is their smooth minimum along the ray and the normal the
+    matching weighted mean, which rounds the creases where body parts meet as an SDF smooth union would.
 
     Args:
         camera: intrinsics and image size (its pose is not used: inputs are already in the camera frame).
         centres: (P, 3) ellipsoid centres.
         axes: (P, 3, 3) ellipsoid matrices A (p = centre + A u for unit u).
         plane: (normal (3,), offset) of the support plane, or None.
+        blend: smooth-minimum width in metres (0 = hard union).
+        num_blended: how many leading ellipsoids blend with each other.
     """
     H, W = camera.height, camera.width
     xs, ys = camera.rays()
     depth = np.full((H, W), np.inf, np.float32)
     prim = np.full((H, W), -1, np.int16)
     invs = np.linalg.inv(axes)
-    boxes = []
+    boxes, hits = [], []
     for p in range(len(centres)):
         box = _screen_box(camera, centres[p], axes[p])
         boxes.append(box)
         if box is None:
+            hits.append(None)
             continue
         c0, c1, r0, r1 = box
         _, _, mm, om, disc = _quadratic(invs[p], centres[p], xs[None, c0:c1], ys[r0:r1, None])
         hit = disc > 0.0
         t = np.where(hit, (-om - np.sqrt(np.where(hit, disc, 0.0))) / mm, np.inf)
         t = np.where(t > _NEAR, t, np.inf).astype(np.float32)
+        hits.append(t)
         view = depth[r0:r1, c0:c1]
         closer = t < view
         view[closer] = t[closer]
         prim[r0:r1, c0:c1][closer] = p
     normals = np.zeros((H, W, 3), np.float32)
     unit = np.zeros((H, W, 3), np.float32)
+    weight = np.zeros((H, W), np.float32) if blend > 0 else None
     for p, box in enumerate(boxes):
         if box is None:
             continue
         c0, c1, r0, r1 = box
-        rr, cc = np.nonzero(prim[r0:r1, c0:c1] == p)
+        winner = prim[r0:r1, c0:c1]
+        blended = weight is not None and p < num_blended
+        if blended:
+            with np.errstate(invalid="ignore"):  # inf - inf where neither ellipsoid is hit
+                gap = hits[p] - depth[r0:r1, c0:c1]
+            sel = (gap < 6.0 * blend) & (winner >= 0) & (winner < num_blended)
+        else:
+            sel = winner == p
+        rr, cc = np.nonzero(sel)
         if rr.size == 0:
             continue
+        t = hits[p][rr, cc].astype(np.float64)
+        won = winner[rr, cc] == p
         rr, cc = rr + r0, cc + c0
-        t = depth[rr, cc].astype(np.float64)
         inv = invs[p]
-        o = -inv @ centres[p]
         ray = np.stack([xs[cc], ys[rr], np.ones_like(t)], axis=1)
-        u = o + t[:, None] * (ray @ inv.T)
+        u = -inv @ centres[p] + t[:, None] * (ray @ inv.T)
         n = u @ inv  # = (A^-T u)^T
         n /= np.linalg.norm(n, axis=1, keepdims=True)
-        normals[rr, cc] = n
-        unit[rr, cc] = u
+        unit[rr[won], cc[won]] = u[won]
+        if blended:
+            w = np.exp(-gap[rr - r0, cc - c0] / blend)
+            weight[rr, cc] += w
+            normals[rr, cc] += w[:, None] * n
+        else:
+            normals[rr, cc] = n
+    if weight is not None:
+        on = weight > 0
+        depth[on] -= blend * np.log(weight[on])
+        normals[on] /= np.linalg.norm(normals[on], axis=1, keepdims=True)
     if plane is None:
         plane_depth = np.full((H, W), np.inf, np.float32)
     else:

@@ -21,7 +21,7 @@ from geosapiens.data.synth.body import (
     frame_along,
 )
 from geosapiens.data.synth.motion import Pose, sample_motion, sample_pose
-from geosapiens.data.synth.render import Camera, Fragments, rasterise, ray_hits
+from geosapiens.data.synth.render import Camera, Fragments, rasterise, ray_hits, soft_min
 from geosapiens.data.synth.styles import (
     ARM_REGIONS,
     Appearance,
@@ -45,6 +45,7 @@ __all__ = [
 
 _LANDMARK_TOLERANCE = 0.004  # metres: a surface landmark is visible when nothing lies this far in front of it
 _SKIN_WRAP = 0.35
+_BLEND = 0.005  # metres: smooth-union width of the body's ellipsoids
 
 
 @dataclass
@@ -254,6 +255,7 @@ def joint_visibility(
     axes: np.ndarray,
     num_body: int,
     plane: tuple[np.ndarray, float],
+    blend: float = _BLEND,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Depth test of every node along its own camera ray.
 
@@ -262,7 +264,9 @@ def joint_visibility(
     more than a few millimetres in front of it. Props and the floor occlude like the body does.
 
     Returns:
-        visible: (N,) bool; front_depth: (N,) metres, depth of the infant surface in front of each node.
+        visible: (N,) bool.
+        front_depth: (N,) metres, the (soft-blended, as rendered) infant surface met first along each node's
+            ray: for a visible node, the surface the depth map shows at its pixel.
     """
     hits = ray_hits(nodes_cam, centres, axes)
     n, d = plane
@@ -272,14 +276,19 @@ def joint_visibility(
     t_plane = np.where(t_plane > 0, t_plane, np.inf)
     first = np.minimum(hits.min(axis=1), t_plane)
     visible = np.zeros(NUM_NODES, bool)
-    front = np.zeros(NUM_NODES)
     for j in range(NUM_NODES):
         if j in LANDMARKS:
-            front[j] = min(nodes_cam[j, 2], hits[j, :num_body].min())
             visible[j] = first[j] >= nodes_cam[j, 2] - _LANDMARK_TOLERANCE
         else:
-            front[j] = hits[j, list(body.own_prims[j])].min()
-            visible[j] = first[j] >= front[j] - 1e-6
+            visible[j] = first[j] >= hits[j, list(body.own_prims[j])].min() - 1e-6
+    front = soft_min(
+        np.where(
+            hits[:, :num_body] - hits[:, :num_body].min(1, keepdims=True) < 6 * blend,
+            hits[:, :num_body],
+            np.inf,
+        ),
+        blend,
+    )
     return visible, front
 
 
@@ -322,8 +331,8 @@ def render_frame(scene: Scene, noise_rng: np.random.Generator) -> Frame:
     axes_cam = cam.R @ axes
     n_cam = cam.R @ np.array([0.0, 0.0, 1.0])
     plane = (n_cam, float(n_cam @ cam.to_camera(np.zeros(3))))
-    frags: Fragments = rasterise(cam, centres_cam, axes_cam, plane)
     nb = body.num_prims
+    frags: Fragments = rasterise(cam, centres_cam, axes_cam, plane, blend=_BLEND, num_blended=nb)
 
     on_object = frags.depth < frags.plane_depth
     mask = on_object & (frags.prim >= 0) & (frags.prim < nb)
@@ -338,7 +347,7 @@ def render_frame(scene: Scene, noise_rng: np.random.Generator) -> Frame:
         & (nodes_2d[:, 1] < cam.height - 0.5)
         & (nodes_cam[:, 2] > 0)
     )
-    visible, front = joint_visibility(body, nodes_cam, centres_cam, axes_cam, nb, plane)
+    visible, front = joint_visibility(body, nodes_cam, centres_cam, axes_cam, nb, plane, _BLEND)
 
     rgb = _shade_scene(scene, frags, on_object, mask, depth_m, n_cam)
     rgb8 = finish(rgb, app, noise_rng, cam.width / 640.0)
