@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="generated folder to reuse/create (default: a temporary one)")
     p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
+    p.add_argument("--steps", type=int, help="train exactly this many steps (reproducible under any load)")
     p.add_argument("--train", type=int, default=1800, help="synthetic training stills")
     p.add_argument(
         "--test", type=int, default=300, help="stills per test set (synthetic held-out, real-like)"
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     t0, step = time.perf_counter(), 0
     budget = args.minutes * 60
-    while time.perf_counter() - t0 < budget:
+
+    def progress() -> float:
+        return step / args.steps if args.steps else (time.perf_counter() - t0) / budget
+
+    while progress() < 1.0:
         model.train()
         idx = rng.integers(0, len(train["images"]), 32)
         images, kp = augment(train["images"][idx], train["keypoints"][idx], rng)
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         step += 1
         for g in opt.param_groups:  # cosine decay over the time budget
-            g["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, (time.perf_counter() - t0) / budget)))
+            g["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress())))
     print(
         f"TinyPose {n_params / 1e6:.2f}M params, {step} steps (batch 32, {SIZE}x{SIZE}) in "
         f"{time.perf_counter() - t0:.0f} s on 1 thread; final loss {loss.item():.3f}"
