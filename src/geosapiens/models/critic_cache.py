@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
 import sys
@@ -62,28 +61,23 @@ NORMALISATION = (
     "0 outside valid"
 )
 CRITIC_KINDS = ("oracle", "small", "sapiens", "torchscript")
-# where the model critics live; each class has ``from_files(*paths) -> GeometricCritic``
-_CRITIC_CLASSES = {
-    "small": ("geosapiens.models.small_critic", "SmallCritic"),
-    "sapiens": ("geosapiens.models.sapiens_critic", "SapiensCritic"),
-    "torchscript": ("geosapiens.models.sapiens_critic", "TorchScriptCritic"),
-}
 _HASH_BYTES = 1 << 20
+_F16_MAX = 65000.0  # stored depth stays finite in float16
 
 
 # ---------------------------------------------------------------------------------------------------- identity
 
 
 def parse_critic_spec(spec: str) -> tuple[str, list[Path]]:
-    """``oracle`` | ``small:PATH`` | ``sapiens:DEPTH,NORMAL`` | ``torchscript:PATH`` -> (kind, files)."""
+    """``oracle`` | ``small:PATH`` | ``sapiens:DEPTH,NORMAL`` | ``torchscript:PATH[,PATH]`` -> (kind, files)."""
     kind, _, rest = spec.partition(":")
     if kind not in CRITIC_KINDS:
         raise ValueError(f"unknown critic {spec!r}: use one of oracle, small:PATH, sapiens:DEPTH.pth,NORMAL.pth, "
-                         "torchscript:PATH")
+                         "torchscript:PATH[,PATH]")
     files = [Path(p).expanduser() for p in rest.split(",") if p] if rest else []
-    want = {"oracle": 0, "small": 1, "sapiens": 2, "torchscript": 1}[kind]
-    if len(files) != want:
-        raise ValueError(f"critic {spec!r}: {kind} takes {want} file(s), got {len(files)}")
+    counts = {"oracle": (0,), "small": (1,), "sapiens": (2,), "torchscript": (1, 2)}[kind]
+    if len(files) not in counts:
+        raise ValueError(f"critic {spec!r}: {kind} takes {' or '.join(map(str, counts))} file(s), got {len(files)}")
     return kind, files
 
 
@@ -120,13 +114,15 @@ def load_critic(spec: str, intrinsics: np.ndarray | None = None) -> OracleCritic
     kind, files = parse_critic_spec(spec)
     if kind == "oracle":
         return OracleCritic(intrinsics)
-    module_name, class_name = _CRITIC_CLASSES[kind]
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise GeoSapiensError(f"critic kind {kind!r} needs {module_name}.{class_name}, which this installation "
-                              f"lacks ({err})") from err
-    return cls.from_files(*files).freeze()
+    if kind == "small":
+        from geosapiens.models.small_critic import SmallCritic
+
+        return SmallCritic.from_file(files[0])
+    from geosapiens.models.sapiens_critic import SapiensCritic, TorchScriptCritic
+
+    if kind == "sapiens":
+        return SapiensCritic(files[0], files[1])
+    return TorchScriptCritic(files)
 
 
 # ---------------------------------------------------------------------------------------------------- frames
@@ -314,7 +310,8 @@ class CacheStats:
 
 
 class _CanonicalCrops(torch.utils.data.Dataset):
-    """(3, H, W) Sapiens-normalised canonical crops of records, for model critics."""
+    """Canonical crops of records for model critics: (3, H, W) Sapiens-normalised image, (1, H, W) bool mask of
+    the pixels inside the source image, record index."""
 
     def __init__(self, records: Sequence[PoseRecord], affines: np.ndarray, input_size_hw: tuple[int, int]):
         self.records, self.affines, self.input_size = records, affines, input_size_hw
@@ -322,13 +319,14 @@ class _CanonicalCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         from geosapiens.data.crop import warp_image
         from geosapiens.data.datasets import read_image, to_tensor
 
         r = self.records[i]
         image = read_image(r.image_path, record=r.image_id)
-        return to_tensor(warp_image(image, self.affines[i], self.input_size)), i
+        inside = warp_image(np.ones(image.shape[:2], np.uint8), self.affines[i], self.input_size) > 0
+        return to_tensor(warp_image(image, self.affines[i], self.input_size)), torch.from_numpy(inside)[None], i
 
 
 def _unique_images(records: Sequence[PoseRecord], affines: np.ndarray) -> list[int]:
@@ -414,9 +412,11 @@ def build_cache(
     todo = [i for i in keep if not _entry_ok(paths[i], shape)]
     bar = tqdm(total=len(keep), initial=len(keep) - len(todo), desc="critic cache", unit="img", disable=not progress)
 
-    def store(indices: Sequence[int], maps: GeometryMaps) -> None:
+    def store(indices: Sequence[int], maps: GeometryMaps, inside: torch.Tensor | None = None) -> None:
         valid = torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()
-        depth = normalize_relative_depth(maps.depth.float(), valid)
+        if inside is not None:  # the crop's zero border is not image content, whatever the critic says
+            valid = valid & inside.to(valid.device)
+        depth = normalize_relative_depth(maps.depth.float(), valid).clamp(-_F16_MAX, _F16_MAX)
         stacked = torch.cat([depth, maps.normals.float() * valid, valid.float()], dim=1).cpu().numpy()
         for j, i in enumerate(indices):
             array = stacked[j].astype(np.float16)
@@ -434,8 +434,8 @@ def build_cache(
                 torch.utils.data.Subset(_CanonicalCrops(records, affines, input_size_hw), todo),
                 batch_size=batch_size, num_workers=num_workers,
             )
-            for images, idx in loader:
-                store(idx.tolist(), critic(images.to(device)))
+            for images, inside, idx in loader:
+                store(idx.tolist(), critic(images.to(device)), inside)
     bar.close()
 
     manifest["count"] = len(keep)
