@@ -1,10 +1,10 @@
 """Writes a small MINI-RGBD tree in the published layout and text formats, for tests.
 
 The scene is a supine infant-like body under a top-down camera: 25 SMIL joints in the camera frame (metres),
-their exact projections with the published intrinsics as the 2D joints (depth column in millimetres), a uint16
-depth PNG in millimetres where each joint is drawn as a disc whose surface lies in front of the joint (the body
-in front of a background plane), the body's foreground mask and an RGB image. Optionally a "toy" hovers over a
-joint (in the depth map, not in the mask) so that a depth test must call that joint occluded.
+their exact projections with the published intrinsics as the 2D joints (depth column in millimetres), a
+uint16 depth PNG in millimetres where each joint is drawn as a disc whose surface lies in front of the joint
+(the body in front of a background plane), the body's foreground mask and an RGB image. Optionally a "toy"
+hovers over a joint (in the depth map, not in the mask) so that a depth test must call that joint occluded.
 
 The intrinsics are written out again here from the dataset's documentation, not imported from the reader, so
 the reader is checked against an independent copy.
@@ -26,34 +26,36 @@ OCCLUDER_IN_FRONT_MM = 150.0
 
 # Template pose in metres: x right, y towards the feet (image down), z offset towards the camera (negative is
 # closer), per SMIL joint id (geosapiens.skeleton.SMIL25 order), and the radius of the disc drawn around it.
-_TEMPLATE = np.array([
-    # x      y      dz     radius
-    [0.000, 0.050, 0.000, 0.045],   # 0 global (pelvis)
-    [0.045, 0.070, 0.000, 0.035],   # 1 leftThigh (hip)
-    [-0.045, 0.070, 0.000, 0.035],  # 2 rightThigh
-    [0.000, 0.000, -0.005, 0.045],  # 3 spine
-    [0.060, 0.170, -0.010, 0.025],  # 4 leftCalf (knee)
-    [-0.060, 0.170, -0.010, 0.025],  # 5 rightCalf
-    [0.000, -0.050, -0.010, 0.045],  # 6 spine1
-    [0.065, 0.260, 0.000, 0.020],   # 7 leftFoot (ankle)
-    [-0.065, 0.260, 0.000, 0.020],  # 8 rightFoot
-    [0.000, -0.090, -0.010, 0.045],  # 9 spine2
-    [0.070, 0.290, -0.010, 0.015],  # 10 leftToes
-    [-0.070, 0.290, -0.010, 0.015],  # 11 rightToes
-    [0.000, -0.140, 0.000, 0.030],  # 12 neck
-    [0.030, -0.130, 0.000, 0.030],  # 13 leftShoulder (collar)
-    [-0.030, -0.130, 0.000, 0.030],  # 14 rightShoulder
-    [0.000, -0.190, -0.010, 0.050],  # 15 head
-    [0.070, -0.120, 0.000, 0.030],  # 16 leftUpperArm (shoulder)
-    [-0.070, -0.120, 0.000, 0.030],  # 17 rightUpperArm
-    [0.130, -0.080, -0.010, 0.022],  # 18 leftForeArm (elbow)
-    [-0.130, -0.080, -0.010, 0.022],  # 19 rightForeArm
-    [0.170, -0.020, -0.020, 0.018],  # 20 leftHand (wrist)
-    [-0.170, -0.020, -0.020, 0.018],  # 21 rightHand
-    [0.190, 0.000, -0.020, 0.015],  # 22 leftFingers
-    [-0.190, 0.000, -0.020, 0.015],  # 23 rightFingers
-    [0.000, -0.210, -0.050, 0.012],  # 24 noseVertex
-])
+_TEMPLATE = np.array(
+    [
+        # x, y, dz, radius
+        [0.000, 0.050, 0.000, 0.045],  # 0 global (pelvis)
+        [0.045, 0.070, 0.000, 0.035],  # 1 leftThigh (hip)
+        [-0.045, 0.070, 0.000, 0.035],  # 2 rightThigh
+        [0.000, 0.000, -0.005, 0.045],  # 3 spine
+        [0.060, 0.170, -0.010, 0.025],  # 4 leftCalf (knee)
+        [-0.060, 0.170, -0.010, 0.025],  # 5 rightCalf
+        [0.000, -0.050, -0.010, 0.045],  # 6 spine1
+        [0.065, 0.260, 0.000, 0.020],  # 7 leftFoot (ankle)
+        [-0.065, 0.260, 0.000, 0.020],  # 8 rightFoot
+        [0.000, -0.090, -0.010, 0.045],  # 9 spine2
+        [0.070, 0.290, -0.010, 0.015],  # 10 leftToes
+        [-0.070, 0.290, -0.010, 0.015],  # 11 rightToes
+        [0.000, -0.140, 0.000, 0.030],  # 12 neck
+        [0.030, -0.130, 0.000, 0.030],  # 13 leftShoulder (collar)
+        [-0.030, -0.130, 0.000, 0.030],  # 14 rightShoulder
+        [0.000, -0.190, -0.010, 0.050],  # 15 head
+        [0.070, -0.120, 0.000, 0.030],  # 16 leftUpperArm (shoulder)
+        [-0.070, -0.120, 0.000, 0.030],  # 17 rightUpperArm
+        [0.130, -0.080, -0.010, 0.022],  # 18 leftForeArm (elbow)
+        [-0.130, -0.080, -0.010, 0.022],  # 19 rightForeArm
+        [0.170, -0.020, -0.020, 0.018],  # 20 leftHand (wrist)
+        [-0.170, -0.020, -0.020, 0.018],  # 21 rightHand
+        [0.190, 0.000, -0.020, 0.015],  # 22 leftFingers
+        [-0.190, 0.000, -0.020, 0.015],  # 23 rightFingers
+        [0.000, -0.210, -0.050, 0.012],  # 24 noseVertex
+    ]
+)
 _BODY_Z = 0.75  # metres from the camera to the pelvis
 
 
@@ -130,7 +132,8 @@ def write_mini_rgbd(
             cv2.imwrite(str(paths["rgb"]), rgb[..., ::-1])  # RGB -> BGR for OpenCV
             ys, xs = np.nonzero(mask)
             written[(sequence, frame)] = FixtureFrame(
-                sequence, stem,
+                sequence,
+                stem,
                 np.loadtxt(paths["joints_2d"])[:, :3],
                 np.loadtxt(paths["joints_3d"])[:, :3],
                 (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
@@ -157,18 +160,14 @@ def _render(joints_3d: np.ndarray, occluded: tuple[int, ...]):
     rows = np.arange(HEIGHT, dtype=np.float64)[:, None]
     depth = np.broadcast_to(BACKGROUND_MM + 0.05 * (rows - HEIGHT / 2), (HEIGHT, WIDTH)).copy()
     mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-    for j, (u, v) in enumerate(uv):
-        radius_m = _TEMPLATE[j, 3]
-        radius_px = int(round(radius_m * FX / joints_3d[j, 2]))
-        disc = np.zeros_like(mask)
-        cv2.circle(disc, (int(round(u)), int(round(v))), radius_px, 255, thickness=-1)
-        surface = 1000.0 * (joints_3d[j, 2] - radius_m)
-        depth = np.where(disc > 0, np.minimum(depth, surface), depth)
-        mask |= disc
+    surface = 1000.0 * (joints_3d[:, 2] - _TEMPLATE[:, 3])  # each disc's front, in mm
+    centres = [(int(round(u)), int(round(v))) for u, v in uv]
+    for j in np.argsort(-surface):  # painter's order, far to near: the nearest surface wins, as in a z-buffer
+        radius_px = int(round(_TEMPLATE[j, 3] * FX / joints_3d[j, 2]))
+        cv2.circle(depth, centres[j], radius_px, float(surface[j]), thickness=-1)
+        cv2.circle(mask, centres[j], radius_px, 255, thickness=-1)
     for j in occluded:  # a toy in front of the joint: in the depth map, not part of the infant
-        toy = np.zeros_like(mask)
-        cv2.circle(toy, (int(round(uv[j, 0])), int(round(uv[j, 1]))), 12, 255, thickness=-1)
-        depth = np.where(toy > 0, joints_2d[j, 2] - OCCLUDER_IN_FRONT_MM, depth)
+        cv2.circle(depth, centres[j], 12, float(joints_2d[j, 2] - OCCLUDER_IN_FRONT_MM), thickness=-1)
     rgb = np.full((HEIGHT, WIDTH, 3), (200, 190, 180), np.uint8)
     rgb[mask > 0] = (230, 180, 150)
     return joints_2d, np.rint(depth).astype(np.uint16), mask, rgb

@@ -32,7 +32,8 @@ def load(root: Path, ann: str = ANN) -> dict:
 
 
 def write_variant(root: Path, data: dict, name: str) -> str:
-    """Write ``data`` as ``annotations/<name>/person_keypoints_train_infant.json``; returns it relative to root."""
+    """Write ``data`` as ``annotations/<name>/person_keypoints_train_infant.json``; returns that path
+    relative to ``root``."""
     rel = f"annotations/{name}/person_keypoints_train_infant.json"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_text(json.dumps(data))
@@ -72,8 +73,9 @@ def test_join_is_by_image_id_with_values_from_the_json(syrip_sample):
     r = by_id[102]
     assert r.image_path.name == "train00102.jpg" and (r.width, r.height) == (2439, 1536)
     np.testing.assert_allclose(r.keypoints[0], [714.3890380859375, 225.1791229248047])
-    np.testing.assert_allclose(r.bbox, [496.4322496633571, 83.3993400316665, 460.39001760902056, 1056.9517305671882],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        r.bbox, [496.4322496633571, 83.3993400316665, 460.39001760902056, 1056.9517305671882], rtol=1e-6
+    )
     for image_id in (33, 259, 500):
         ann = annotation_of(data, image_id)
         kpts = np.asarray(ann["keypoints"]).reshape(17, 3)
@@ -110,7 +112,11 @@ def test_placeholders_and_v0_are_unlabelled(sample_copy):
     kpts[3:6] = [-45, -45, 0]  # left_eye: the SyRIP placeholder
     kpts[8] = 0  # right_eye: v = 0 with a position
     kpts[12:15] = [-45.0, -45.0, 2]  # left_ear: placeholder position even with v = 2
-    r = next(r for r in read_syrip(sample_copy, write_variant(sample_copy, data, "placeholders")) if r.image_id == 33)
+    r = next(
+        r
+        for r in read_syrip(sample_copy, write_variant(sample_copy, data, "placeholders"))
+        if r.image_id == 33
+    )
     unlabelled = [1, 2, 4]
     assert not r.labelled[unlabelled].any() and not r.visible[unlabelled].any()
     np.testing.assert_array_equal(r.keypoints[unlabelled], 0.0)
@@ -138,7 +144,9 @@ def test_area_kept_as_read_and_flagged(syrip_sample, sample_copy):
 def test_negative_bbox_origin_is_kept(sample_copy):
     data = load(sample_copy)
     annotation_of(data, 90)["bbox"][:2] = [-12.5, -3.0]
-    r = next(r for r in read_syrip(sample_copy, write_variant(sample_copy, data, "negbox")) if r.image_id == 90)
+    r = next(
+        r for r in read_syrip(sample_copy, write_variant(sample_copy, data, "negbox")) if r.image_id == 90
+    )
     np.testing.assert_allclose(r.bbox[:2], [-12.5, -3.0])
 
 
@@ -157,8 +165,10 @@ def test_domain_from_is_synthetic(sample_copy):
 
 
 def test_image_dir_default_and_explicit(sample_copy, tmp_path):
-    assert default_image_dir("annotations/validate100/person_keypoints_validate_infant.json") == \
-        "images/validate_infant"
+    assert (
+        default_image_dir("annotations/validate100/person_keypoints_validate_infant.json")
+        == "images/validate_infant"
+    )
     assert default_image_dir("train.json") is None
     odd = sample_copy / "annotations" / "odd_name.json"
     shutil.copyfile(sample_copy / ANN, odd)
@@ -166,7 +176,10 @@ def test_image_dir_default_and_explicit(sample_copy, tmp_path):
         read_syrip(sample_copy, odd)
     assert str(odd) in str(err.value)
     assert len(read_syrip(sample_copy, odd, image_dir="images/train_infant")) == 32
-    assert len(read_syrip(sample_copy, str(sample_copy / ANN), image_dir=sample_copy / "images/train_infant")) == 32
+    assert (
+        len(read_syrip(sample_copy, str(sample_copy / ANN), image_dir=sample_copy / "images/train_infant"))
+        == 32
+    )
 
 
 def _first(data: dict) -> dict:
@@ -178,38 +191,107 @@ def _first(data: dict) -> dict:
 LOADER_FAULTS = [
     ("missing-key", lambda d: d.pop("annotations"), "missing top-level key(s) 'annotations'", None, None),
     ("images-not-list", lambda d: d.update(images={}), "'images' must be list", None, None),
-    ("keypoints-50", lambda d: _first(d).update(keypoints=_first(d)["keypoints"][:50]), "has 50 values",
-     "annotation 102", None),
-    ("keypoint-string", lambda d: _first(d)["keypoints"].__setitem__(4, "12"), "not a number", "annotation 102",
-     None),
-    ("nan-keypoint", lambda d: _first(d)["keypoints"].__setitem__(3, math.nan), "x is nan", "annotation 102", None),
-    ("inf-keypoint", lambda d: _first(d)["keypoints"].__setitem__(4, math.inf), "y is inf", "annotation 102", None),
-    ("visibility-3", lambda d: _first(d)["keypoints"].__setitem__(2, 3), "visibility 3 is not", "annotation 102",
-     None),
+    (
+        "keypoints-50",
+        lambda d: _first(d).update(keypoints=_first(d)["keypoints"][:50]),
+        "has 50 values",
+        "annotation 102",
+        None,
+    ),
+    (
+        "keypoint-string",
+        lambda d: _first(d)["keypoints"].__setitem__(4, "12"),
+        "not a number",
+        "annotation 102",
+        None,
+    ),
+    (
+        "nan-keypoint",
+        lambda d: _first(d)["keypoints"].__setitem__(3, math.nan),
+        "x is nan",
+        "annotation 102",
+        None,
+    ),
+    (
+        "inf-keypoint",
+        lambda d: _first(d)["keypoints"].__setitem__(4, math.inf),
+        "y is inf",
+        "annotation 102",
+        None,
+    ),
+    (
+        "visibility-3",
+        lambda d: _first(d)["keypoints"].__setitem__(2, 3),
+        "visibility 3 is not",
+        "annotation 102",
+        None,
+    ),
     ("nan-bbox", lambda d: _first(d)["bbox"].__setitem__(1, math.nan), "not finite", "annotation 102", None),
-    ("zero-width", lambda d: _first(d)["bbox"].__setitem__(2, 0), "zero or negative size", "annotation 102", None),
-    ("negative-height", lambda d: _first(d)["bbox"].__setitem__(3, -5.0), "zero or negative size",
-     "annotation 102", None),
-    ("duplicate-image-id", lambda d: d["images"][1].update(id=d["images"][0]["id"]), "duplicate image id 33",
-     "image 33", None),
-    ("duplicate-annotation-id", lambda d: d["annotations"][1].update(id=102), "duplicate annotation id 102",
-     "annotation 102", None),
-    ("unknown-image", lambda d: _first(d).update(image_id=9999), "image id 9999, which is not in 'images'",
-     "annotation 102", None),
+    (
+        "zero-width",
+        lambda d: _first(d)["bbox"].__setitem__(2, 0),
+        "zero or negative size",
+        "annotation 102",
+        None,
+    ),
+    (
+        "negative-height",
+        lambda d: _first(d)["bbox"].__setitem__(3, -5.0),
+        "zero or negative size",
+        "annotation 102",
+        None,
+    ),
+    (
+        "duplicate-image-id",
+        lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+        "duplicate image id 33",
+        "image 33",
+        None,
+    ),
+    (
+        "duplicate-annotation-id",
+        lambda d: d["annotations"][1].update(id=102),
+        "duplicate annotation id 102",
+        "annotation 102",
+        None,
+    ),
+    (
+        "unknown-image",
+        lambda d: _first(d).update(image_id=9999),
+        "image id 9999, which is not in 'images'",
+        "annotation 102",
+        None,
+    ),
     ("bool-id", lambda d: d["images"][0].update(id=True), "'id' is True", "images[0]", None),
     ("width-string", lambda d: d["images"][0].update(width="1280"), "'width' is '1280'", "image 33", None),
-    ("dotdot", lambda d: d["images"][0].update(file_name="../train00033.jpg"), "escapes the image folder with '..'",
-     "image 33", None),
+    (
+        "dotdot",
+        lambda d: d["images"][0].update(file_name="../train00033.jpg"),
+        "escapes the image folder with '..'",
+        "image 33",
+        None,
+    ),
     ("absolute", lambda d: d["images"][0].update(file_name="/etc/hostname"), "is absolute", "image 33", None),
-    ("duplicate-file", lambda d: d["images"][1].update(file_name=d["images"][0]["file_name"]),
-     "also used by image 33", "image 35", None),
-    ("missing-file", lambda d: d["images"][0].update(file_name="gone.jpg"), "image file missing", "image 33",
-     "images/train_infant/gone.jpg"),
+    (
+        "duplicate-file",
+        lambda d: d["images"][1].update(file_name=d["images"][0]["file_name"]),
+        "also used by image 33",
+        "image 35",
+        None,
+    ),
+    (
+        "missing-file",
+        lambda d: d["images"][0].update(file_name="gone.jpg"),
+        "image file missing",
+        "image 33",
+        "images/train_infant/gone.jpg",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("plant", "text", "record", "named"), [f[1:] for f in LOADER_FAULTS],
-                         ids=[f[0] for f in LOADER_FAULTS])
+@pytest.mark.parametrize(
+    ("plant", "text", "record", "named"), [f[1:] for f in LOADER_FAULTS], ids=[f[0] for f in LOADER_FAULTS]
+)
 def test_loader_refuses_each_fault_naming_file_and_record(sample_copy, plant, text, record, named):
     data = load(sample_copy)
     plant(data)

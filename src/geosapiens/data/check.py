@@ -1,8 +1,8 @@
 """``geosapiens data check PATH``: validate a MINI-RGBD or SyRIP dataset and list every problem.
 
 The checker runs the readers' own validators (:mod:`geosapiens.data.formats`) with a collecting
-:class:`~geosapiens.data.formats.Reporter`, so it finds everything a loader would refuse, all at once. On top of
-that it does what a loader skips to stay fast or leaves as a judgement call:
+:class:`~geosapiens.data.formats.Reporter`, so it finds everything a loader would refuse, all at once. On top
+of that it does what a loader skips to stay fast or leaves as a judgement call:
 
 - decode every image (a truncated JPEG still decodes in OpenCV with a grey bottom, so truncation is detected
   from the file structure as well as by a full Pillow decode) and compare its size with the annotation;
@@ -53,19 +53,17 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        what = ", ".join(f"{n} {name}" for name, n in self.counts.items()) or "nothing"
-        n = len(self.problems)
-        lines = [f"{self.fmt or 'unknown format'} at {self.path}: checked {what}; "
-                 f"{n} problem{'s' if n != 1 else ''}"]
-        return "\n".join(lines + self.notes)
+        what = ", ".join(f"{name} {n}" for name, n in self.counts.items()) or "nothing"
+        line = f"{self.fmt or 'unknown format'} at {self.path}: checked {what}; problems {len(self.problems)}"
+        return "\n".join([line, *self.notes])
 
 
 def check_dataset(path: str | Path, fmt: str | None = None) -> list[Problem]:
     """Every problem in the dataset at ``path`` (empty when clean).
 
     Args:
-        path: a SyRIP root (``annotations/`` + ``images/``), one SyRIP annotation JSON, a MINI-RGBD root (sequence
-            folders ``01`` ..) or one MINI-RGBD sequence folder.
+        path: a SyRIP root (``annotations/`` + ``images/``), one SyRIP annotation JSON, a MINI-RGBD root
+            (sequence folders ``01`` ..) or one MINI-RGBD sequence folder.
         fmt: ``"mini-rgbd"`` or ``"syrip"``; detected from the layout when None.
     """
     return run_checks(path, fmt).problems
@@ -77,15 +75,19 @@ def run_checks(path: str | Path, fmt: str | None = None) -> CheckResult:
     if fmt is None:
         fmt = detect_format(path)
     if fmt is None:
-        return CheckResult(path, None, [Problem(str(path), None, _UNKNOWN_LAYOUT if path.exists() else "missing")])
+        return CheckResult(
+            path, None, [Problem(str(path), None, _UNKNOWN_LAYOUT if path.exists() else "missing")]
+        )
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     return _check_syrip(path) if fmt == "syrip" else _check_mini_rgbd(path)
 
 
-_UNKNOWN_LAYOUT = ("cannot tell the dataset format: expected a SyRIP root (annotations/, images/), a SyRIP "
-                   "annotation JSON, a MINI-RGBD root (sequence folders 01 .. 12) or one sequence folder; "
-                   "pass --format")
+_UNKNOWN_LAYOUT = (
+    "cannot tell the dataset format: expected a SyRIP root (annotations/, images/), a SyRIP "
+    "annotation JSON, a MINI-RGBD root (sequence folders 01 .. 12) or one sequence folder; "
+    "pass --format"
+)
 
 
 def detect_format(path: Path) -> str | None:
@@ -118,8 +120,10 @@ def _check_syrip(path: Path) -> CheckResult:
             continue
         n_images += parsed.num_images
         n_annotations += parsed.num_annotations
-        new = sorted({img.path for img in parsed.images.values() if img.exists} - decoded.keys())
-        for image_path, (size, problems) in zip(new, thread_map(_decode_collecting, new), strict=True):
+        labels = {img.path: f"image {img.image_id}" for img in parsed.images.values() if img.exists}
+        new = sorted(labels.keys() - decoded.keys())
+        outcomes = thread_map(_decode_collecting, [(p, labels[p]) for p in new])
+        for image_path, (size, problems) in zip(new, outcomes, strict=True):
             decoded[image_path] = size
             report.problems.extend(problems)
         for image in sorted(parsed.images.values(), key=lambda im: im.image_id):
@@ -130,11 +134,17 @@ def _check_syrip(path: Path) -> CheckResult:
             check_keypoints_inside(record, report)
             n_suspect += record.area_suspect
     result.problems = report.problems
-    result.counts = {"annotation files": len(files), "image entries": n_images,
-                     "images decoded": sum(size is not None for size in decoded.values()), "annotations": n_annotations}
+    result.counts = {
+        "annotation files": len(files),
+        "image entries": n_images,
+        "images decoded": sum(size is not None for size in decoded.values()),
+        "annotations": n_annotations,
+    }
     if n_suspect:
-        result.notes.append(f"note: {n_suspect} annotation(s) have 'area' more than 10% away from bbox w*h "
-                            "(records flag them area_suspect; COCO AP should use bbox w*h)")
+        result.notes.append(
+            f"note: {n_suspect} annotation(s) have 'area' more than 10% away from bbox w*h "
+            "(records flag them area_suspect; COCO AP should use bbox w*h)"
+        )
     return result
 
 
@@ -155,21 +165,31 @@ def _syrip_files(path: Path, report: Reporter) -> tuple[Path, list[Path]]:
 def _check_size(image: SyripImage, size: tuple[int, int], ann_path: Path, report: Reporter) -> None:
     width, height = size
     if (width, height) != (image.width, image.height):
-        report(image.path, f"image is {width}x{height} but {ann_path.name} says {image.width}x{image.height}",
-               f"image {image.image_id}")
+        report(
+            image.path,
+            f"image is {width}x{height} but {ann_path.name} says {image.width}x{image.height}",
+            f"image {image.image_id}",
+        )
 
 
 def check_keypoints_inside(record: PoseRecord, report: Reporter) -> None:
     """Report labelled keypoints more than :data:`FAR_OUTSIDE` of the image size beyond its border."""
     w, h = record.width, record.height
     x, y = record.keypoints[:, 0], record.keypoints[:, 1]
-    far = record.labelled & ((x < -FAR_OUTSIDE * w) | (x > (1 + FAR_OUTSIDE) * w)
-                             | (y < -FAR_OUTSIDE * h) | (y > (1 + FAR_OUTSIDE) * h))
+    far = record.labelled & (
+        (x < -FAR_OUTSIDE * w)
+        | (x > (1 + FAR_OUTSIDE) * w)
+        | (y < -FAR_OUTSIDE * h)
+        | (y > (1 + FAR_OUTSIDE) * h)
+    )
     where = f"annotation {record.annotation_id}" if record.annotation_id is not None else None
     for k in np.flatnonzero(far):
-        report(record.source or record.image_path,
-               f"keypoint {k} ({COCO17.names[k]}) at ({x[k]:.1f}, {y[k]:.1f}) is more than "
-               f"{FAR_OUTSIDE:.0%} of the image size outside the {w}x{h} image", where)
+        report(
+            record.source or record.image_path,
+            f"keypoint {k} ({COCO17.names[k]}) at ({x[k]:.1f}, {y[k]:.1f}) is more than "
+            f"{FAR_OUTSIDE:.0%} of the image size outside the {w}x{h} image",
+            where,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- MINI-RGBD
@@ -211,12 +231,14 @@ def _check_mini_rgbd(path: Path) -> CheckResult:
 def _report_orphans(seq_dir: Path, stems: set[str], report: Reporter) -> None:
     """Files of frames that have no 2D joint file (so no record): an incomplete copy of the dataset."""
     patterns: tuple[tuple[str, str, str], ...] = (
-        ("rgb", "syn_", ".png"), ("joints_3D", "syn_joints_3D_", ".txt"))
+        ("rgb", "syn_", ".png"),
+        ("joints_3D", "syn_joints_3D_", ".txt"),
+    )
     for folder, prefix, suffix in patterns:
         if not (seq_dir / folder).is_dir():
             continue
         for file in sorted((seq_dir / folder).glob(f"{prefix}*{suffix}")):
-            stem = file.name[len(prefix):-len(suffix)]
+            stem = file.name[len(prefix) : -len(suffix)]
             if stem.isdigit() and stem not in stems:
                 report(file, f"no 2D joint file joints_2Ddep/syn_joints_2Ddep_{stem}.txt for this frame")
 
@@ -227,8 +249,8 @@ def _report_orphans(seq_dir: Path, stems: set[str], report: Reporter) -> None:
 def decode_image(path: Path, report: Reporter, record: str | None = None) -> tuple[int, int] | None:
     """Fully decode an image file; its stored (width, height), or None after reporting why it is unusable.
 
-    Truncation is caught three ways: Pillow refuses to finish decoding, a JPEG has no end-of-image marker after
-    its last scan, a PNG does not end with its IEND chunk (which OpenCV then refuses to read).
+    Truncation is caught three ways: Pillow refuses to finish decoding, a JPEG has no end-of-image marker
+    after its last scan, a PNG does not end with its IEND chunk (which OpenCV then refuses to read).
     """
     try:
         data = path.read_bytes()
@@ -253,14 +275,19 @@ def decode_image(path: Path, report: Reporter, record: str | None = None) -> tup
         report(path, f"cannot decode the image: {e}", record)
         return None
     if orientation != 1:
-        report(path, f"EXIF orientation {orientation}: readers that apply it (cv2.imread by default) see a "
-                     "rotated or mirrored image that no longer matches the annotation", record)
+        report(
+            path,
+            f"EXIF orientation {orientation}: readers that apply it (cv2.imread by default) see a "
+            "rotated or mirrored image that no longer matches the annotation",
+            record,
+        )
     return size
 
 
-def _decode_collecting(path: Path) -> tuple[tuple[int, int] | None, list[Problem]]:
+def _decode_collecting(item: tuple[Path, str]) -> tuple[tuple[int, int] | None, list[Problem]]:
+    path, record = item
     report = Reporter(collect=True)
-    return decode_image(path, report), report.problems
+    return decode_image(path, report, record), report.problems
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -273,8 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Validate a MINI-RGBD or SyRIP dataset and list every problem, one per line.",
     )
     parser.add_argument("path", type=Path, help="dataset root, SyRIP annotation JSON or MINI-RGBD sequence")
-    parser.add_argument("--format", choices=FORMATS, default=None, dest="fmt",
-                        help="dataset format (default: detected from the layout)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        dest="fmt",
+        help="dataset format (default: detected from the layout)",
+    )
     args = parser.parse_args(argv)
     result = run_checks(args.path, args.fmt)
     for problem in result.problems:

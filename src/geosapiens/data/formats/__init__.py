@@ -1,8 +1,9 @@
 """Readers for the real dataset formats, and the validation machinery they share with the checker.
 
-Every validator reports problems to a :class:`Reporter` instead of raising directly. A loader passes a raising
-reporter and stops at the first problem with a :class:`~geosapiens.errors.DataError`; ``geosapiens data check``
-passes a collecting one and lists every problem. The two therefore run the same checks and cannot disagree.
+Every validator reports problems to a :class:`Reporter` instead of raising directly. A loader passes a
+raising reporter and stops at the first problem with a :class:`~geosapiens.errors.DataError`;
+``geosapiens data check`` passes a collecting one and lists every problem. The two therefore run the same
+checks and cannot disagree.
 
 The readers live in :mod:`geosapiens.data.formats.mini_rgbd` and :mod:`geosapiens.data.formats.syrip`.
 """
@@ -63,7 +64,7 @@ class Reporter:
 
 
 def maps_path_for(root: Path, image_path: Path) -> Path | None:
-    """The rendered-geometry ``.npz`` of an image (``<root>/geosapiens_maps/<relative path>.npz``) if it exists.
+    """The rendered-geometry file ``<root>/geosapiens_maps/<relative image path>.npz`` if it exists.
 
     Readers note it and never require it (API.md, "Records").
     """

@@ -8,11 +8,11 @@ Layout, per sequence ``01`` .. ``12`` (frames ``XXXXX``, zero-padded)::
     joints_2Ddep/syn_joints_2Ddep_XXXXX.txt    25 lines "x y depth id" (pixels, joint depth)
     joints_3D/syn_joints_3D_XXXXX.txt          25 lines "x y z id" (metres, camera frame: x right, y down)
 
-The 25 SMIL joints become COCO-17 through :data:`geosapiens.skeleton.SMIL25_TO_COCO17`; eyes and ears have no
-label (``labelled`` False, weight 0). The box is the bounding box of the foreground mask. Visibility comes from
-a depth test (:data:`VISIBILITY_TOLERANCE_MM`). At load time the 3D joints are projected with
-:data:`MINI_RGBD_INTRINSICS` and must land on the 2D joints, and the 2D file's depth column must equal the 3D
-depth: a frame whose files disagree is refused, never silently trained on.
+The 25 SMIL joints become COCO-17 through :data:`geosapiens.skeleton.SMIL25_TO_COCO17`; eyes and ears have
+no label (``labelled`` False, weight 0). The box is the bounding box of the foreground mask. Visibility comes
+from a depth test (:data:`VISIBILITY_TOLERANCE_MM`). At load time the 3D joints are projected with
+:data:`MINI_RGBD_INTRINSICS` and must land on the 2D joints, and the 2D file's depth column must equal the
+3D depth: a frame whose files disagree is refused, never silently trained on.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ MINI_RGBD_INTRINSICS = np.array(
     dtype=np.float64,
 )
 
-# A joint is visible when the rendered surface at its pixel is less than this far in front of it. Joint centres
-# of the infant model lie up to ~5 cm under their own skin as seen from the top-down camera (hips deepest,
-# the nose vertex on the skin), and anything lying over a joint (a limb, a toy) adds its own thickness, so
-# occlusion moves the surface well over 60 mm in front in most cases. Thin occluders over shallow joints
-# (a hand resting on a wrist) can be missed: this is a best effort, as ``PoseRecord.visible`` says.
+# A joint is visible when the rendered surface at its pixel is less than this far in front of it. Joint
+# centres of the infant model lie up to ~5 cm under their own skin as seen from the top-down camera (hips
+# deepest, the nose vertex on the skin), and anything lying over a joint (a limb, a toy) adds its own
+# thickness, so occlusion moves the surface well over 60 mm in front in most cases. Thin occluders over
+# shallow joints (a hand resting on a wrist) can be missed: a best effort, as ``PoseRecord.visible`` says.
 VISIBILITY_TOLERANCE_MM = 60.0
 
 # The 2D file's depth column must match 1000 * z of the 3D file within this. The column's unit is not stated
@@ -131,8 +131,9 @@ def read_mini_rgbd(
     frames = [paths for seq_dir in seq_dirs for paths in list_frames(seq_dir, report)]
 
     def load(paths: FramePaths) -> PoseRecord | None:
-        return read_frame(root, paths, report, check_projection=check_projection,
-                          max_reprojection_px=max_reprojection_px)
+        return read_frame(
+            root, paths, report, check_projection=check_projection, max_reprojection_px=max_reprojection_px
+        )
 
     return [r for r in thread_map(load, frames) if r is not None]
 
@@ -233,6 +234,7 @@ def parse_joint_file(path: Path, report: Reporter) -> np.ndarray | None:
 
     Every malformed line is reported (line numbers are 1-based); None when any is.
     """
+    columns = "'x y depth id'" if path.name.startswith("syn_joints_2Ddep") else "'x y z id'"
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -243,7 +245,7 @@ def parse_joint_file(path: Path, report: Reporter) -> np.ndarray | None:
         return None
     lines = text.rstrip().splitlines()
     if len(lines) != _NUM_JOINTS:
-        report(path, f"has {len(lines)} lines, expected {_NUM_JOINTS} (one per SMIL joint, 'x y z id')")
+        report(path, f"has {len(lines)} lines, expected {_NUM_JOINTS} (one per SMIL joint, {columns})")
         return None
     out = np.empty((_NUM_JOINTS, 4), dtype=np.float64)
     ok = True
@@ -251,7 +253,7 @@ def parse_joint_file(path: Path, report: Reporter) -> np.ndarray | None:
         where = f"line {i + 1}"
         tokens = line.split()
         if len(tokens) != 4:
-            report(path, f"has {len(tokens)} columns, expected 4 ('x y z id')", where)
+            report(path, f"has {len(tokens)} columns, expected 4 ({columns})", where)
             ok = False
             continue
         try:
@@ -278,33 +280,44 @@ def check_joints_agree(
     *,
     max_reprojection_px: float = 1.0,
 ) -> bool:
-    """The 3D joints, projected with the intrinsics, land on the 2D joints; the depth column equals their z."""
+    """The 3D joints projected with the intrinsics land on the 2D joints; the depth column equals their z."""
     xyz = joints_3d[:, :3]
     behind = np.nonzero(xyz[:, 2] <= 0)[0]
     if behind.size:
         j = behind[0]
-        report(paths.joints_3d, f"joint {j} ({SMIL25.names[j]}) has z = {xyz[j, 2]:g} m: not in front of "
-                                "the camera", f"joint {j}")
+        report(
+            paths.joints_3d,
+            f"joint {j} ({SMIL25.names[j]}) has z = {xyz[j, 2]:g} m: not in front of the camera",
+            f"joint {j}",
+        )
         return False
     ok = True
     error = np.linalg.norm(project(xyz) - joints_2d[:, :2], axis=1)
     worst = int(np.argmax(error))
     if error[worst] > max_reprojection_px:
         dx, dy = (project(xyz) - joints_2d[:, :2]).mean(axis=0)
-        report(paths.joints_2d, f"2D joints disagree with {paths.joints_3d.name} projected with the MINI-RGBD "
-                                f"intrinsics: joint {worst} ({SMIL25.names[worst]}) is {error[worst]:.2f} px off "
-                                f"(max {max_reprojection_px:g} px; mean offset {dx:+.2f}, {dy:+.2f} px)",
-               f"joint {worst}")
+        report(
+            paths.joints_2d,
+            f"2D joints disagree with {paths.joints_3d.name} projected with the MINI-RGBD "
+            f"intrinsics: joint {worst} ({SMIL25.names[worst]}) is {error[worst]:.2f} px off "
+            f"(max {max_reprojection_px:g} px; mean offset {dx:+.2f}, {dy:+.2f} px)",
+            f"joint {worst}",
+        )
         ok = False
     depth_mm = 1000.0 * xyz[:, 2]
     column = joints_2d[:, 2]
-    in_mm = np.abs(column - depth_mm).max() <= DEPTH_COLUMN_TOLERANCE_MM
-    in_m = np.abs(1000.0 * column - depth_mm).max() <= DEPTH_COLUMN_TOLERANCE_MM
-    if not (in_mm or in_m):
-        j = int(np.argmax(np.abs(column - depth_mm)))
-        report(paths.joints_2d, f"depth column of joint {j} ({SMIL25.names[j]}) is {column[j]:g}, but 1000 * z "
-                                f"in {paths.joints_3d.name} is {depth_mm[j]:.2f} mm (tolerance "
-                                f"{DEPTH_COLUMN_TOLERANCE_MM:g} mm)", f"joint {j}")
+    off_as_mm = np.abs(column - depth_mm)
+    off_as_m = np.abs(1000.0 * column - depth_mm)
+    if min(off_as_mm.max(), off_as_m.max()) > DEPTH_COLUMN_TOLERANCE_MM:
+        unit, off = ("mm", off_as_mm) if np.median(off_as_mm) <= np.median(off_as_m) else ("m", off_as_m)
+        j = int(np.argmax(off))
+        report(
+            paths.joints_2d,
+            f"depth column of joint {j} ({SMIL25.names[j]}) is {column[j]:g} {unit}, but "
+            f"{paths.joints_3d.name} has z = {depth_mm[j]:.2f} mm (tolerance "
+            f"{DEPTH_COLUMN_TOLERANCE_MM:g} mm)",
+            f"joint {j}",
+        )
         ok = False
     return ok
 
@@ -322,8 +335,11 @@ def read_depth(path: Path, report: Reporter) -> np.ndarray | None:
         return None
     if depth.dtype != np.uint16 or depth.ndim != 2:
         channels = 1 if depth.ndim == 2 else depth.shape[2]
-        report(path, f"depth PNG is {depth.dtype} with {channels} channel(s), expected single-channel uint16 "
-                     "millimetres")
+        report(
+            path,
+            f"depth PNG is {depth.dtype} with {channels} channel(s), expected single-channel uint16 "
+            "millimetres",
+        )
         return None
     return depth
 

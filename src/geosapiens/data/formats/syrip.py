@@ -12,10 +12,10 @@ Quirks of the real files, handled here rather than downstream:
 - a keypoint with ``v = 0`` or at the ``(-45, -45)`` placeholder is unlabelled (its position is set to 0,
   never used); ``v = 1`` is labelled but occluded, ``v = 2`` labelled and visible;
 - negative bbox origins are valid (the infant is cut by the border) and kept as read;
-- ``area`` is kept as read and flagged ``area_suspect`` when it is more than 10% away from bbox w*h (train200's
-  is ~0.05x, validate500's ~15x; the evaluator decides which to use);
-- width and height come from the JSON. The loader never opens an image, so it is fast; ``geosapiens data check``
-  decodes every image and compares its size.
+- ``area`` is kept as read and flagged ``area_suspect`` when it is more than 10% away from bbox w*h
+  (train200's is ~0.05x, validate500's ~15x; the evaluator decides which to use);
+- width and height come from the JSON. The loader never opens an image, so it is fast (it only checks that
+  each file exists); ``geosapiens data check`` decodes every image and compares its size.
 """
 
 from __future__ import annotations
@@ -95,14 +95,14 @@ def read_syrip(
         root: dataset root (the folder holding ``annotations/`` and ``images/``).
         annotation_file: the JSON, relative to ``root`` or absolute, e.g.
             ``"annotations/200R/person_keypoints_train_infant.json"``.
-        image_dir: image folder, relative to ``root`` or absolute; defaults to ``images/<set>_infant`` from the
-            file name ``person_keypoints_<set>_infant.json``.
+        image_dir: image folder, relative to ``root`` or absolute; defaults to ``images/<set>_infant`` from
+            the file name ``person_keypoints_<set>_infant.json``.
         domain: ``"all"``, ``"real"`` or ``"synthetic"``: keep records whose image has that ``is_synthetic``.
 
     Raises:
-        DataError: at the first problem, naming the file and the image or annotation id: not COCO, keypoints not
-            51 finite numbers, bad visibility flag or bbox, duplicate ids, an annotation for an unknown image,
-            a file name escaping the dataset root, a missing image file.
+        DataError: at the first problem, naming the file and the image or annotation id: not COCO, keypoints
+            not 51 finite numbers, bad visibility flag or bbox, duplicate ids, an annotation for an unknown
+            image, a file name escaping the dataset root, a missing image file.
     """
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
@@ -133,8 +133,11 @@ def parse_syrip(
     if image_dir is None:
         image_dir = default_image_dir(ann_path)
         if image_dir is None:
-            report(ann_path, "cannot derive the image folder: the file is not named "
-                             "person_keypoints_<set>.json; pass image_dir")
+            report(
+                ann_path,
+                "cannot derive the image folder: the file is not named "
+                "person_keypoints_<set>.json; pass image_dir",
+            )
             return None
     image_root = Path(image_dir)
     image_root = (image_root if image_root.is_absolute() else root / image_root).absolute()
@@ -156,7 +159,9 @@ def parse_syrip(
     first_index: dict[int, int] = {}
     first_file: dict[str, int] = {}
     for i, entry in enumerate(data["images"]):
-        image = _parse_image(entry, i, ann_path, image_root, allowed, dir_exists, first_index, first_file, report)
+        image = _parse_image(
+            entry, i, ann_path, image_root, allowed, dir_exists, first_index, first_file, report
+        )
         if isinstance(image, SyripImage):
             out.images[image.image_id] = image
         elif isinstance(image, int):
@@ -225,7 +230,9 @@ def _parse_image(
         return None
     where = f"image {image_id}"
     if image_id in first_index:
-        report(ann_path, f"duplicate image id {image_id} (images[{first_index[image_id]}] and [{index}])", where)
+        report(
+            ann_path, f"duplicate image id {image_id} (images[{first_index[image_id]}] and [{index}])", where
+        )
         return None  # the first entry stands; this one is not used
     first_index[image_id] = index
 
@@ -255,7 +262,7 @@ def _parse_image(
     first_file[file_name] = image_id
     exists = path.is_file()
     if dir_exists and not exists:
-        report(path, f"image file missing (image {image_id} of {ann_path.name})", where)
+        report(path, f"image file missing (listed in {ann_path.name})", where)
     return SyripImage(image_id, path, width, height, bool(is_synthetic), exists)
 
 
@@ -265,8 +272,11 @@ def _safe_image_path(
     """``image_root / file_name``, or None when the name is absolute, climbs out of the image folder with
     ``..``, or resolves (through a symlink) outside the dataset root."""
     if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
-        report(ann_path, f"file name {file_name!r} is absolute: COCO file names are relative to the image "
-                         "folder", where)
+        report(
+            ann_path,
+            f"file name {file_name!r} is absolute: COCO file names are relative to the image folder",
+            where,
+        )
         return None
     if posixpath.normpath(file_name.replace("\\", "/")).split("/")[0] == "..":
         report(ann_path, f"file name {file_name!r} escapes the image folder with '..'", where)
@@ -274,8 +284,11 @@ def _safe_image_path(
     path = image_root / file_name
     real = path.resolve()
     if not any(real.is_relative_to(base) for base in allowed):
-        report(ann_path, f"file name {file_name!r} escapes the dataset root through a symlink (resolves to "
-                         f"{real})", where)
+        report(
+            ann_path,
+            f"file name {file_name!r} escapes the dataset root through a symlink (resolves to {real})",
+            where,
+        )
         return None
     return path
 
@@ -301,7 +314,9 @@ def _parse_annotation(
     where = f"annotation {ann_id}"
     ok = True
     if ann_id in seen:
-        report(ann_path, f"duplicate annotation id {ann_id} (annotations[{seen[ann_id]}] and [{index}])", where)
+        report(
+            ann_path, f"duplicate annotation id {ann_id} (annotations[{seen[ann_id]}] and [{index}])", where
+        )
         ok = False  # its content is still checked below, but only the first one becomes a record
     else:
         seen[ann_id] = index
@@ -372,7 +387,9 @@ def _parse_keypoints(values: Any, ann_path: Path, where: str, report: Reporter) 
         report(ann_path, f"keypoint {k} ({COCO17.names[k]}): {'xyv'[axis]} is {kpts[k, axis]}", where)
         ok = False
     for k in np.nonzero(np.isfinite(kpts[:, 2]) & ~np.isin(kpts[:, 2], (0, 1, 2)))[0]:
-        report(ann_path, f"keypoint {k} ({COCO17.names[k]}): visibility {kpts[k, 2]:g} is not 0, 1 or 2", where)
+        report(
+            ann_path, f"keypoint {k} ({COCO17.names[k]}): visibility {kpts[k, 2]:g} is not 0, 1 or 2", where
+        )
         ok = False
     return kpts if ok else None
 

@@ -1,0 +1,253 @@
+"""Torch datasets over :class:`~geosapiens.data.records.PoseRecord` lists: labelled crops, unlabelled pairs.
+
+Every sample is made with ONE warp of the original image per view (affine, or affine + elastic as one
+remap), carries the 2x3 affine image -> crop, and is normalised with Sapiens' mean/std. Randomness comes
+from a per-item numpy generator seeded from torch's RNG, which torch seeds differently in every DataLoader
+worker and every epoch (and ``seed_everything`` makes reproducible), so workers never share augmentations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geosapiens.data.augment import Photometric, ViewAugment, flip_channels, view_affine
+from geosapiens.data.crop import compose_affine, invert_affine, transform_points, warp_image
+from geosapiens.data.elastic import ElasticScale
+from geosapiens.data.occlude import CutOcclude, TextureBank
+from geosapiens.data.records import PoseRecord
+from geosapiens.errors import DataError
+
+__all__ = [
+    "SAPIENS_MEAN", "SAPIENS_STD", "read_image", "read_mask", "to_tensor", "PoseDataset", "PairDataset",
+]
+
+# Sapiens normalisation (reference/sapiens.md §5), on 0-255 RGB.
+SAPIENS_MEAN = (123.675, 116.28, 103.53)
+SAPIENS_STD = (58.395, 57.12, 57.375)
+_MEAN = torch.tensor(SAPIENS_MEAN).view(3, 1, 1)
+_INV_STD = 1.0 / torch.tensor(SAPIENS_STD).view(3, 1, 1)
+
+
+def read_image(path: str | Path, record: str | int | None = None) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; a :class:`DataError` naming the file when it cannot."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        problem = "image file does not exist" if not Path(path).exists() else "cannot be decoded as an image"
+        raise DataError(path, problem, record)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(record: PoseRecord) -> np.ndarray:
+    """The record's infant mask (H, W) uint8 {0, 1}: from ``mask_path``, else the rendered maps' ``mask``."""
+    if record.mask_path is not None:
+        mask = cv2.imread(str(record.mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DataError(record.mask_path, "mask image cannot be read", record.image_id)
+        return (mask > 0).astype(np.uint8)
+    if record.maps_path is not None:
+        try:
+            with np.load(record.maps_path) as maps:
+                return (maps["mask"] > 0).astype(np.uint8)
+        except (OSError, KeyError, ValueError) as err:
+            problem = f"cannot read 'mask' from the maps file ({err})"
+            raise DataError(record.maps_path, problem, record.image_id) from err
+    raise DataError(record.image_path, "a mask was requested but the record has no mask_path or maps_path",
+                    record.image_id)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalised with Sapiens' mean/std."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
+    return tensor.sub_(_MEAN).mul_(_INV_STD)
+
+
+def _item_rng(index: int) -> np.random.Generator:
+    """A numpy generator for one item, drawn from torch's (per-worker, per-epoch seeded) RNG."""
+    return np.random.default_rng([index, int(torch.randint(0, 2**62, ()).item())])
+
+
+def _visible_in_view(keypoints: np.ndarray, visible: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A joint outside the crop is not visible in it."""
+    h, w = size_hw
+    x, y = keypoints[:, 0], keypoints[:, 1]
+    return visible & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+
+
+class PoseDataset(Dataset):
+    """Labelled top-down samples (source training, and validation/test without augmentation).
+
+    Sample dict (API.md): ``image`` (3, H, W) float normalised, ``keypoints`` (K, 2) float32 crop px,
+    ``weights`` (K,) float32 (0 for unlabelled joints), ``visible`` (K,) bool (False when occluded by a
+    cut-occlude patch or outside the crop), ``affine`` (2, 3) float32 image -> crop, ``bbox`` (4,) float32
+    x, y, w, h, ``image_path`` str, ``index`` int; plus ``mask`` (H, W) uint8 when ``with_mask``.
+    With elastic augmentation, ``affine`` is the view's affine before the (non-affine) elastic warp.
+
+    Args:
+        records: the samples (one person each).
+        input_size: crop size (H, W).
+        padding: box padding factor of the crop.
+        geometry: random view geometry; None = the canonical crop (evaluation).
+        elastic: elastic scale augmentation (source only), applied with ``elastic.prob``.
+        occlude: cut-occlude augmentation; its texture bank is filled from the images this dataset reads.
+        photometric: pixel augmentation of the crop.
+        with_mask: also return the record's infant mask, warped like the image (nearest neighbour).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PoseRecord],
+        input_size: tuple[int, int] = (256, 192),
+        padding: float = 1.25,
+        geometry: ViewAugment | None = None,
+        elastic: ElasticScale | None = None,
+        occlude: CutOcclude | None = None,
+        photometric: Photometric | None = None,
+        with_mask: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.padding = padding
+        self.geometry = geometry
+        self.elastic = elastic
+        self.occlude = occlude
+        self.photometric = photometric
+        self.with_mask = with_mask
+        self.bank = TextureBank() if occlude is not None else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        rng = _item_rng(index)
+        source = str(record.image_path)
+        image = read_image(record.image_path, record.image_id)
+        mask = read_mask(record) if self.with_mask else None
+        if self.bank is not None:
+            self.bank.add_background(image, record.bbox, rng, source=source)
+
+        params = self.geometry.sample(rng) if self.geometry is not None else None
+        affine = view_affine(record.bbox, self.input_size, params, self.padding)
+        keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), affine)
+        keypoints, labelled, visible = flip_channels(
+            params is not None and params.flip, keypoints, np.asarray(record.labelled, bool),
+            np.asarray(record.visible, bool),
+        )
+
+        if self.elastic is not None and rng.random() < self.elastic.prob:
+            warp = self.elastic(keypoints, labelled, self.input_size, rng)
+            dense = warp.dense_map(self.input_size, then=invert_affine(affine))
+            crop = cv2.remap(image, dense, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            if mask is not None:
+                mask = cv2.remap(mask, dense, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+            keypoints = warp.keypoints
+        else:
+            crop = warp_image(image, affine, self.input_size)
+            if mask is not None:
+                mask = warp_image(mask, affine, self.input_size, interpolation=cv2.INTER_NEAREST)
+        visible = _visible_in_view(keypoints, visible, self.input_size)
+
+        if self.occlude is not None:
+            crop, visible, _ = self.occlude(crop, keypoints, labelled, visible, rng, self.bank, source)
+        if self.photometric is not None:
+            crop = self.photometric(crop, rng)
+
+        sample = {
+            "image": to_tensor(crop),
+            "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
+            "weights": torch.from_numpy(labelled.astype(np.float32)),
+            "visible": torch.from_numpy(visible),
+            "affine": torch.from_numpy(affine.astype(np.float32)),
+            "bbox": torch.from_numpy(np.asarray(record.bbox, dtype=np.float32)),
+            "image_path": source,
+            "index": index,
+        }
+        if mask is not None:
+            sample["mask"] = torch.from_numpy(mask)
+        return sample
+
+
+class PairDataset(Dataset):
+    """Unlabelled target samples: a weak and a strong view of the same image (mean-teacher input).
+
+    Sample dict (API.md): ``weak``, ``strong`` (3, H, W) float normalised; ``weak_affine``, ``strong_affine``
+    (2, 3) float32 image -> view; ``canonical_affine`` (2, 3) image -> unaugmented crop (the frame critic
+    caches live in); ``weak_to_strong`` (2, 3) = strong_affine @ inv(weak_affine); ``flipped`` bool;
+    ``image_path``, ``index``; with ``return_labels`` also ``keypoints`` (K, 2) and ``weights`` (K,) in the
+    weak frame (validation only, never a training signal).
+
+    Both views share one mirror state (drawn with ``weak.flip_prob``), so ``weak_to_strong`` has a positive
+    determinant and heatmap channel k of one view is channel k of the other: warping the teacher's weak
+    heatmaps with it needs no left/right swap. Flipped views have their channels swapped as in
+    :class:`PoseDataset`; ``flipped`` says when (a critic normal map warped into a view must negate x then).
+
+    Args:
+        records: target images (labels ignored unless ``return_labels``).
+        input_size: view size (H, W).
+        padding: box padding factor.
+        weak: geometry of the teacher's view.
+        strong: geometry of the student's view.
+        photometric: pixel augmentation of the strong view (CutMix is batch-level: :class:`PairCollate`).
+        return_labels: also return the weak-frame keypoints/weights.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PoseRecord],
+        input_size: tuple[int, int] = (256, 192),
+        padding: float = 1.25,
+        weak: ViewAugment | None = None,
+        strong: ViewAugment | None = None,
+        photometric: Photometric | None = None,
+        return_labels: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.padding = padding
+        self.weak = weak if weak is not None else ViewAugment(scale_range=(0.9, 1.1), rotation_prob=0.0)
+        self.strong = strong if strong is not None else ViewAugment()
+        self.photometric = photometric
+        self.return_labels = return_labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        rng = _item_rng(index)
+        image = read_image(record.image_path, record.image_id)
+        flip = bool(rng.random() < self.weak.flip_prob)
+        size, padding = self.input_size, self.padding
+        weak_affine = view_affine(record.bbox, size, self.weak.sample(rng, flip=flip), padding)
+        strong_affine = view_affine(record.bbox, size, self.strong.sample(rng, flip=flip), padding)
+        canonical = view_affine(record.bbox, size, None, padding)
+        strong = warp_image(image, strong_affine, self.input_size)
+        if self.photometric is not None:
+            strong = self.photometric(strong, rng)
+
+        def f32(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(a, dtype=np.float32))
+
+        sample = {
+            "weak": to_tensor(warp_image(image, weak_affine, self.input_size)),
+            "strong": to_tensor(strong),
+            "weak_affine": f32(weak_affine),
+            "strong_affine": f32(strong_affine),
+            "canonical_affine": f32(canonical),
+            "weak_to_strong": f32(compose_affine(strong_affine, invert_affine(weak_affine))),
+            "flipped": flip,
+            "image_path": str(record.image_path),
+            "index": index,
+        }
+        if self.return_labels:
+            keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), weak_affine)
+            keypoints, labelled = flip_channels(flip, keypoints, np.asarray(record.labelled, bool))
+            sample["keypoints"] = f32(keypoints)
+            sample["weights"] = f32(labelled)
+        return sample
