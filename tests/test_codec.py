@@ -23,7 +23,9 @@ def random_keypoints(codec: UDPHeatmapCodec, b: int, k: int, margin_hm: float, s
     g = torch.Generator().manual_seed(seed)
     h, w = codec.heatmap_size
     u = torch.rand(b, k, 2, generator=g, dtype=torch.float64)
-    hm = torch.stack([margin_hm + u[..., 0] * (w - 1 - 2 * margin_hm), margin_hm + u[..., 1] * (h - 1 - 2 * margin_hm)], -1)
+    hm = torch.stack(
+        [margin_hm + u[..., 0] * (w - 1 - 2 * margin_hm), margin_hm + u[..., 1] * (h - 1 - 2 * margin_hm)], -1
+    )
     return codec.to_input(hm).float()
 
 

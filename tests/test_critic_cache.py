@@ -1,4 +1,4 @@
-"""Critic cache: cached-and-warped maps of an analytic scene, resume after an interruption, manifest refusal."""
+"""Critic cache: cached-and-warped maps of an analytic scene, resume after interruption, manifest refusal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import binary_erosion
-from test_geometry_warp import render_sphere, render_view, similarity
 
 from geosapiens.data.records import MAPS_DIRNAME, PoseRecord
 from geosapiens.errors import DataError
@@ -25,6 +24,7 @@ from geosapiens.models.critic_cache import (
 )
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.oracle_critic import OracleCritic
+from test_geometry_warp import render_sphere, similarity
 
 IMAGE_HW = (120, 100)
 F_PX = 150.0
@@ -43,7 +43,7 @@ def _camera_centre() -> np.ndarray:
 
 
 def make_dataset(root: Path) -> list[PoseRecord]:
-    """Images with generator-style maps (depth mm float32, normals float16, mask uint8) of analytic spheres."""
+    """Images with generator-style maps (depth mm float32, normals float16, mask uint8) of spheres."""
     records = []
     c = _camera_centre()
     for i, (centre, radius) in enumerate(SPHERES):
@@ -53,14 +53,26 @@ def make_dataset(root: Path) -> list[PoseRecord]:
         cv2.imwrite(str(root / rel), np.full((*IMAGE_HW, 3), 40 * i, np.uint8))
         maps_path = root / MAPS_DIRNAME / rel.with_suffix(".npz")
         maps_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(maps_path, depth=depth * 1000.0, normals=normals.astype(np.float16), mask=mask.astype(np.uint8))
+        np.savez(
+            maps_path, depth=depth * 1000.0, normals=normals.astype(np.float16), mask=mask.astype(np.uint8)
+        )
         ys, xs = np.nonzero(mask)
         bbox = np.array([xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()], np.float32)
-        records.append(PoseRecord(
-            image_path=root / rel, keypoints=np.zeros((17, 2), np.float32), labelled=np.zeros(17, bool),
-            visible=np.zeros(17, bool), bbox=bbox, width=IMAGE_HW[1], height=IMAGE_HW[0], image_id=i,
-            domain="synthetic", maps_path=maps_path, annotation_id=i,
-        ))
+        records.append(
+            PoseRecord(
+                image_path=root / rel,
+                keypoints=np.zeros((17, 2), np.float32),
+                labelled=np.zeros(17, bool),
+                visible=np.zeros(17, bool),
+                bbox=bbox,
+                width=IMAGE_HW[1],
+                height=IMAGE_HW[0],
+                image_id=i,
+                domain="synthetic",
+                maps_path=maps_path,
+                annotation_id=i,
+            )
+        )
     return records
 
 
@@ -80,9 +92,16 @@ class CountingOracle(OracleCritic):
 
 
 def build(records, root, out, critic=None, spec="oracle", size=CROP_HW, batch_size=2):
-    return build_cache(records, critic or OracleCritic(), out, size, critic_identity(spec),
-                       {"root": str(root), "annotation": None, "format": "syrip"}, batch_size=batch_size,
-                       progress=False)
+    return build_cache(
+        records,
+        critic or OracleCritic(),
+        out,
+        size,
+        critic_identity(spec),
+        {"root": str(root), "annotation": None, "format": "syrip"},
+        batch_size=batch_size,
+        progress=False,
+    )
 
 
 @pytest.fixture()
@@ -105,13 +124,19 @@ def test_cached_and_warped_maps_match_the_scene_rendered_in_each_view(dataset, t
         raw_can = _canonical_raw_depth(canonical[i], centre, radius)
         fit_on = binary_erosion(stored.valid[0, 0].numpy() & (raw_can > 0), iterations=2)
         med, mad = _fit_normalisation(raw_can[fit_on], stored.depth.float()[0, 0].numpy()[fit_on])
-        box_c = np.array([records[i].bbox[0] + records[i].bbox[2] / 2, records[i].bbox[1] + records[i].bbox[3] / 2])
+        box_c = np.array(
+            [records[i].bbox[0] + records[i].bbox[2] / 2, records[i].bbox[1] + records[i].bbox[3] / 2]
+        )
         for angle, zoom, flip in [(0, 1.0, False), (35, 1.1, False), (0, 0.9, True), (-120, 1.0, True)]:
-            view = similarity(angle, zoom * 0.5, (0.0, 0.0), flip)  # image -> 48x48 view, ~same scale as canonical
+            view = similarity(
+                angle, zoom * 0.5, (0.0, 0.0), flip
+            )  # image -> 48x48 view, ~same scale as canonical
             view[:, 2] = np.array([23.5, 23.5]) - view[:, :2] @ box_c
-            got = cache.lookup([str(records[i].image_path)],
-                               canonical_to_view(torch.from_numpy(canonical[i : i + 1]), torch.from_numpy(view[None])),
-                               out_size_hw=(48, 48))
+            got = cache.lookup(
+                [str(records[i].image_path)],
+                canonical_to_view(torch.from_numpy(canonical[i : i + 1]), torch.from_numpy(view[None])),
+                out_size_hw=(48, 48),
+            )
             d_ref, n_ref, m_ref = _render_image_view(view, centre, radius)
             valid = got.valid[0, 0].numpy()
             both = valid & m_ref
@@ -169,7 +194,9 @@ def test_entries_are_float16_and_normalised(dataset, tmp_path):
     assert (entry[0][~valid] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(entry[1:4].astype(np.float32), axis=0)[valid], 1, atol=3e-3)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["count"] == 5 and manifest["crop"]["input_size_hw"] == list(CROP_HW)
+    assert (
+        manifest["complete"] and manifest["count"] == 5 and manifest["crop"]["input_size_hw"] == list(CROP_HW)
+    )
     assert manifest["critic"]["kind"] == "oracle" and "normalize_relative_depth" in manifest["normalisation"]
 
 
@@ -200,7 +227,9 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_p
     assert not list((out / "entries").rglob("*.tmp"))
     cache = CriticCache(out, expected_critic="oracle", input_size=CROP_HW)
     for r in records:
-        np.testing.assert_array_equal(np.load(cache.path_for(r.image_path)), np.load(ref.path_for(r.image_path)))
+        np.testing.assert_array_equal(
+            np.load(cache.path_for(r.image_path)), np.load(ref.path_for(r.image_path))
+        )
     # and a third run has nothing left to do
     again = CountingOracle()
     assert build(records, root, out, critic=again).written == 0 and again.seen == []
@@ -251,17 +280,47 @@ def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
     ann = root / "annotations" / "synth" / "person_keypoints_train_infant.json"
     ann.parent.mkdir(parents=True)
     coco = {
-        "images": [{"id": i + 1, "file_name": r.image_path.name, "width": IMAGE_HW[1], "height": IMAGE_HW[0],
-                    "is_synthetic": True} for i, r in enumerate(records)],
-        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [float(v) for v in r.bbox],
-                         "area": float(r.bbox[2] * r.bbox[3]), "iscrowd": 0, "num_keypoints": 0,
-                         "keypoints": [0] * 51} for i, r in enumerate(records)],
+        "images": [
+            {
+                "id": i + 1,
+                "file_name": r.image_path.name,
+                "width": IMAGE_HW[1],
+                "height": IMAGE_HW[0],
+                "is_synthetic": True,
+            }
+            for i, r in enumerate(records)
+        ],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "bbox": [float(v) for v in r.bbox],
+                "area": float(r.bbox[2] * r.bbox[3]),
+                "iscrowd": 0,
+                "num_keypoints": 0,
+                "keypoints": [0] * 51,
+            }
+            for i, r in enumerate(records)
+        ],
         "categories": [{"id": 1, "name": "person"}],
     }
     ann.write_text(json.dumps(coco))
     out = tmp_path / "cli_cache"
-    args = ["--critic", "oracle", "--data", str(root), "--annotation", str(ann.relative_to(root)), "--out", str(out),
-            "--input-size", "64", "48", "--no-progress"]
+    args = [
+        "--critic",
+        "oracle",
+        "--data",
+        str(root),
+        "--annotation",
+        str(ann.relative_to(root)),
+        "--out",
+        str(out),
+        "--input-size",
+        "64",
+        "48",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "5 images (5 computed, 0 already cached)" in capsys.readouterr().out
     assert main(args) == 0
@@ -271,15 +330,18 @@ def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
     # maps identical to the library path
     build(records, root, tmp_path / "lib")
     lib, cli = CriticCache(tmp_path / "lib"), CriticCache(out)
-    np.testing.assert_array_equal(np.load(cli.path_for(records[2].image_path)),
-                                  np.load(lib.path_for(records[2].image_path)))
+    np.testing.assert_array_equal(
+        np.load(cli.path_for(records[2].image_path)), np.load(lib.path_for(records[2].image_path))
+    )
 
 
 class BrightnessCritic(GeometricCritic):
     """A transparent 'model': depth = mean channel value, normals = the normalised colour, no mask."""
 
     def forward(self, images: torch.Tensor) -> GeometryMaps:
-        return GeometryMaps(depth=images.mean(1, keepdim=True), normals=torch.nn.functional.normalize(images, dim=1))
+        return GeometryMaps(
+            depth=images.mean(1, keepdim=True), normals=torch.nn.functional.normalize(images, dim=1)
+        )
 
 
 def test_model_critics_run_on_canonical_crops_of_the_images(tmp_path):
@@ -296,7 +358,9 @@ def test_model_critics_run_on_canonical_crops_of_the_images(tmp_path):
         r.bbox = np.array([2.0, 20.0, 40.0, 60.0], np.float32)  # near the left edge: the padded crop runs off
     weights = tmp_path / "critic.pt2"
     weights.write_bytes(b"\x03" * 100)
-    build(records, root, tmp_path / "cache", critic=BrightnessCritic().freeze(), spec=f"torchscript:{weights}")
+    build(
+        records, root, tmp_path / "cache", critic=BrightnessCritic().freeze(), spec=f"torchscript:{weights}"
+    )
     cache = CriticCache(tmp_path / "cache", expected_critic=f"torchscript:{weights}", input_size=CROP_HW)
 
     A = canonical_affines(records[1:2], CROP_HW)[0]
@@ -307,8 +371,9 @@ def test_model_critics_run_on_canonical_crops_of_the_images(tmp_path):
     expected = BrightnessCritic()(crop)
     stored = cache.load([records[1].image_path])
     assert torch.equal(stored.valid, inside)
-    torch.testing.assert_close(stored.depth.float(), normalize_relative_depth(expected.depth, inside),
-                               atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        stored.depth.float(), normalize_relative_depth(expected.depth, inside), atol=2e-3, rtol=2e-3
+    )
     torch.testing.assert_close(stored.normals.float(), expected.normals * inside, atol=1e-3, rtol=0)
 
 
@@ -321,9 +386,15 @@ def test_oracle_on_depth_pngs_derives_normals_from_depth(tmp_path):
     cv2.imwrite(str(tmp_path / "mask.png"), mask.astype(np.uint8) * 255)
     ys, xs = np.nonzero(mask)
     record = PoseRecord(
-        image_path=tmp_path / "rgb.png", keypoints=np.zeros((17, 2), np.float32), labelled=np.zeros(17, bool),
-        visible=np.zeros(17, bool), bbox=np.array([xs.min(), ys.min(), np.ptp(xs), np.ptp(ys)], np.float32),
-        width=IMAGE_HW[1], height=IMAGE_HW[0], image_id="01/00000", depth_path=tmp_path / "depth.png",
+        image_path=tmp_path / "rgb.png",
+        keypoints=np.zeros((17, 2), np.float32),
+        labelled=np.zeros(17, bool),
+        visible=np.zeros(17, bool),
+        bbox=np.array([xs.min(), ys.min(), np.ptp(xs), np.ptp(ys)], np.float32),
+        width=IMAGE_HW[1],
+        height=IMAGE_HW[0],
+        image_id="01/00000",
+        depth_path=tmp_path / "depth.png",
         mask_path=tmp_path / "mask.png",
     )
     K = np.array([[F_PX, 0, c[0]], [0, F_PX, c[1]], [0, 0, 1]])
@@ -352,3 +423,52 @@ def test_oracle_errors_name_the_file(dataset, tmp_path):
     records[1].maps_path = None
     with pytest.raises(DataError, match="no rendered geometry"):
         OracleCritic().image_maps(records[1])
+
+
+def test_generator_mini_rgbd_cache_and_depth_derived_normals(tmp_path, capsys):
+    """On the generator's tiny MINI-RGBD output: the CLI caches it, and normals derived from its depth PNGs
+    agree with its rendered normals (the fallback real MINI-RGBD, which has no normals, relies on)."""
+    import dataclasses
+
+    from geosapiens.data.formats.mini_rgbd import MINI_RGBD_INTRINSICS, read_mini_rgbd
+    from geosapiens.data.synth.generate import generate
+    from geosapiens.data.synth.presets import PRESETS
+
+    generate(tmp_path / "synth", PRESETS["tiny"], seed=0, workers=1, progress=False)
+    root = tmp_path / "synth" / "mini_rgbd"
+    records = read_mini_rgbd(root)
+    assert len(records) == 8 and all(r.maps_path is not None and r.depth_path is not None for r in records)
+    oracle = OracleCritic(MINI_RGBD_INTRINSICS)
+    rendered = oracle.image_maps(records[0])
+    derived = oracle.image_maps(dataclasses.replace(records[0], maps_path=None))
+    both = (rendered.valid & derived.valid)[0, 0]
+    assert both.sum() > 0.9 * derived.valid.sum() and both.sum() > 0.8 * rendered.valid.sum()
+    angle = torch.rad2deg(torch.acos((rendered.normals * derived.normals).sum(1)[0][both].clamp(-1, 1)))
+    assert angle.median() < 3.0, angle.median()
+    assert (rendered.depth - derived.depth)[0, 0][both].abs().max() <= 0.5 + 1e-3  # PNG: whole millimetres
+
+    out = tmp_path / "cache"
+    assert (
+        main(
+            [
+                "--critic",
+                "oracle",
+                "--data",
+                str(root),
+                "--format",
+                "mini-rgbd",
+                "--out",
+                str(out),
+                "--input-size",
+                "64",
+                "48",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "8 images (8 computed" in capsys.readouterr().out
+    cache = CriticCache(out, expected_critic="oracle", input_size=(64, 48))
+    assert cache.manifest["dataset"]["format"] == "mini-rgbd"
+    maps = cache.load([r.image_path for r in records])
+    assert maps.valid.flatten(1).any(1).all()

@@ -29,7 +29,9 @@ SPHERE_C = np.array([0.08, -0.05, 1.0])
 SPHERE_R = 0.2
 
 
-def render_sphere(h: int, w: int, f: float, c: np.ndarray, centre: np.ndarray = SPHERE_C, radius: float = SPHERE_R):
+def render_sphere(
+    h: int, w: int, f: float, c: np.ndarray, centre: np.ndarray = SPHERE_C, radius: float = SPHERE_R
+):
     """Ray-cast a sphere: depth (h, w) along the optical axis, outward normals (h, w, 3), mask (h, w)."""
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     d = np.stack([(u - c[0]) / f, (v - c[1]) / f, np.ones_like(u)], axis=-1)
@@ -73,7 +75,9 @@ CANON_C = np.array([39.5, 47.5])
 SPHERE_PX = CANON_C + F_PX * SPHERE_C[:2] / SPHERE_C[2]  # where the sphere's centre projects
 
 
-def view(angle_deg: float, scale: float, flip: bool, out_hw: tuple[int, int], offset=(0.0, 0.0)) -> np.ndarray:
+def view(
+    angle_deg: float, scale: float, flip: bool, out_hw: tuple[int, int], offset=(0.0, 0.0)
+) -> np.ndarray:
     """A view similarity putting the sphere near the middle of an ``out_hw`` crop."""
     A = similarity(angle_deg, scale, (0.0, 0.0), flip)
     target = np.array([(out_hw[1] - 1) / 2 + offset[0], (out_hw[0] - 1) / 2 + offset[1]])
@@ -115,7 +119,9 @@ def test_normal_direction_at_a_point_rotates_and_flips():
     """At the view pixel of a chosen canonical pixel, the normal is R applied to the canonical normal."""
     d, n, m = render_sphere(*CANON_HW, F_PX, CANON_C)
     src = as_maps(d, n, m)
-    p = np.round(SPHERE_PX) + np.array([14.0, 0.0])  # right half of the sphere: normal has a clear +x component
+    p = np.round(SPHERE_PX) + np.array(
+        [14.0, 0.0]
+    )  # right half of the sphere: normal has a clear +x component
     n_src = n[int(p[1]), int(p[0])]
     assert n_src[0] > 0.4
     for angle, flip in [(90, False), (0, True), (90, True)]:
@@ -143,8 +149,10 @@ def test_polar_rotation_ignores_scale_and_shift():
 
 
 def test_warp_valid_is_false_outside_source_and_none_means_all_valid():
-    maps = GeometryMaps(depth=torch.full((2, 1, 8, 8), 3.0), normals=torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1)
-                        .expand(2, 3, 8, 8).clone())
+    maps = GeometryMaps(
+        depth=torch.full((2, 1, 8, 8), 3.0),
+        normals=torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 8, 8).clone(),
+    )
     A = torch.tensor([[1.0, 0.0, 4.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
     out = warp_maps(maps, A, (8, 8))
     assert not out.valid[..., :4].any() and out.valid[..., 4:].all()

@@ -7,15 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
-from test_geometry_warp import render_sphere
 
-from geosapiens.data.records import MAPS_DIRNAME
 from geosapiens.errors import CheckpointError
 from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critic_cache import main as cache_main
@@ -29,47 +26,26 @@ from geosapiens.models.small_critic import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_HW = (120, 100)
 INPUT_HW = (64, 48)
-TINY = dict(backbone="timm:resnet18", depth_deconvs=(32, 16, 16, 8, 8), depth_convs=(8,),
-            normal_deconvs=(32, 16, 16), normal_convs=(16,))
-LIGHT = np.array([0.4, -0.5, -0.77]) / np.linalg.norm([0.4, -0.5, -0.77])
-
-
-def write_rendered_syrip(root: Path, n: int = 6, seed: int = 0) -> Path:
-    """SyRIP-format images of shaded spheres with generator-style maps; returns the annotation file."""
-    rng = np.random.default_rng(seed)
-    images, anns = [], []
-    c = np.array([(IMAGE_HW[1] - 1) / 2, (IMAGE_HW[0] - 1) / 2])
-    for i in range(n):
-        centre = np.array([rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), rng.uniform(0.9, 1.2)])
-        radius = rng.uniform(0.15, 0.25)
-        depth, normals, mask = render_sphere(*IMAGE_HW, 150.0, c, centre=centre, radius=radius)
-        shade = np.clip(normals @ LIGHT, 0, 1)[..., None] * np.array([230.0, 180.0, 150.0])
-        background = rng.uniform(0, 60, size=(*IMAGE_HW, 3))
-        rgb = np.where(mask[..., None], shade + 20, background).astype(np.uint8)
-        name = f"synth{i:05d}.jpg"
-        (root / "images" / "train_infant").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "images" / "train_infant" / name), rgb[..., ::-1])
-        maps = root / MAPS_DIRNAME / "images" / "train_infant" / name.replace(".jpg", ".npz")
-        maps.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(maps, depth=depth * 1000, normals=normals.astype(np.float16), mask=mask.astype(np.uint8))
-        ys, xs = np.nonzero(mask)
-        bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min()), float(ys.max() - ys.min())]
-        images.append({"id": i + 1, "file_name": name, "width": IMAGE_HW[1], "height": IMAGE_HW[0],
-                       "is_synthetic": True})
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": bbox, "area": bbox[2] * bbox[3],
-                     "iscrowd": 0, "num_keypoints": 0, "keypoints": [0] * 51})
-    ann = root / "annotations" / "synth" / "person_keypoints_train_infant.json"
-    ann.parent.mkdir(parents=True, exist_ok=True)
-    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}))
-    return ann
+TINY = dict(
+    backbone="timm:resnet18",
+    depth_deconvs=(32, 16, 16, 8, 8),
+    depth_convs=(8,),
+    normal_deconvs=(32, 16, 16),
+    normal_convs=(16,),
+)
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("synth")
-    return root, write_rendered_syrip(root)
+    """The generator's tiny preset (SyRIP layout + geosapiens_maps); its 12 synthetic training stills."""
+    from geosapiens.data.synth.generate import generate
+    from geosapiens.data.synth.presets import PRESETS
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, PRESETS["tiny"], seed=0, workers=1, progress=False)
+    root = out / "syrip"
+    return root, root / "annotations" / "1000S" / "person_keypoints_train_infant.json"
 
 
 def _records(root: Path, ann: Path):
@@ -105,18 +81,23 @@ def test_net_shapes_and_unit_normals():
 
 def test_dataset_crops_and_targets(rendered):
     root, ann = rendered
-    ds = RenderedMapsDataset(_records(root, ann), INPUT_HW)
-    item = ds[0]
-    assert item["image"].shape == (3, *INPUT_HW) and item["depth"].shape == (1, *INPUT_HW)
-    body = item["valid"][0]
-    assert 0.2 < body.float().mean() < 0.8 and item["inside"].all()
-    torch.testing.assert_close(item["normals"].norm(dim=0)[body], torch.ones(int(body.sum())), atol=1e-4, rtol=0)
-    # the sphere's shading is in the image where the target says "body": bright foreground, dark background
-    brightness = item["image"].mean(0)
-    assert brightness[body].mean() > brightness[~body].mean() + 0.5
+    records = _records(root, ann)
+    assert len(records) == 12 and all(r.maps_path is not None for r in records)
+    ds = RenderedMapsDataset(records, INPUT_HW)
+    for i in (0, 5):
+        item = ds[i]
+        assert item["image"].shape == (3, *INPUT_HW) and item["depth"].shape == (1, *INPUT_HW)
+        body = item["valid"][0]
+        assert 0.1 < body.float().mean() < 0.9 and not (body & ~item["inside"][0]).any()
+        torch.testing.assert_close(
+            item["normals"].norm(dim=0)[body], torch.ones(int(body.sum())), atol=1e-3, rtol=0
+        )
+        assert (item["normals"][2][body] < 0).float().mean() > 0.9  # the visible body faces the camera
+        d = item["depth"][0][body]
+        assert abs(d.median()) < 1e-3 and abs((d - d.median()).abs().mean() - 1) < 1e-2
     torch.manual_seed(0)
-    aug = RenderedMapsDataset(_records(root, ann), INPUT_HW, augment=True)[0]
-    assert not torch.equal(aug["image"], item["image"]) and aug["valid"].any()
+    aug = RenderedMapsDataset(records, INPUT_HW, augment=True)[0]
+    assert not torch.equal(aug["image"], ds[0]["image"]) and aug["valid"].any()
 
 
 def test_a_few_training_steps_decrease_the_loss(rendered):
@@ -124,10 +105,21 @@ def test_a_few_training_steps_decrease_the_loss(rendered):
     torch.manual_seed(0)
     ds = RenderedMapsDataset(_records(root, ann), INPUT_HW)
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    target = GeometryMaps(depth=batch["depth"], normals=batch["normals"], valid=batch["valid"])
     task = SmallCriticTask(**TINY, lr=3e-3)
-    opt = task.configure_optimizers()
-    task.train()
     task.log = lambda *a, **k: None  # no trainer attached: logging is not what is tested here
+    opt = task.configure_optimizers()
+
+    def components() -> dict[str, float]:
+        task.eval()
+        with torch.no_grad():
+            return {
+                k: v.item()
+                for k, v in critic_losses(*task.net(batch["image"]), target, batch["inside"]).items()
+            }
+
+    before = components()
+    task.train()
     losses = []
     for _ in range(12):
         opt.zero_grad()
@@ -135,8 +127,10 @@ def test_a_few_training_steps_decrease_the_loss(rendered):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.isfinite(losses).all()
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    after = components()
+    assert np.isfinite(losses).all() and losses[-1] < 0.75 * losses[0], losses
+    assert after["depth"] < 0.95 * before["depth"] and after["mask"] < before["mask"], (before, after)
+    assert after["normal_angle_deg"] < 0.6 * before["normal_angle_deg"], (before, after)
 
 
 def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, monkeypatch):
@@ -144,18 +138,46 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
     monkeypatch.setattr(sys, "argv", ["geosapiens"])
     export = tmp_path / "critic.safetensors"
     cli = LightningCLI(
-        model_class=L.LightningModule, datamodule_class=L.LightningDataModule, subclass_mode_model=True,
-        subclass_mode_data=True, run=False, save_config_callback=None,
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
         args=[
-            "--config", str(REPO / "configs" / "critics" / "small_critic.yaml"),
-            "--data.init_args.data_root", str(root), "--data.init_args.annotation_file", str(ann.relative_to(root)),
-            "--data.init_args.input_size", json.dumps(list(INPUT_HW)), "--data.init_args.batch_size", "2",
-            "--data.init_args.num_workers", "0", "--data.init_args.val_every", "3",
-            *[a for k, v in TINY.items() for a in (f"--model.init_args.{k}", json.dumps(v) if k != "backbone" else v)],
-            "--model.init_args.export_path", str(export),
-            "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--config",
+            str(REPO / "configs" / "critics" / "small_critic.yaml"),
+            "--data.init_args.data_root",
+            str(root),
+            "--data.init_args.annotation_file",
+            str(ann.relative_to(root)),
+            "--data.init_args.input_size",
+            json.dumps(list(INPUT_HW)),
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.val_every",
+            "4",
+            *[
+                a
+                for k, v in TINY.items()
+                for a in (f"--model.init_args.{k}", json.dumps(v) if k != "backbone" else v)
+            ],
+            "--model.init_args.export_path",
+            str(export),
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
         ],
     )
     assert isinstance(cli.model, SmallCriticTask)
@@ -179,15 +201,30 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
 
     # and as a cached critic: `geosapiens critics cache --critic small:FILE`
     out = tmp_path / "cache"
-    argv = ["--critic", f"small:{export}", "--data", str(root), "--annotation", str(ann.relative_to(root)),
-            "--out", str(out), "--input-size", *map(str, INPUT_HW), "--no-progress", "--device", "cpu"]
+    argv = [
+        "--critic",
+        f"small:{export}",
+        "--data",
+        str(root),
+        "--annotation",
+        str(ann.relative_to(root)),
+        "--out",
+        str(out),
+        "--input-size",
+        *map(str, INPUT_HW),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert cache_main(argv) == 0
     cache = CriticCache(out, expected_critic=f"small:{export}", input_size=INPUT_HW)
-    assert len(cache) == 6
+    assert len(cache) == 12
     view = torch.tensor([[[-1.0, 0.0, INPUT_HW[1] - 1.0], [0.0, 1.0, 0.0]]])  # a mirrored view
     mirrored = cache.lookup([str(_records(root, ann)[0].image_path)], view)
     stored = cache.load([_records(root, ann)[0].image_path])
-    torch.testing.assert_close(mirrored.normals[:, 0], -stored.normals.float().flip(-1)[:, 0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        mirrored.normals[:, 0], -stored.normals.float().flip(-1)[:, 0], atol=1e-3, rtol=0
+    )
 
 
 def test_loading_bad_files_names_the_file(tmp_path):

@@ -3,11 +3,11 @@
 Like mmpose's ``UDPHeatmap`` codec, but batched torch: targets, argmax + DARK decoding, the differentiable
 soft-argmax and the flip test all share one coordinate convention, so they cannot disagree.
 
-Convention (unbiased data processing, UDP): keypoints are in input (crop) pixels with pixel centres at integer
-coordinates; heatmap pixel ``j`` sits at input coordinate ``j * s`` with ``s = (input - 1) / (heatmap - 1)`` per
-axis, so heatmap pixel 0 and the last heatmap pixel land exactly on the first and last input pixel centres. A
-horizontal flip ``x -> (W_in - 1) - x`` of the input is then exactly ``x_hm -> (w - 1) - x_hm`` on the heatmap:
-no half-pixel shift is needed in the flip test.
+Convention (unbiased data processing, UDP): keypoints are in input (crop) pixels with pixel centres at
+integer coordinates; heatmap pixel ``j`` sits at input coordinate ``j * s`` with
+``s = (input - 1) / (heatmap - 1)`` per axis, so heatmap pixel 0 and the last heatmap pixel land exactly on
+the first and last input pixel centres. A horizontal flip ``x -> (W_in - 1) - x`` of the input is then exactly
+``x_hm -> (w - 1) - x_hm`` on the heatmap: no half-pixel shift is needed in the flip test.
 
 Note:
     B: batch size, K: keypoints, input size ``(H, W)``, heatmap size ``(h, w)``; points are ``(x, y)``.
@@ -64,7 +64,7 @@ def flip_heatmaps(heatmaps: torch.Tensor, flip_indices: Sequence[int]) -> torch.
 
 
 def flip_keypoints(keypoints: torch.Tensor, flip_indices: Sequence[int], width: int) -> torch.Tensor:
-    """(B, K, 2) keypoints of an input of ``width`` px mirrored (x -> (width - 1) - x) with left/right swapped."""
+    """(B, K, 2) keypoints of a ``width``-px input, mirrored (x -> (width - 1) - x), left/right swapped."""
     index = torch.as_tensor(list(flip_indices), device=keypoints.device, dtype=torch.long)
     flipped = keypoints.index_select(1, index).clone()
     flipped[..., 0] = (width - 1) - flipped[..., 0]
@@ -100,14 +100,19 @@ class UDPHeatmapCodec:
         blur_kernel_size: int = 11,
     ) -> None:
         if len(input_size_hw) != 2 or len(heatmap_size_hw) != 2:
-            raise ValueError(f"{type(self).__name__}: sizes are (H, W), got {input_size_hw}, {heatmap_size_hw}")
+            raise ValueError(
+                f"{type(self).__name__}: sizes are (H, W), got {input_size_hw}, {heatmap_size_hw}"
+            )
         if min(heatmap_size_hw) < 2 or min(input_size_hw) < 2:
-            raise ValueError(f"{type(self).__name__}: sizes must be at least 2 px, got {input_size_hw}, "
-                             f"{heatmap_size_hw}")
+            raise ValueError(
+                f"{type(self).__name__}: sizes must be at least 2 px, got {input_size_hw}, {heatmap_size_hw}"
+            )
         if sigma <= 0:
             raise ValueError(f"{type(self).__name__}: sigma must be > 0, got {sigma}")
         if blur_kernel_size < 3 or blur_kernel_size % 2 == 0:
-            raise ValueError(f"{type(self).__name__}: blur_kernel_size must be odd and >= 3, got {blur_kernel_size}")
+            raise ValueError(
+                f"{type(self).__name__}: blur_kernel_size must be odd and >= 3, got {blur_kernel_size}"
+            )
         self.input_size = (int(input_size_hw[0]), int(input_size_hw[1]))
         self.heatmap_size = (int(heatmap_size_hw[0]), int(heatmap_size_hw[1]))
         self.sigma = float(sigma)
@@ -118,8 +123,10 @@ class UDPHeatmapCodec:
         self.scale = ((W - 1) / (w - 1), (H - 1) / (h - 1))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(input_size_hw={self.input_size}, heatmap_size_hw={self.heatmap_size}, "
-                f"sigma={self.sigma})")
+        return (
+            f"{type(self).__name__}(input_size_hw={self.input_size}, heatmap_size_hw={self.heatmap_size}, "
+            f"sigma={self.sigma})"
+        )
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(self.scale, device=like.device, dtype=like.dtype)
@@ -149,11 +156,15 @@ class UDPHeatmapCodec:
         mu = self.to_heatmap(keypoints.to(dtype))  # (B, K, 2)
         radius = 3 * self.sigma
         inside = (
-            (mu[..., 0] + radius >= 0) & (mu[..., 0] - radius <= w - 1)
-            & (mu[..., 1] + radius >= 0) & (mu[..., 1] - radius <= h - 1)
+            (mu[..., 0] + radius >= 0)
+            & (mu[..., 0] - radius <= w - 1)
+            & (mu[..., 1] + radius >= 0)
+            & (mu[..., 1] - radius <= h - 1)
             & torch.isfinite(mu).all(-1)
         )
-        target_weights = torch.where(inside, weights.to(dtype), torch.zeros((), dtype=dtype, device=mu.device))
+        target_weights = torch.where(
+            inside, weights.to(dtype), torch.zeros((), dtype=dtype, device=mu.device)
+        )
         xs = torch.arange(w, device=mu.device, dtype=dtype)
         ys = torch.arange(h, device=mu.device, dtype=dtype)
         mu = torch.nan_to_num(mu)
@@ -181,7 +192,8 @@ class UDPHeatmapCodec:
         """Argmax + DARK-UDP refinement.
 
         The heatmap is blurred (kernel 11), clipped to [1e-3, 50] and logged; one Newton step with the
-        finite-difference gradient and Hessian at the argmax moves to the sub-pixel maximum of the log-Gaussian.
+        finite-difference gradient and Hessian at the argmax moves to the sub-pixel maximum of the
+        log-Gaussian.
         The step is dropped where it is not finite or longer than 1 heatmap px per axis (flat or multi-modal
         heatmaps), keeping the argmax. The blur is zero-padded like mmpose's, which biases joints within about
         1.5 sigma of the heatmap border (noise-free sigma=2 targets: < 0.01 heatmap px from 2 sigma inwards,
@@ -226,14 +238,14 @@ class UDPHeatmapCodec:
         return self.to_input(keypoints_hm), scores
 
     def soft_argmax(self, heatmaps: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-        """Differentiable keypoints: expected position under the spatial softmax of ``heatmaps / temperature``.
+        """Differentiable keypoints: the expected position under the spatial softmax of ``heatmaps / T``.
 
         With unit-peak Gaussian heatmaps, ``temperature`` 0.05 makes the background's pull towards the centre
         negligible (the peak outweighs a 64x48 background by ~1e5); raise it for smoother gradients.
 
         Args:
             heatmaps: (B, K, h, w).
-            temperature: softmax temperature (> 0), in heatmap units.
+            temperature: softmax temperature T (> 0), in heatmap units.
 
         Returns:
             (B, K, 2) input px.
@@ -254,5 +266,5 @@ class UDPHeatmapCodec:
     def flip_test(
         heatmaps: torch.Tensor, heatmaps_of_flipped_input: torch.Tensor, flip_indices: Sequence[int]
     ) -> torch.Tensor:
-        """(B, K, h, w) flip-test average: 0.5 * (model(x) + unflip(model(flip_W(x)))), decode it afterwards."""
+        """(B, K, h, w) flip-test average 0.5 * (model(x) + unflip(model(flip_W(x)))), to decode after."""
         return 0.5 * (heatmaps + flip_heatmaps(heatmaps_of_flipped_input, flip_indices))

@@ -1,4 +1,4 @@
-"""Precomputed critic maps: run a frozen critic once per target image, warp its maps to every view at train time.
+"""Precomputed critic maps: run a frozen critic once per target image, warp its maps to each view in training.
 
 Critics are frozen, so running Sapiens-1B depth and normal models on every augmented view of every step is
 wasted work. ``geosapiens critics cache`` computes each image's maps once in its *canonical* crop (the
@@ -12,8 +12,9 @@ Layout of a cache directory::
     entries/<k[:2]>/<k>.npy        float16 (5, H, W): relative depth, normal x, y, z, valid (0/1)
 
 ``k`` is the SHA-1 of the image path relative to the dataset root, so the cache follows the dataset when it
-moves. One small file per image keeps random reads in DataLoader workers to one ``open`` + one read, makes every
-write atomic (temp file + ``os.replace``) and lets an interrupted run resume by skipping finished entries.
+moves. One small file per image keeps random reads in DataLoader workers to one ``open`` + one read, makes
+every write atomic (temp file + ``os.replace``) and lets an interrupted run resume by skipping finished
+entries.
 A cache from another critic, crop size or dataset is refused with an error naming both.
 """
 
@@ -57,27 +58,28 @@ FORMAT = "geosapiens-critic-cache"
 VERSION = 1
 CHANNELS = ("depth", "normal_x", "normal_y", "normal_z", "valid")
 NORMALISATION = (
-    "normalize_relative_depth: (d - median(d[valid])) / (mean|d - median(d[valid])| + 1e-6) per canonical crop, "
-    "0 outside valid"
+    "normalize_relative_depth: (d - median(d[valid])) / (mean|d - median(d[valid])| + 1e-6) per canonical "
+    "crop, 0 outside valid"
 )
 CRITIC_KINDS = ("oracle", "small", "sapiens", "torchscript")
 _HASH_BYTES = 1 << 20
 _F16_MAX = 65000.0  # stored depth stays finite in float16
 
 
-# ---------------------------------------------------------------------------------------------------- identity
-
-
 def parse_critic_spec(spec: str) -> tuple[str, list[Path]]:
-    """``oracle`` | ``small:PATH`` | ``sapiens:DEPTH,NORMAL`` | ``torchscript:PATH[,PATH]`` -> (kind, files)."""
+    """``oracle`` | ``small:PATH`` | ``sapiens:DEPTH,NORMAL`` | ``torchscript:PATH[,PATH]`` -> kind, paths."""
     kind, _, rest = spec.partition(":")
     if kind not in CRITIC_KINDS:
-        raise ValueError(f"unknown critic {spec!r}: use one of oracle, small:PATH, sapiens:DEPTH.pth,NORMAL.pth, "
-                         "torchscript:PATH[,PATH]")
+        raise ValueError(
+            f"unknown critic {spec!r}: use one of oracle, small:PATH, sapiens:DEPTH.pth,NORMAL.pth, "
+            "torchscript:PATH[,PATH]"
+        )
     files = [Path(p).expanduser() for p in rest.split(",") if p] if rest else []
     counts = {"oracle": (0,), "small": (1,), "sapiens": (2,), "torchscript": (1, 2)}[kind]
     if len(files) not in counts:
-        raise ValueError(f"critic {spec!r}: {kind} takes {' or '.join(map(str, counts))} file(s), got {len(files)}")
+        raise ValueError(
+            f"critic {spec!r}: {kind} takes {' or '.join(map(str, counts))} file(s), got {len(files)}"
+        )
     return kind, files
 
 
@@ -100,12 +102,16 @@ def critic_identity(spec: str) -> dict[str, Any]:
 
 def _same_critic(a: dict[str, Any], b: dict[str, Any]) -> bool:
     key = [(f["size"], f["sha256_first_mb"]) for f in a.get("files", [])]
-    return a.get("kind") == b.get("kind") and key == [(f["size"], f["sha256_first_mb"]) for f in b.get("files", [])]
+    return a.get("kind") == b.get("kind") and key == [
+        (f["size"], f["sha256_first_mb"]) for f in b.get("files", [])
+    ]
 
 
 def _describe_critic(identity: dict[str, Any]) -> str:
-    files = ", ".join(f"{f['path']} ({f['size']} B, sha256[:1MiB] {f['sha256_first_mb'][:12]})"
-                      for f in identity.get("files", []))
+    files = ", ".join(
+        f"{f['path']} ({f['size']} B, sha256[:1MiB] {f['sha256_first_mb'][:12]})"
+        for f in identity.get("files", [])
+    )
     return identity.get("kind", "?") + (f" [{files}]" if files else "")
 
 
@@ -123,9 +129,6 @@ def load_critic(spec: str, intrinsics: np.ndarray | None = None) -> OracleCritic
     if kind == "sapiens":
         return SapiensCritic(files[0], files[1])
     return TorchScriptCritic(files)
-
-
-# ---------------------------------------------------------------------------------------------------- frames
 
 
 def canonical_affines(
@@ -187,9 +190,6 @@ def _entry_ok(path: Path, shape: tuple[int, int, int]) -> bool:
     return arr.shape == shape and arr.dtype == np.float16
 
 
-# ---------------------------------------------------------------------------------------------------- reading
-
-
 class CriticCache:
     """Read side of a critic cache (picklable: safe to hold in a Dataset or a LightningModule).
 
@@ -198,10 +198,10 @@ class CriticCache:
         expected_critic: a critic spec (``"sapiens:DEPTH.pth,NORMAL.pth"``) or identity dict the cache must
             have been built with; None accepts any.
         input_size: (H, W) canonical crop size the cache must have; None accepts any.
-        data_root: dataset root to resolve image paths against, if the dataset moved since the cache was built.
+        data_root: dataset root to resolve image paths against, if the dataset moved since the cache was made.
 
     Raises:
-        DataError: no manifest, an unfinished cache, or a different critic / crop size than expected.
+        DataError: no manifest, an unfinished cache, or another critic / crop size than expected.
     """
 
     def __init__(
@@ -214,8 +214,10 @@ class CriticCache:
         self.cache_dir = Path(cache_dir)
         manifest_path = self.cache_dir / MANIFEST
         if not manifest_path.is_file():
-            raise DataError(self.cache_dir, f"not a critic cache (no {MANIFEST}); build one with "
-                                            "`geosapiens critics cache`")
+            raise DataError(
+                self.cache_dir,
+                f"not a critic cache (no {MANIFEST}); build one with `geosapiens critics cache`",
+            )
         try:
             self.manifest = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -223,36 +225,48 @@ class CriticCache:
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise DataError(manifest_path, f"not a {FORMAT} v{VERSION} manifest")
         if not self.manifest.get("complete", False):
-            raise DataError(manifest_path, "the cache is incomplete (interrupted run): run the same "
-                                           "`geosapiens critics cache` command again to finish it")
+            raise DataError(
+                manifest_path,
+                "the cache is incomplete (interrupted run): run the same "
+                "`geosapiens critics cache` command again to finish it",
+            )
         if expected_critic is not None:
-            identity = critic_identity(expected_critic) if isinstance(expected_critic, str) else expected_critic
+            identity = (
+                critic_identity(expected_critic) if isinstance(expected_critic, str) else expected_critic
+            )
             _check_critic(manifest_path, self.manifest, identity)
         self.input_size: tuple[int, int] = tuple(self.manifest["crop"]["input_size_hw"])  # type: ignore[assignment]
         if input_size is not None:
             _check_input_size(manifest_path, self.manifest, tuple(int(v) for v in input_size))
-        self.data_root = Path(data_root if data_root is not None else self.manifest["dataset"]["root"]).resolve()
+        self.data_root = Path(
+            data_root if data_root is not None else self.manifest["dataset"]["root"]
+        ).resolve()
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
 
     def __repr__(self) -> str:
-        return (f"CriticCache({str(self.cache_dir)!r}, critic={_describe_critic(self.manifest['critic'])}, "
-                f"input_size={self.input_size}, count={len(self)})")
+        return (
+            f"CriticCache({str(self.cache_dir)!r}, critic={_describe_critic(self.manifest['critic'])}, "
+            f"input_size={self.input_size}, count={len(self)})"
+        )
 
     def path_for(self, image_path: str | Path) -> Path:
         return _entry_path(self.cache_dir, _entry_key(image_path, self.data_root))
 
     def load(self, image_paths: Sequence[str | Path]) -> GeometryMaps:
-        """Canonical-frame maps of a batch, as stored: float16 depth (B, 1, H, W), normals (B, 3, H, W), bool valid."""
+        """Canonical-frame maps of a batch as stored: float16 depth (B, 1, H, W), normals (B, 3, H, W), bool
+        valid (B, 1, H, W)."""
         arrays = []
         for p in image_paths:
             path = self.path_for(p)
             try:
                 arrays.append(np.load(path))
             except (OSError, ValueError) as err:
-                raise DataError(path, f"no usable cache entry for image {p} ({err}); was the cache built for "
-                                      "this dataset?") from err
+                raise DataError(
+                    path,
+                    f"no usable cache entry for image {p} ({err}); was the cache built for this dataset?",
+                ) from err
         stacked = torch.from_numpy(np.stack(arrays))
         return GeometryMaps(depth=stacked[:, 0:1], normals=stacked[:, 1:4], valid=stacked[:, 4:5] > 0.5)
 
@@ -286,18 +300,21 @@ class CriticCache:
 
 def _check_critic(where: Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
     if not _same_critic(manifest["critic"], identity):
-        raise DataError(where, f"cache built with critic {_describe_critic(manifest['critic'])}, not "
-                               f"{_describe_critic(identity)}: use another --out or delete this cache")
+        raise DataError(
+            where,
+            f"cache built with critic {_describe_critic(manifest['critic'])}, not "
+            f"{_describe_critic(identity)}: use another --out or delete this cache",
+        )
 
 
 def _check_input_size(where: Path, manifest: dict[str, Any], input_size: tuple[int, ...]) -> None:
     have = tuple(manifest["crop"]["input_size_hw"])
     if have != input_size:
-        raise DataError(where, f"cache built for {have[0]}x{have[1]} crops, not {input_size[0]}x{input_size[1]}: "
-                               "use another --out or delete this cache")
-
-
-# ---------------------------------------------------------------------------------------------------- writing
+        raise DataError(
+            where,
+            f"cache built for {have[0]}x{have[1]} crops, not {input_size[0]}x{input_size[1]}: "
+            "use another --out or delete this cache",
+        )
 
 
 @dataclass
@@ -310,8 +327,8 @@ class CacheStats:
 
 
 class _CanonicalCrops(torch.utils.data.Dataset):
-    """Canonical crops of records for model critics: (3, H, W) Sapiens-normalised image, (1, H, W) bool mask of
-    the pixels inside the source image, record index."""
+    """Canonical crops of records for model critics: (3, H, W) Sapiens-normalised image, (1, H, W) bool mask
+    of the pixels inside the source image, record index."""
 
     def __init__(self, records: Sequence[PoseRecord], affines: np.ndarray, input_size_hw: tuple[int, int]):
         self.records, self.affines, self.input_size = records, affines, input_size_hw
@@ -326,11 +343,15 @@ class _CanonicalCrops(torch.utils.data.Dataset):
         r = self.records[i]
         image = read_image(r.image_path, record=r.image_id)
         inside = warp_image(np.ones(image.shape[:2], np.uint8), self.affines[i], self.input_size) > 0
-        return to_tensor(warp_image(image, self.affines[i], self.input_size)), torch.from_numpy(inside)[None], i
+        return (
+            to_tensor(warp_image(image, self.affines[i], self.input_size)),
+            torch.from_numpy(inside)[None],
+            i,
+        )
 
 
 def _unique_images(records: Sequence[PoseRecord], affines: np.ndarray) -> list[int]:
-    """Indices of one record per image; two records of one image with different crops cannot share an entry."""
+    """Indices of one record per image; two records of an image with different crops cannot share an entry."""
     first: dict[Path, int] = {}
     keep = []
     for i, r in enumerate(records):
@@ -339,8 +360,12 @@ def _unique_images(records: Sequence[PoseRecord], affines: np.ndarray) -> list[i
         if j == i:
             keep.append(i)
         elif not np.allclose(affines[i], affines[j], atol=1e-6):
-            raise DataError(path, "two records of this image have different boxes; the critic cache keys entries "
-                                  "by image and needs one canonical crop per image", record=r.annotation_id)
+            raise DataError(
+                path,
+                "two records of this image have different boxes; the critic cache keys entries "
+                "by image and needs one canonical crop per image",
+                record=r.annotation_id,
+            )
     return keep
 
 
@@ -366,7 +391,7 @@ def build_cache(
         cache_dir: output directory (created).
         input_size_hw: canonical crop (H, W), the model input size of the training that will read the cache.
         critic_id: :func:`critic_identity` of ``critic``, stored in and compared with the manifest.
-        dataset: ``{"root": ..., "annotation": ..., "format": ...}``; ``root`` is what entry keys are relative to.
+        dataset: ``{"root": ..., "annotation": ..., "format": ...}``; entry keys are relative to ``root``.
         padding: box padding of the canonical crop (the datasets' default 1.25).
         batch_size, num_workers, device: how model critics are run.
         progress: show a tqdm bar.
@@ -384,11 +409,14 @@ def build_cache(
         "format": FORMAT,
         "version": VERSION,
         "critic": critic_id,
-        "crop": {"input_size_hw": [int(input_size_hw[0]), int(input_size_hw[1])], "padding": float(padding),
-                 "frame": "canonical UDP crop of the record bbox (geosapiens.data.crop)"},
+        "crop": {
+            "input_size_hw": [int(input_size_hw[0]), int(input_size_hw[1])],
+            "padding": float(padding),
+            "frame": "canonical UDP crop of the record bbox (geosapiens.data.crop)",
+        },
         "normalisation": NORMALISATION,
         "layout": f"{ENTRIES}/<k[:2]>/<k>.npy, float16 (5, H, W) = {', '.join(CHANNELS)}; "
-                  "k = sha1(image path relative to dataset root, posix)",
+        "k = sha1(image path relative to dataset root, posix)",
         "dataset": dataset,
         "count": 0,
         "complete": False,
@@ -398,7 +426,10 @@ def build_cache(
         old = json.loads(manifest_path.read_text())
         _check_critic(manifest_path, old, critic_id)
         _check_input_size(manifest_path, old, tuple(input_size_hw))
-        for what, a, b in (("padding", old["crop"]["padding"], padding), ("dataset", old["dataset"], dataset)):
+        for what, a, b in (
+            ("padding", old["crop"]["padding"], padding),
+            ("dataset", old["dataset"], dataset),
+        ):
             if a != b:
                 raise DataError(manifest_path, f"cache built with {what} {a}, not {b}: use another --out")
     for stale in (cache_dir / ENTRIES).glob("*/.*.tmp"):  # leftovers of a killed run
@@ -410,7 +441,9 @@ def build_cache(
     shape = (len(CHANNELS), int(input_size_hw[0]), int(input_size_hw[1]))
     paths = {i: _entry_path(cache_dir, _entry_key(records[i].image_path, root)) for i in keep}
     todo = [i for i in keep if not _entry_ok(paths[i], shape)]
-    bar = tqdm(total=len(keep), initial=len(keep) - len(todo), desc="critic cache", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(keep), initial=len(keep) - len(todo), desc="critic cache", unit="img", disable=not progress
+    )
 
     def store(indices: Sequence[int], maps: GeometryMaps, inside: torch.Tensor | None = None) -> None:
         valid = torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()
@@ -427,12 +460,15 @@ def build_cache(
         if isinstance(critic, OracleCritic):
             for start in range(0, len(todo), batch_size):
                 idx = todo[start : start + batch_size]
-                store(idx, critic.maps([records[i] for i in idx], torch.from_numpy(affines[idx]), input_size_hw))
+                store(
+                    idx, critic.maps([records[i] for i in idx], torch.from_numpy(affines[idx]), input_size_hw)
+                )
         else:
             critic = critic.to(device)
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(_CanonicalCrops(records, affines, input_size_hw), todo),
-                batch_size=batch_size, num_workers=num_workers,
+                batch_size=batch_size,
+                num_workers=num_workers,
             )
             for images, inside, idx in loader:
                 store(idx.tolist(), critic(images.to(device)), inside)
@@ -444,25 +480,33 @@ def build_cache(
     return CacheStats(written=len(todo), skipped=len(keep) - len(todo), total=len(keep))
 
 
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geosapiens critics cache",
         description="Precompute a frozen critic's depth/normal maps for every image of a dataset, in the "
-                    "canonical crop frame, for CriticCache. Re-running the same command resumes.",
+        "canonical crop frame, for CriticCache. Re-running the same command resumes.",
     )
-    p.add_argument("--critic", required=True,
-                   help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH")
+    p.add_argument(
+        "--critic",
+        required=True,
+        help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH",
+    )
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--annotation", help="SyRIP-format annotation file (relative to --data or absolute)")
     p.add_argument("--format", choices=("syrip", "mini-rgbd"), default="syrip")
     p.add_argument("--sequences", nargs="*", help="MINI-RGBD sequences (default: all found)")
-    p.add_argument("--domain", choices=("all", "real", "synthetic"), default="all", help="SyRIP images to keep")
+    p.add_argument(
+        "--domain", choices=("all", "real", "synthetic"), default="all", help="SyRIP images to keep"
+    )
     p.add_argument("--out", required=True, type=Path, help="cache directory")
-    p.add_argument("--input-size", nargs=2, type=int, default=(1024, 1024), metavar=("H", "W"),
-                   help="canonical crop size = the training input size (default 1024 1024)")
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        default=(1024, 1024),
+        metavar=("H", "W"),
+        help="canonical crop size = the training input size (default 1024 1024)",
+    )
     p.add_argument("--padding", type=float, default=1.25, help="box padding of the canonical crop")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images")
@@ -494,9 +538,16 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(args.data, "no records found")
         critic = load_critic(args.critic, intrinsics)
         stats = build_cache(
-            records, critic, args.out, tuple(args.input_size), identity,
+            records,
+            critic,
+            args.out,
+            tuple(args.input_size),
+            identity,
             {"root": str(args.data), "annotation": annotation, "format": args.format},
-            padding=args.padding, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+            padding=args.padding,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=args.device,
             progress=not args.no_progress,
         )
     except (GeoSapiensError, ValueError) as err:

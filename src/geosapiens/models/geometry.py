@@ -5,8 +5,9 @@ warping them with the view's affine (:func:`warp_maps`). An image-plane rotation
 normals' x/y components rotate with it; a mirror flips the scene, so x is negated. Both come from the
 orthogonal factor of the affine's 2x2 linear part (polar decomposition), which ignores scale and shift.
 
-Every depth source (Sapiens' relative depth, a small critic, rendered depth in millimetres) is put on the same
-footing by :func:`normalize_relative_depth`, which the Sapiens critic, the oracle and the small critic all call.
+Every depth source (Sapiens' relative depth, a small critic, rendered depth in millimetres) is put on the
+same footing by :func:`normalize_relative_depth`, which the Sapiens critic, the oracle and the small critic
+all call.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def normalize_relative_depth(
     The result is invariant to a positive scale and shift of the input (millimetres, metres, or Sapiens'
     scale-ambiguous relative depth all give the same map) and keeps "larger = farther". Statistics use only
     ``valid`` pixels (the body: background depth is meaningless for Sapiens and zero for rendered data);
-    the output is 0 outside ``valid``. An image with no valid pixel is all zeros. Differentiable (the median is
-    a gather), so the small critic trains through it.
+    the output is 0 outside ``valid``. An image with no valid pixel is all zeros. Differentiable (the median
+    is a gather), so the small critic trains through it.
 
     Args:
         depth: (B, 1, H, W).
@@ -64,7 +65,7 @@ def polar_rotation(affine: torch.Tensor) -> torch.Tensor:
 
 
 def rotate_normals(normals: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Apply (B, 2, 2) ``rotation`` to the x/y components of (B, 3, H, W) camera-frame normals; z is unchanged.
+    """Apply (B, 2, 2) ``rotation`` to the x/y of (B, 3, H, W) camera-frame normals; z is unchanged.
 
     A mirror (det -1, e.g. diag(-1, 1)) negates x, which is what a horizontal flip does to a scene's normals.
     """
@@ -81,8 +82,8 @@ def warp_maps(maps: GeometryMaps, affine: torch.Tensor, out_size_hw: tuple[int, 
     :func:`polar_rotation` of ``affine`` and re-normalised.
 
     Args:
-        maps: source maps, depth (B, 1, Hs, Ws), normals (B, 3, Hs, Ws), valid (B, 1, Hs, Ws) or None (all valid);
-            any float dtype (float16 caches are computed in float32).
+        maps: source maps, depth (B, 1, Hs, Ws), normals (B, 3, Hs, Ws), valid (B, 1, Hs, Ws) or None (all
+            valid); any float dtype (float16 caches are computed in float32).
         affine: (B, 2, 3) source px -> target px (pixel centres at integers).
         out_size_hw: target (H, W).
 
@@ -99,7 +100,8 @@ def warp_maps(maps: GeometryMaps, affine: torch.Tensor, out_size_hw: tuple[int, 
 
     inv = invert_affine_torch(affine)  # target -> source
     ys, xs = torch.meshgrid(
-        torch.arange(H, device=device, dtype=torch.float64), torch.arange(W, device=device, dtype=torch.float64),
+        torch.arange(H, device=device, dtype=torch.float64),
+        torch.arange(W, device=device, dtype=torch.float64),
         indexing="ij",
     )
     src_x = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]
@@ -126,11 +128,12 @@ def normals_from_depth(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Camera-frame unit normals from a depth image, for sources without rendered normals (MINI-RGBD).
 
-    Depth is smoothed inside ``valid`` (normalised Gaussian convolution, so the background does not leak in and
-    millimetre quantisation does not dominate), back-projected with the intrinsics ``X = z K^-1 [u, v, 1]``,
-    and the normal is the cross product of the central differences along v and u, oriented towards the camera
-    (``n . X < 0``). A pixel keeps a normal only where its four neighbours are valid and the depth changes by
-    less than ``max_jump`` (relative) across them, i.e. not on an occlusion edge.
+    Depth is smoothed inside ``valid`` (normalised Gaussian convolution, so the background does not leak in
+    and millimetre quantisation does not dominate), back-projected with the intrinsics
+    ``X = z K^-1 [u, v, 1]``, and the normal is the cross product of the central differences along v and u,
+    oriented towards the camera (``n . X < 0``). A pixel keeps a normal only where its four neighbours are
+    valid and the depth changes by less than ``max_jump`` (relative) across them, i.e. not on an occlusion
+    edge.
 
     Args:
         depth_mm: (H, W) depth (any unit, 0 = no data).

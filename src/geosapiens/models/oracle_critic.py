@@ -1,10 +1,11 @@
 """The oracle critic: rendered ground-truth geometry in place of a model's estimate (an ablation upper bound).
 
-It answers the critic's question for rendered data only: the procedural generator's ``geosapiens_maps/*.npz``
-side files (depth in mm, camera-frame unit normals, body mask), or MINI-RGBD's depth PNGs, whose normals are
-derived from depth with the camera intrinsics (:func:`~geosapiens.models.geometry.normals_from_depth`). Maps are
-warped into the crop with the crop affine and the depth is put through the same
-:func:`~geosapiens.models.geometry.normalize_relative_depth` as every other critic, so swapping the oracle for
+It answers the critic's question for rendered data only: the procedural generator's
+``geosapiens_maps/*.npz`` side files (depth in mm, camera-frame unit normals, body mask), or MINI-RGBD's depth
+PNGs, whose normals are derived from depth with the camera intrinsics
+(:func:`~geosapiens.models.geometry.normals_from_depth`). Maps are warped into the crop with the crop affine
+and the depth is put through the same :func:`~geosapiens.models.geometry.normalize_relative_depth` as every
+other critic, so swapping the oracle for
 Sapiens changes the estimate, never the units.
 """
 
@@ -36,14 +37,19 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(path, f"rendered maps lack {sorted(missing)} (has {sorted(arrays)})")
     depth, normals, mask = arrays["depth"], arrays["normals"], arrays["mask"]
     if depth.ndim != 2 or normals.shape != (*depth.shape, 3) or mask.shape != depth.shape:
-        raise DataError(path, f"rendered maps disagree in shape: depth {depth.shape}, normals {normals.shape}, "
-                              f"mask {mask.shape} (want HxW, HxWx3, HxW)")
+        raise DataError(
+            path,
+            f"rendered maps disagree in shape: depth {depth.shape}, normals {normals.shape}, "
+            f"mask {mask.shape} (want HxW, HxWx3, HxW)",
+        )
     normals = normals.astype(np.float32)
     valid = (mask > 0) & (depth > 0) & (np.linalg.norm(normals, axis=-1) > 0.5)
     return depth.astype(np.float32), normals, valid
 
 
-def _read_depth_png(record: PoseRecord, intrinsics: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_depth_png(
+    record: PoseRecord, intrinsics: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import cv2
 
     path = Path(record.depth_path)
@@ -58,8 +64,11 @@ def _read_depth_png(record: PoseRecord, intrinsics: np.ndarray | None) -> tuple[
         valid &= mask > 0
     K = record.extra.get("intrinsics", intrinsics)
     if K is None:
-        raise DataError(path, "depth without normals needs camera intrinsics to derive normals; none given",
-                        record=record.image_id)
+        raise DataError(
+            path,
+            "depth without normals needs camera intrinsics to derive normals; none given",
+            record=record.image_id,
+        )
     normals, valid = normals_from_depth(depth.astype(np.float32), valid, np.asarray(K, dtype=np.float64))
     return depth.astype(np.float32), normals, valid
 
@@ -80,8 +89,11 @@ def load_rendered_geometry(
         return _read_npz(Path(record.maps_path))
     if record.depth_path is not None:
         return _read_depth_png(record, intrinsics)
-    raise DataError(record.image_path, "no rendered geometry for the oracle critic (neither a geosapiens_maps "
-                                       ".npz nor a depth PNG)", record=record.image_id)
+    raise DataError(
+        record.image_path,
+        "no rendered geometry for the oracle critic (neither a geosapiens_maps .npz nor a depth PNG)",
+        record=record.image_id,
+    )
 
 
 class OracleCritic:
@@ -125,7 +137,9 @@ class OracleCritic:
         """
         if len(records) != affines.shape[0]:
             raise ValueError(f"OracleCritic.maps: {len(records)} records for {affines.shape[0]} affines")
-        crops = [warp_maps(self.image_maps(r), affines[i : i + 1], out_size_hw) for i, r in enumerate(records)]
+        crops = [
+            warp_maps(self.image_maps(r), affines[i : i + 1], out_size_hw) for i, r in enumerate(records)
+        ]
         valid = torch.cat([c.valid for c in crops])
         depth = normalize_relative_depth(torch.cat([c.depth for c in crops]), valid)
         return GeometryMaps(depth=depth, normals=torch.cat([c.normals for c in crops]), valid=valid)

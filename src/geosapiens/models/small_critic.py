@@ -5,14 +5,16 @@ Same shape of model as the real thing, scaled down: a timm CNN backbone and the 
 small widths. It learns from the procedural generator's rendered maps (``geosapiens_maps/*.npz``, read through
 :class:`~geosapiens.models.oracle_critic.OracleCritic` so targets are in exactly the critic convention):
 
-- depth: scale-and-shift-invariant L1 between :func:`~geosapiens.models.geometry.normalize_relative_depth` of the
-  prediction and of the rendered depth, on the body;
+- depth: scale-and-shift-invariant L1 between
+  :func:`~geosapiens.models.geometry.normalize_relative_depth` of the prediction and of the rendered depth, on
+  the body;
 - normals: ``1 - cos`` on the body;
 - body mask: binary cross-entropy inside the image (the depth head's second channel), so the trained critic
   can say where its maps mean something (``GeometryMaps.valid``), which Sapiens cannot.
 
-Train with ``geosapiens fit --config configs/critics/small_critic.yaml``; the task writes the network alone to a
-safetensors file (``export_path``) that :class:`SmallCritic` loads, frozen, for the cache or a training stage.
+Train with ``geosapiens fit --config configs/critics/small_critic.yaml``; the task writes the network alone to
+a safetensors file (``export_path``) that :class:`SmallCritic` loads, frozen, for the cache or a training
+stage.
 """
 
 from __future__ import annotations
@@ -35,8 +37,14 @@ from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth
 from geosapiens.models.oracle_critic import OracleCritic
 
-__all__ = ["SmallCriticNet", "SmallCritic", "SmallCriticTask", "RenderedMapsDataset", "SmallCriticDataModule",
-           "critic_losses"]
+__all__ = [
+    "SmallCriticNet",
+    "SmallCritic",
+    "SmallCriticTask",
+    "RenderedMapsDataset",
+    "SmallCriticDataModule",
+    "critic_losses",
+]
 
 METADATA_KEY = "geosapiens_small_critic"
 NORMAL_EPS = 1e-5
@@ -51,7 +59,8 @@ class SmallCriticNet(nn.Module):
         depth_convs, normal_convs: channels of the 1x1 convolutions after them.
 
     Shapes: (B, 3, H, W) -> depth (B, 1, H, W), mask logit (B, 1, H, W), unit normals (B, 3, H, W); the heads'
-    outputs are resized bilinearly to the input and normals L2-normalised after that, as Sapiens' inference does.
+    outputs are resized bilinearly to the input and normals L2-normalised after that, as Sapiens' inference
+    does.
     """
 
     def __init__(
@@ -134,7 +143,7 @@ class SmallCritic(GeometricCritic):
 
     @classmethod
     def from_file(cls, path: str | Path, mask_threshold: float = 0.5) -> SmallCritic:
-        """Load from the task's safetensors export or from a Lightning ``.ckpt`` of :class:`SmallCriticTask`."""
+        """Load the task's safetensors export or a Lightning ``.ckpt`` of :class:`SmallCriticTask`."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such small-critic file")
@@ -148,15 +157,17 @@ class SmallCritic(GeometricCritic):
             raise CheckpointError(f"{path}: bad small-critic config {config}: {err}") from err
         result = net.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f"{path}: weights do not fit SmallCriticNet({config}): missing "
-                                  f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
+            raise CheckpointError(
+                f"{path}: weights do not fit SmallCriticNet({config}): missing "
+                f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+            )
         return cls(net, mask_threshold)
 
     from_files = from_file
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> GeometryMaps:
-        """(B, 3, H, W) Sapiens-normalised crops -> normalised relative depth, unit normals, predicted body mask."""
+        """(B, 3, H, W) Sapiens-normalised crops -> relative depth, unit normals, predicted body mask."""
         depth, mask_logit, normals = self.net(images)
         valid = torch.sigmoid(mask_logit) > self.mask_threshold
         return GeometryMaps(depth=normalize_relative_depth(depth, valid), normals=normals, valid=valid)
@@ -184,8 +195,11 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = ckpt.get("hyper_parameters", {})
-    config = {k: hparams[k] for k in ("backbone", "depth_deconvs", "depth_convs", "normal_deconvs", "normal_convs")
-              if k in hparams}
+    config = {
+        k: hparams[k]
+        for k in ("backbone", "depth_deconvs", "depth_convs", "normal_deconvs", "normal_convs")
+        if k in hparams
+    }
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     return config, state
 
@@ -194,7 +208,7 @@ class SmallCriticTask(L.LightningModule):
     """Trains :class:`SmallCriticNet` on rendered depth/normal maps.
 
     Args:
-        backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs: the network (:class:`SmallCriticNet`).
+        backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs: the :class:`SmallCriticNet`.
         lr, weight_decay: AdamW.
         depth_weight, normal_weight, mask_weight: loss weights.
         export_path: where :meth:`export` writes the network at the end of ``fit`` (None: not written).
@@ -226,7 +240,11 @@ class SmallCriticTask(L.LightningModule):
         target = GeometryMaps(depth=batch["depth"], normals=batch["normals"], valid=batch["valid"])
         losses = critic_losses(depth, mask_logit, normals, target, batch["inside"])
         hp = self.hparams
-        loss = hp.depth_weight * losses["depth"] + hp.normal_weight * losses["normal"] + hp.mask_weight * losses["mask"]
+        loss = (
+            hp.depth_weight * losses["depth"]
+            + hp.normal_weight * losses["normal"]
+            + hp.mask_weight * losses["mask"]
+        )
         batch_size = batch["image"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train")
         for name, value in losses.items():
@@ -240,10 +258,12 @@ class SmallCriticTask(L.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
 
     def export(self, path: str | Path) -> Path:
-        """Write the network (weights + its config as metadata) to a safetensors file for :class:`SmallCritic`."""
+        """Write the network (weights, config as metadata) to a safetensors file for :class:`SmallCritic`."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -260,14 +280,15 @@ class SmallCriticTask(L.LightningModule):
 class RenderedMapsDataset(Dataset):
     """Canonical (optionally augmented) crops of rendered records with their target maps.
 
-    Augmentation draws one random rotation / scale / flip per item from torch's generator (seeded per worker by
-    the DataLoader) and applies the same affine to the image and the maps, so normals rotate and flip with it.
+    Augmentation draws one random rotation / scale / flip per item from torch's generator (seeded per worker
+    by the DataLoader) and applies the same affine to the image and the maps, so normals rotate and flip
+    with it.
 
     Args:
         records: records with ``maps_path`` (generator output).
         input_size_hw: crop (H, W).
         padding: box padding of the crop.
-        augment: random rotation (+-``max_rotation`` deg), scale (1 +- ``max_scale``) and horizontal flip (p 0.5).
+        augment: random rotation (+-``max_rotation`` deg), scale (1 +- ``max_scale``), mirror (p 0.5).
 
     Items: ``image`` (3, H, W) Sapiens-normalised, ``depth`` (1, H, W) normalised relative depth, ``normals``
     (3, H, W), ``valid`` (1, H, W) bool body, ``inside`` (1, H, W) bool inside the source image.
@@ -325,7 +346,7 @@ class RenderedMapsDataset(Dataset):
 
 
 class SmallCriticDataModule(L.LightningDataModule):
-    """Rendered SyRIP-format data (the generator's output with ``geosapiens_maps``) for :class:`SmallCriticTask`.
+    """Rendered SyRIP-format data (generator output with ``geosapiens_maps``) for :class:`SmallCriticTask`.
 
     Args:
         data_root: dataset root. annotation_file: SyRIP annotation file (relative to the root or absolute).
@@ -355,8 +376,11 @@ class SmallCriticDataModule(L.LightningDataModule):
         records = sorted(read_syrip(hp.data_root, hp.annotation_file), key=lambda r: str(r.image_path))
         records = [r for r in records if r.maps_path is not None]
         if len(records) < 2:
-            raise DataError(hp.data_root, f"{len(records)} images with rendered maps under {hp.annotation_file}; "
-                                          "need at least 2 (generate data with `geosapiens data synth`)")
+            raise DataError(
+                hp.data_root,
+                f"{len(records)} images with rendered maps under {hp.annotation_file}; "
+                "need at least 2 (generate data with `geosapiens data synth`)",
+            )
         every = max(2, int(hp.val_every))
         val = [r for i, r in enumerate(records) if i % every == every - 1] or records[-1:]
         train = [r for r in records if all(r is not v for v in val)]
@@ -365,10 +389,20 @@ class SmallCriticDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
-                          drop_last=len(self.train_set) > hp.batch_size, persistent_workers=hp.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            num_workers=hp.num_workers,
+            drop_last=len(self.train_set) > hp.batch_size,
+            persistent_workers=hp.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.val_set, batch_size=hp.batch_size, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
+        return DataLoader(
+            self.val_set,
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
