@@ -275,10 +275,10 @@ def test_lookup_runs_on_the_affine_device_and_names_missing_images(dataset, tmp_
         cache.lookup([str(records[3].image_path)], identity[:1])
 
 
-def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
-    root, records = dataset
+def _write_coco(root: Path, records: list[PoseRecord]) -> Path:
+    """A SyRIP-format annotation file for the records (images under images/train_infant)."""
     ann = root / "annotations" / "synth" / "person_keypoints_train_infant.json"
-    ann.parent.mkdir(parents=True)
+    ann.parent.mkdir(parents=True, exist_ok=True)
     coco = {
         "images": [
             {
@@ -306,6 +306,12 @@ def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
         "categories": [{"id": 1, "name": "person"}],
     }
     ann.write_text(json.dumps(coco))
+    return ann
+
+
+def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
+    root, records = dataset
+    ann = _write_coco(root, records)
     out = tmp_path / "cli_cache"
     args = [
         "--critic",
@@ -472,3 +478,46 @@ def test_generator_mini_rgbd_cache_and_depth_derived_normals(tmp_path, capsys):
     assert cache.manifest["dataset"]["format"] == "mini-rgbd"
     maps = cache.load([r.image_path for r in records])
     assert maps.valid.flatten(1).any(1).all()
+
+
+class _ScriptedGeometry(torch.nn.Module):
+    """Stands in for an official ``*_torchscript.pt2``: depth = red channel, normals = the colour."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :1], x
+
+
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.*deprecated:FutureWarning"
+)  # the official files are TorchScript
+def test_cli_loads_a_torchscript_critic_and_refuses_its_cache_for_another_file(dataset, tmp_path, capsys):
+    root, records = dataset
+    ann = _write_coco(root, records)
+    script = tmp_path / "geometry_torchscript.pt2"
+    torch.jit.save(torch.jit.script(_ScriptedGeometry()), str(script))
+    out = tmp_path / "ts_cache"
+    args = [
+        "--critic",
+        f"torchscript:{script}",
+        "--data",
+        str(root),
+        "--annotation",
+        str(ann.relative_to(root)),
+        "--out",
+        str(out),
+        "--input-size",
+        "64",
+        "48",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    cache = CriticCache(out, expected_critic=f"torchscript:{script}", input_size=CROP_HW)
+    stored = cache.load([records[0].image_path])
+    assert stored.valid.all()  # the crop lies inside the image and a TorchScript critic has no mask
+    torch.testing.assert_close(stored.normals.float().norm(dim=1), torch.ones(1, *CROP_HW), atol=2e-3, rtol=0)
+    other = tmp_path / "other_torchscript.pt2"
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(_ScriptedGeometry())), str(other))
+    assert main([*args[:1], f"torchscript:{other}", *args[2:]]) == 1
+    assert "cache built with critic torchscript" in capsys.readouterr().err
