@@ -234,3 +234,38 @@ def test_loading_bad_files_names_the_file(tmp_path):
         SmallCritic.from_file(bad)
     with pytest.raises(CheckpointError, match="no such"):
         SmallCritic.from_file(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    from geosapiens.models.small_critic import METADATA_KEY
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="metadata"):
+        SmallCritic.from_file(foreign)
+    misfit = tmp_path / "misfit.safetensors"
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    save_file({"w": torch.zeros(2)}, str(misfit), metadata={METADATA_KEY: json.dumps(config)})
+    with pytest.raises(
+        CheckpointError,
+        match=r"misfit.safetensors: weights do not fit.* missing keys .*1 unexpected keys \['w'\]",
+    ):
+        SmallCritic.from_file(misfit)
+
+
+def test_critic_inside_a_training_module_stays_out_of_its_checkpoint():
+    class Stage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(2, 2)
+            self.critic = SmallCritic(SmallCriticNet(**TINY))
+
+    a, b = Stage(), Stage()
+    state = a.state_dict()
+    assert sorted(state) == ["head.bias", "head.weight"]
+    before = {k: v.clone() for k, v in b.critic.weights().items()}
+    assert b.load_state_dict(state, strict=True).missing_keys == []
+    torch.testing.assert_close(b.head.weight, a.head.weight)
+    for k, v in b.critic.weights().items():  # the critic keeps its own weights
+        assert torch.equal(v, before[k])
+    with pytest.raises(RuntimeError, match="Missing key"):  # the rest of the model is still checked strictly
+        b.load_state_dict({"head.weight": state["head.weight"]}, strict=True)

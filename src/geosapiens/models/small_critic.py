@@ -139,7 +139,14 @@ class SmallCritic(GeometricCritic):
         super().__init__()
         self.net = net
         self.mask_threshold = mask_threshold
+        self._checkpoint_prefix: str | None = None
+        # A training checkpoint never holds critic weights; without this, a parent's strict load reports the
+        # critic's sub-module keys as missing (GeometricCritic only silences the critic's own keys).
+        self.register_load_state_dict_post_hook(_forget_critic_keys)
         self.freeze()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._checkpoint_prefix = prefix
 
     @classmethod
     def from_file(cls, path: str | Path, mask_threshold: float = 0.5) -> SmallCritic:
@@ -155,15 +162,17 @@ class SmallCritic(GeometricCritic):
             net = SmallCriticNet(**config)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: bad small-critic config {config}: {err}") from err
-        result = net.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
+        try:
+            result = net.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # mis-shaped tensors; torch names them
+            raise CheckpointError(f"{path}: weights do not fit SmallCriticNet({config}): {err}") from err
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        if missing or unexpected:
             raise CheckpointError(
-                f"{path}: weights do not fit SmallCriticNet({config}): missing "
-                f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+                f"{path}: weights do not fit SmallCriticNet({config}): {len(missing)} missing keys "
+                f"{missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}"
             )
         return cls(net, mask_threshold)
-
-    from_files = from_file
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> GeometryMaps:
@@ -171,6 +180,12 @@ class SmallCritic(GeometricCritic):
         depth, mask_logit, normals = self.net(images)
         valid = torch.sigmoid(mask_logit) > self.mask_threshold
         return GeometryMaps(depth=normalize_relative_depth(depth, valid), normals=normals, valid=valid)
+
+
+def _forget_critic_keys(module: SmallCritic, incompatible) -> None:
+    prefix = module._checkpoint_prefix
+    if prefix is not None:
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
