@@ -1,0 +1,557 @@
+"""Precomputed critic maps: run a frozen critic once per target image, warp its maps to each view in training.
+
+Critics are frozen, so running Sapiens-1B depth and normal models on every augmented view of every step is
+wasted work. ``geosapiens critics cache`` computes each image's maps once in its *canonical* crop (the
+unaugmented UDP crop of the record's box, the frame ``canonical_affine`` of a dataset sample refers to) and
+stores them; :class:`CriticCache` loads a batch and warps it into the view with the view's affine
+(:func:`~geosapiens.models.geometry.warp_maps`: normals rotate with the image, x flips with it).
+
+Layout of a cache directory::
+
+    manifest.json                  what produced it (critic identity, crop, normalisation, dataset, count)
+    entries/<k[:2]>/<k>.npy        float16 (5, H, W): relative depth, normal x, y, z, valid (0/1)
+
+``k`` is the SHA-1 of the image path relative to the dataset root, so the cache follows the dataset when it
+moves. One small file per image keeps random reads in DataLoader workers to one ``open`` + one read, makes
+every write atomic (temp file + ``os.replace``) and lets an interrupted run resume by skipping finished
+entries.
+A cache from another critic, crop size or dataset is refused with an error naming both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geosapiens.data.records import PoseRecord
+from geosapiens.errors import DataError, GeoSapiensError
+from geosapiens.models.codec import invert_affine_torch
+from geosapiens.models.critics import GeometricCritic, GeometryMaps
+from geosapiens.models.geometry import normalize_relative_depth, warp_maps
+from geosapiens.models.oracle_critic import OracleCritic
+
+__all__ = [
+    "CriticCache",
+    "CacheStats",
+    "build_cache",
+    "canonical_affines",
+    "canonical_to_view",
+    "critic_identity",
+    "load_critic",
+    "parse_critic_spec",
+    "main",
+]
+
+MANIFEST = "manifest.json"
+ENTRIES = "entries"
+FORMAT = "geosapiens-critic-cache"
+VERSION = 1
+CHANNELS = ("depth", "normal_x", "normal_y", "normal_z", "valid")
+NORMALISATION = (
+    "normalize_relative_depth: (d - median(d[valid])) / (mean|d - median(d[valid])| + 1e-6) per canonical "
+    "crop, 0 outside valid"
+)
+CRITIC_KINDS = ("oracle", "small", "sapiens", "torchscript")
+_HASH_BYTES = 1 << 20
+_F16_MAX = 65000.0  # stored depth stays finite in float16
+
+
+def parse_critic_spec(spec: str) -> tuple[str, list[Path]]:
+    """``oracle`` | ``small:PATH`` | ``sapiens:DEPTH,NORMAL`` | ``torchscript:PATH[,PATH]`` -> kind, paths."""
+    kind, _, rest = spec.partition(":")
+    if kind not in CRITIC_KINDS:
+        raise ValueError(
+            f"unknown critic {spec!r}: use one of oracle, small:PATH, sapiens:DEPTH.pth,NORMAL.pth, "
+            "torchscript:PATH[,PATH]"
+        )
+    files = [Path(p).expanduser() for p in rest.split(",") if p] if rest else []
+    counts = {"oracle": (0,), "small": (1,), "sapiens": (2,), "torchscript": (1, 2)}[kind]
+    if len(files) not in counts:
+        raise ValueError(
+            f"critic {spec!r}: {kind} takes {' or '.join(map(str, counts))} file(s), got {len(files)}"
+        )
+    return kind, files
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(path, "critic weights file not found")
+    with path.open("rb") as f:
+        digest = hashlib.sha256(f.read(_HASH_BYTES)).hexdigest()
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256_first_mb": digest}
+
+
+def critic_identity(spec: str) -> dict[str, Any]:
+    """What makes two critics the same: kind, and per weights file its size and the SHA-256 of its first MiB.
+
+    The file path is recorded for people, not compared: a moved copy of the same weights is the same critic.
+    """
+    kind, files = parse_critic_spec(spec)
+    return {"kind": kind, "files": [_file_identity(p) for p in files]}
+
+
+def _same_critic(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    key = [(f["size"], f["sha256_first_mb"]) for f in a.get("files", [])]
+    return a.get("kind") == b.get("kind") and key == [
+        (f["size"], f["sha256_first_mb"]) for f in b.get("files", [])
+    ]
+
+
+def _describe_critic(identity: dict[str, Any]) -> str:
+    files = ", ".join(
+        f"{f['path']} ({f['size']} B, sha256[:1MiB] {f['sha256_first_mb'][:12]})"
+        for f in identity.get("files", [])
+    )
+    return identity.get("kind", "?") + (f" [{files}]" if files else "")
+
+
+def load_critic(spec: str, intrinsics: np.ndarray | None = None) -> OracleCritic | GeometricCritic:
+    """Build the critic a spec names; model critics come back frozen, in eval mode."""
+    kind, files = parse_critic_spec(spec)
+    if kind == "oracle":
+        return OracleCritic(intrinsics)
+    if kind == "small":
+        from geosapiens.models.small_critic import SmallCritic
+
+        return SmallCritic.from_file(files[0])
+    from geosapiens.models.sapiens_critic import SapiensCritic, TorchScriptCritic
+
+    if kind == "sapiens":
+        return SapiensCritic(files[0], files[1])
+    return TorchScriptCritic(files)
+
+
+def canonical_affines(
+    records: Sequence[PoseRecord], input_size_hw: tuple[int, int], padding: float = 1.25
+) -> np.ndarray:
+    """(N, 2, 3) float64 image -> canonical crop affines: the unaugmented UDP box crop the datasets use."""
+    from geosapiens.data.crop import bbox_to_center_scale, udp_affine
+
+    h, w = input_size_hw
+    out = np.empty((len(records), 2, 3), dtype=np.float64)
+    for i, r in enumerate(records):
+        center, scale = bbox_to_center_scale(r.bbox, w / h, padding)
+        out[i] = udp_affine(center, scale, (h, w))
+    return out
+
+
+def canonical_to_view(canonical_affine: torch.Tensor, view_affine: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) canonical crop -> view crop, from the two image -> crop affines a dataset sample carries."""
+    inv = invert_affine_torch(canonical_affine.double())
+    view = view_affine.double()
+    linear = view[:, :, :2] @ inv[:, :, :2]
+    shift = view[:, :, :2] @ inv[:, :, 2:] + view[:, :, 2:]
+    return torch.cat([linear, shift], dim=-1).to(view_affine.dtype)
+
+
+def _entry_key(image_path: str | Path, root: Path) -> str:
+    path = Path(image_path).resolve()
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError as err:
+        raise DataError(path, f"image is not under the cache's dataset root {root}") from err
+    return hashlib.sha1(rel.encode("utf-8")).hexdigest()
+
+
+def _entry_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / ENTRIES / key[:2] / f"{key}.npy"
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
+
+
+def _entry_ok(path: Path, shape: tuple[int, int, int]) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return arr.shape == shape and arr.dtype == np.float16
+
+
+class CriticCache:
+    """Read side of a critic cache (picklable: safe to hold in a Dataset or a LightningModule).
+
+    Args:
+        cache_dir: directory written by ``geosapiens critics cache``.
+        expected_critic: a critic spec (``"sapiens:DEPTH.pth,NORMAL.pth"``) or identity dict the cache must
+            have been built with; None accepts any.
+        input_size: (H, W) canonical crop size the cache must have; None accepts any.
+        data_root: dataset root to resolve image paths against, if the dataset moved since the cache was made.
+
+    Raises:
+        DataError: no manifest, an unfinished cache, or another critic / crop size than expected.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        expected_critic: str | dict[str, Any] | None = None,
+        input_size: Sequence[int] | None = None,
+        data_root: str | Path | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        manifest_path = self.cache_dir / MANIFEST
+        if not manifest_path.is_file():
+            raise DataError(
+                self.cache_dir,
+                f"not a critic cache (no {MANIFEST}); build one with `geosapiens critics cache`",
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(manifest_path, f"unreadable manifest: {err}") from err
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise DataError(manifest_path, f"not a {FORMAT} v{VERSION} manifest")
+        if not self.manifest.get("complete", False):
+            raise DataError(
+                manifest_path,
+                "the cache is incomplete (interrupted run): run the same "
+                "`geosapiens critics cache` command again to finish it",
+            )
+        if expected_critic is not None:
+            identity = (
+                critic_identity(expected_critic) if isinstance(expected_critic, str) else expected_critic
+            )
+            _check_critic(manifest_path, self.manifest, identity)
+        self.input_size: tuple[int, int] = tuple(self.manifest["crop"]["input_size_hw"])  # type: ignore[assignment]
+        if input_size is not None:
+            _check_input_size(manifest_path, self.manifest, tuple(int(v) for v in input_size))
+        self.data_root = Path(
+            data_root if data_root is not None else self.manifest["dataset"]["root"]
+        ).resolve()
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    def __repr__(self) -> str:
+        return (
+            f"CriticCache({str(self.cache_dir)!r}, critic={_describe_critic(self.manifest['critic'])}, "
+            f"input_size={self.input_size}, count={len(self)})"
+        )
+
+    def path_for(self, image_path: str | Path) -> Path:
+        return _entry_path(self.cache_dir, _entry_key(image_path, self.data_root))
+
+    def load(self, image_paths: Sequence[str | Path]) -> GeometryMaps:
+        """Canonical-frame maps of a batch as stored: float16 depth (B, 1, H, W), normals (B, 3, H, W), bool
+        valid (B, 1, H, W)."""
+        arrays = []
+        for p in image_paths:
+            path = self.path_for(p)
+            try:
+                arrays.append(np.load(path))
+            except (OSError, ValueError) as err:
+                raise DataError(
+                    path,
+                    f"no usable cache entry for image {p} ({err}); was the cache built for this dataset?",
+                ) from err
+        stacked = torch.from_numpy(np.stack(arrays))
+        return GeometryMaps(depth=stacked[:, 0:1], normals=stacked[:, 1:4], valid=stacked[:, 4:5] > 0.5)
+
+    def lookup(
+        self,
+        image_paths: Sequence[str | Path],
+        affine_canonical_to_view: torch.Tensor,
+        out_size_hw: Sequence[int] | None = None,
+    ) -> GeometryMaps:
+        """Maps of a batch of views, on ``affine_canonical_to_view.device``.
+
+        Args:
+            image_paths: B image paths (``batch["image_path"]``).
+            affine_canonical_to_view: (B, 2, 3) canonical crop px -> view px (:func:`canonical_to_view`).
+            out_size_hw: view (H, W); the canonical crop size by default.
+
+        Returns:
+            GeometryMaps in the view frame: float32 relative depth and unit normals (rotated/flipped with the
+            view), bool valid (False outside the canonical crop).
+        """
+        maps = self.load(image_paths)
+        device = affine_canonical_to_view.device
+        maps = GeometryMaps(
+            depth=maps.depth.to(device, non_blocking=True),
+            normals=maps.normals.to(device, non_blocking=True),
+            valid=maps.valid.to(device, non_blocking=True),
+        )
+        size = tuple(int(v) for v in (out_size_hw or self.input_size))
+        return warp_maps(maps, affine_canonical_to_view, size)  # type: ignore[arg-type]
+
+
+def _check_critic(where: Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
+    if not _same_critic(manifest["critic"], identity):
+        raise DataError(
+            where,
+            f"cache built with critic {_describe_critic(manifest['critic'])}, not "
+            f"{_describe_critic(identity)}: use another --out or delete this cache",
+        )
+
+
+def _check_input_size(where: Path, manifest: dict[str, Any], input_size: tuple[int, ...]) -> None:
+    have = tuple(manifest["crop"]["input_size_hw"])
+    if have != input_size:
+        raise DataError(
+            where,
+            f"cache built for {have[0]}x{have[1]} crops, not {input_size[0]}x{input_size[1]}: "
+            "use another --out or delete this cache",
+        )
+
+
+@dataclass
+class CacheStats:
+    """What one :func:`build_cache` run did."""
+
+    written: int
+    skipped: int
+    total: int
+
+
+class _CanonicalCrops(torch.utils.data.Dataset):
+    """Canonical crops of records for model critics: (3, H, W) Sapiens-normalised image, (1, H, W) bool mask
+    of the pixels inside the source image, record index."""
+
+    def __init__(self, records: Sequence[PoseRecord], affines: np.ndarray, input_size_hw: tuple[int, int]):
+        self.records, self.affines, self.input_size = records, affines, input_size_hw
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from geosapiens.data.crop import warp_image
+        from geosapiens.data.datasets import read_image, to_tensor
+
+        r = self.records[i]
+        image = read_image(r.image_path, record=r.image_id)
+        inside = warp_image(np.ones(image.shape[:2], np.uint8), self.affines[i], self.input_size) > 0
+        return (
+            to_tensor(warp_image(image, self.affines[i], self.input_size)),
+            torch.from_numpy(inside)[None],
+            i,
+        )
+
+
+def _unique_images(records: Sequence[PoseRecord], affines: np.ndarray) -> list[int]:
+    """Indices of one record per image; two records of an image with different crops cannot share an entry."""
+    first: dict[Path, int] = {}
+    keep = []
+    for i, r in enumerate(records):
+        path = Path(r.image_path).resolve()
+        j = first.setdefault(path, i)
+        if j == i:
+            keep.append(i)
+        elif not np.allclose(affines[i], affines[j], atol=1e-6):
+            raise DataError(
+                path,
+                "two records of this image have different boxes; the critic cache keys entries "
+                "by image and needs one canonical crop per image",
+                record=r.annotation_id,
+            )
+    return keep
+
+
+def build_cache(
+    records: Sequence[PoseRecord],
+    critic: OracleCritic | GeometricCritic,
+    cache_dir: str | Path,
+    input_size_hw: tuple[int, int],
+    critic_id: dict[str, Any],
+    dataset: dict[str, Any],
+    *,
+    padding: float = 1.25,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> CacheStats:
+    """Compute and store every record's canonical-crop maps; resumes an interrupted run in the same directory.
+
+    Args:
+        records: target records (one canonical crop per image).
+        critic: :class:`OracleCritic` or a frozen :class:`GeometricCritic`.
+        cache_dir: output directory (created).
+        input_size_hw: canonical crop (H, W), the model input size of the training that will read the cache.
+        critic_id: :func:`critic_identity` of ``critic``, stored in and compared with the manifest.
+        dataset: ``{"root": ..., "annotation": ..., "format": ...}``; entry keys are relative to ``root``.
+        padding: box padding of the canonical crop (the datasets' default 1.25).
+        batch_size, num_workers, device: how model critics are run.
+        progress: show a tqdm bar.
+
+    Raises:
+        DataError: the directory holds a cache from another critic, crop size, padding or dataset.
+    """
+    from tqdm.auto import tqdm
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(dataset["root"]).resolve()
+    dataset = {**dataset, "root": str(root)}
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "critic": critic_id,
+        "crop": {
+            "input_size_hw": [int(input_size_hw[0]), int(input_size_hw[1])],
+            "padding": float(padding),
+            "frame": "canonical UDP crop of the record bbox (geosapiens.data.crop)",
+        },
+        "normalisation": NORMALISATION,
+        "layout": f"{ENTRIES}/<k[:2]>/<k>.npy, float16 (5, H, W) = {', '.join(CHANNELS)}; "
+        "k = sha1(image path relative to dataset root, posix)",
+        "dataset": dataset,
+        "count": 0,
+        "complete": False,
+    }
+    manifest_path = cache_dir / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        _check_critic(manifest_path, old, critic_id)
+        _check_input_size(manifest_path, old, tuple(input_size_hw))
+        for what, a, b in (
+            ("padding", old["crop"]["padding"], padding),
+            ("dataset", old["dataset"], dataset),
+        ):
+            if a != b:
+                raise DataError(manifest_path, f"cache built with {what} {a}, not {b}: use another --out")
+    for stale in (cache_dir / ENTRIES).glob("*/.*.tmp"):  # leftovers of a killed run
+        stale.unlink(missing_ok=True)
+    _write_json(manifest_path, manifest)
+
+    affines = canonical_affines(records, input_size_hw, padding)
+    keep = _unique_images(records, affines)
+    shape = (len(CHANNELS), int(input_size_hw[0]), int(input_size_hw[1]))
+    paths = {i: _entry_path(cache_dir, _entry_key(records[i].image_path, root)) for i in keep}
+    todo = [i for i in keep if not _entry_ok(paths[i], shape)]
+    bar = tqdm(
+        total=len(keep), initial=len(keep) - len(todo), desc="critic cache", unit="img", disable=not progress
+    )
+
+    def store(indices: Sequence[int], maps: GeometryMaps, inside: torch.Tensor | None = None) -> None:
+        valid = torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()
+        if inside is not None:  # the crop's zero border is not image content, whatever the critic says
+            valid = valid & inside.to(valid.device)
+        depth = normalize_relative_depth(maps.depth.float(), valid).clamp(-_F16_MAX, _F16_MAX)
+        stacked = torch.cat([depth, maps.normals.float() * valid, valid.float()], dim=1).cpu().numpy()
+        for j, i in enumerate(indices):
+            array = stacked[j].astype(np.float16)
+            _atomic_write_bytes(paths[i], lambda f, a=array: np.save(f, a))
+        bar.update(len(indices))
+
+    with torch.no_grad():
+        if isinstance(critic, OracleCritic):
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start : start + batch_size]
+                store(
+                    idx, critic.maps([records[i] for i in idx], torch.from_numpy(affines[idx]), input_size_hw)
+                )
+        else:
+            critic = critic.to(device)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(_CanonicalCrops(records, affines, input_size_hw), todo),
+                batch_size=batch_size,
+                num_workers=num_workers,
+            )
+            for images, inside, idx in loader:
+                store(idx.tolist(), critic(images.to(device)), inside)
+    bar.close()
+
+    manifest["count"] = len(keep)
+    manifest["complete"] = True
+    _write_json(manifest_path, manifest)
+    return CacheStats(written=len(todo), skipped=len(keep) - len(todo), total=len(keep))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geosapiens critics cache",
+        description="Precompute a frozen critic's depth/normal maps for every image of a dataset, in the "
+        "canonical crop frame, for CriticCache. Re-running the same command resumes.",
+    )
+    p.add_argument(
+        "--critic",
+        required=True,
+        help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH",
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    p.add_argument("--annotation", help="SyRIP-format annotation file (relative to --data or absolute)")
+    p.add_argument("--format", choices=("syrip", "mini-rgbd"), default="syrip")
+    p.add_argument("--sequences", nargs="*", help="MINI-RGBD sequences (default: all found)")
+    p.add_argument(
+        "--domain", choices=("all", "real", "synthetic"), default="all", help="SyRIP images to keep"
+    )
+    p.add_argument("--out", required=True, type=Path, help="cache directory")
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        default=(1024, 1024),
+        metavar=("H", "W"),
+        help="canonical crop size = the training input size (default 1024 1024)",
+    )
+    p.add_argument("--padding", type=float, default=1.25, help="box padding of the canonical crop")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    intrinsics = None
+    try:
+        identity = critic_identity(args.critic)
+        if args.format == "mini-rgbd":
+            from geosapiens.data.formats.mini_rgbd import MINI_RGBD_INTRINSICS, read_mini_rgbd
+
+            records = read_mini_rgbd(args.data, args.sequences)
+            intrinsics = MINI_RGBD_INTRINSICS
+            annotation = None
+        else:
+            if not args.annotation:
+                parser.error("--annotation is required with --format syrip")
+            from geosapiens.data.formats.syrip import read_syrip
+
+            records = read_syrip(args.data, args.annotation, domain=args.domain)
+            annotation = str(Path(args.annotation))
+        if not records:
+            raise DataError(args.data, "no records found")
+        critic = load_critic(args.critic, intrinsics)
+        stats = build_cache(
+            records,
+            critic,
+            args.out,
+            tuple(args.input_size),
+            identity,
+            {"root": str(args.data), "annotation": annotation, "format": args.format},
+            padding=args.padding,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (GeoSapiensError, ValueError) as err:
+        print(f"geosapiens critics cache: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {stats.total} images ({stats.written} computed, {stats.skipped} already cached)")
+    return 0
