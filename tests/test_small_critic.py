@@ -27,8 +27,9 @@ from geosapiens.models.small_critic import (
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_HW = (64, 48)
+# the smallest timm ResNet keeps these tests fast on a shared CPU; the config trains resnet18
 TINY = dict(
-    backbone="timm:resnet18",
+    backbone="timm:resnet10t",
     depth_deconvs=(32, 16, 16, 8, 8),
     depth_convs=(8,),
     normal_deconvs=(32, 16, 16),
@@ -167,7 +168,9 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
             "--model.init_args.export_path",
             str(export),
             "--trainer.max_steps",
-            "3",
+            "2",
+            "--trainer.num_sanity_val_steps",
+            "0",
             "--trainer.limit_val_batches",
             "1",
             "--trainer.accelerator",

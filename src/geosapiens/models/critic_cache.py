@@ -489,7 +489,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--critic",
         required=True,
-        help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH",
+        help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH[,PATH]",
     )
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--annotation", help="SyRIP-format annotation file (relative to --data or absolute)")
