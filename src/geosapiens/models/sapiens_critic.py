@@ -4,8 +4,7 @@ They run as the reference inference runs them (``../shared/reference/sapiens.md`
 is resized (no aspect preservation, bilinear) to the model input (1024 x 768), predicted, and the raw output
 is resized back to the crop bilinearly (``align_corners=False``); normals are L2-normalised per pixel
 *after* that upsampling (eps 1e-5). Sapiens depth is relative and scale-ambiguous (larger = farther), so it
-is normalised per image with robust statistics (:func:`normalize_relative_depth`): ``(d - median) / MAD``
-over the valid pixels.
+is normalised per image like every critic's (:func:`geosapiens.models.geometry.normalize_relative_depth`).
 """
 
 from __future__ import annotations
@@ -22,35 +21,12 @@ from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state, load_torchscript
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
+from geosapiens.models.geometry import normalize_relative_depth
 from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
 
-__all__ = ["SapiensCritic", "TorchScriptCritic", "normalize_relative_depth"]
+__all__ = ["SapiensCritic", "TorchScriptCritic"]
 
 NORMAL_EPS = 1e-5  # the official per-pixel normalisation epsilon
-
-
-def normalize_relative_depth(
-    depth: torch.Tensor, valid: torch.Tensor | None = None, eps: float = 1e-6
-) -> torch.Tensor:
-    """Per-image robust normalisation of relative depth: ``(d - median) / MAD`` over the valid pixels.
-
-    Median and median absolute deviation (unscaled) are blind to the offset and scale Sapiens depth
-    leaves free and robust to the unsupervised background; one MAD is about one typical body-depth
-    deviation. The median is the lower median (torch semantics) for an even pixel count.
-
-    Args:
-        depth: (B, 1, H, W) relative depth. valid: (B, 1, H, W) bool, None = every pixel.
-
-    Returns:
-        (B, 1, H, W); an image without valid pixels gives zeros (always finite).
-    """
-    flat = depth.flatten(1).float()
-    if valid is not None:
-        flat = flat.masked_fill(~valid.flatten(1).bool(), float("nan"))
-    median = flat.nanmedian(dim=1, keepdim=True).values
-    mad = (flat - median).abs().nanmedian(dim=1, keepdim=True).values
-    out = (depth.flatten(1).float() - median) / (mad + eps)
-    return out.nan_to_num(0.0, posinf=0.0, neginf=0.0).reshape(depth.shape)
 
 
 class _WholeImageCritic(GeometricCritic):

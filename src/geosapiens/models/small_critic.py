@@ -139,14 +139,7 @@ class SmallCritic(GeometricCritic):
         super().__init__()
         self.net = net
         self.mask_threshold = mask_threshold
-        self._checkpoint_prefix: str | None = None
-        # A training checkpoint never holds critic weights; without this, a parent's strict load reports the
-        # critic's sub-module keys as missing (GeometricCritic only silences the critic's own keys).
-        self.register_load_state_dict_post_hook(_forget_critic_keys)
         self.freeze()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._checkpoint_prefix = prefix
 
     @classmethod
     def from_file(cls, path: str | Path, mask_threshold: float = 0.5) -> SmallCritic:
@@ -180,12 +173,6 @@ class SmallCritic(GeometricCritic):
         depth, mask_logit, normals = self.net(images)
         valid = torch.sigmoid(mask_logit) > self.mask_threshold
         return GeometryMaps(depth=normalize_relative_depth(depth, valid), normals=normals, valid=valid)
-
-
-def _forget_critic_keys(module: SmallCritic, incompatible) -> None:
-    prefix = module._checkpoint_prefix
-    if prefix is not None:
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
