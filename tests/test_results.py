@@ -25,10 +25,10 @@ class LoggingStage(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.log_dict({k: torch.tensor(v) for k, v in LOGGED.items()}, batch_size=len(batch[0]))
-        self.log("test/nan_metric", float("nan"))
+        self.log("test/nan_metric", float("nan"), batch_size=len(batch[0]))
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", 1.0)
+        self.log("val/loss", 1.0, batch_size=len(batch[0]))
 
 
 class TinyData(L.LightningDataModule):

@@ -1,5 +1,6 @@
 """LogValidationImages in real Trainer runs: the sheet's size and pixels (prediction, dimmed ground truth,
-critic maps), CSV and W&B (offline) loggers, and the test PCK curve against metrics.pck.pck_curve."""
+critic maps), CSV and W&B (offline) loggers, and the test PCK curve against metrics.pck.pck_curve, also summed
+over two DDP ranks."""
 
 from __future__ import annotations
 
@@ -68,10 +69,10 @@ class ToyStage(L.LightningModule):
         return self.layer(torch.ones(1, 1)).sum()
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", 0.0)
+        self.log("val/loss", 0.0, batch_size=len(batch["image"]))
 
     def test_step(self, batch, batch_idx):
-        self.log("test/pck@0.1", 0.5)
+        self.log("test/pck@0.1", 0.5, batch_size=len(batch["image"]))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -102,6 +103,7 @@ def _trainer(tmp_path, logger, callbacks) -> L.Trainer:
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=1,
+        log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -195,3 +197,34 @@ def test_test_pck_curve_matches_pck_curve_and_lands_in_results(tmp_path):
     assert saved["metrics"] == {"test/pck@0.1": 0.5}
     plot = viz.read_png(run_dir / "images" / "test_pck_curve.png")
     assert plot.shape[0] > 100 and plot.shape[1] > 100 and plot.std() > 0
+
+
+class _DestroyProcessGroup(L.Callback):
+    """Avoids gloo's intermittent abort at exit (reference/stack.md §5)."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_test_pck_curve_sums_over_two_ddp_ranks(tmp_path):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",  # forked ranks inherit the imports: < 1 s instead of ~10 s with ddp_spawn
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, name="run"),
+        callbacks=[LogValidationImages(), TestResultsWriter(), _DestroyProcessGroup()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(ToyStage(), _loader(batch_size=1))  # each rank scores two of the four samples
+    saved = json.loads((tmp_path / "run" / "version_0" / "test_metrics.json").read_text())
+    by_t = dict(
+        zip([round(t, 2) for t in saved["pck_curve"]["thresholds"]], saved["pck_curve"]["pck"], strict=True)
+    )
+    assert (by_t[0.05], by_t[0.1], by_t[0.15], by_t[0.2]) == (0.25, 0.5, 0.75, 1.0)  # all four samples
+    assert saved["run"]["world_size"] == 2
+    assert (tmp_path / "run" / "version_0" / "images" / "test_pck_curve.png").exists()

@@ -5,7 +5,7 @@ Module contract (the stages implement it):
 - ``predict_keypoints(images (B, 3, H, W), affine (B, 2, 3) image->crop) -> (keypoints (B, K, 2) image px,
   scores (B, K))``;
 - optionally ``critic_maps_for_visualisation(batch) -> GeometryMaps | None`` (critic depth and normals in
-  the crop frame).
+  the crop frame, any resolution; it receives the first ``num_images`` samples of the validation batch).
 
 Validation and test batches are the labelled dicts of API.md: ``image`` normalised, ``keypoints`` crop px,
 ``weights``, ``affine``, ``bbox`` image px, ``image_path``.
