@@ -210,3 +210,47 @@ def test_ddp_two_ranks_merge_into_one_file_in_dataset_order(tmp_path):
     with open(tmp_path / "pred" / "tracks.csv", newline="") as f:
         assert len(list(csv.reader(f))) == 1 + 4
     assert not (tmp_path / "pred" / ".prediction_parts").exists()
+
+
+class SyRIPEcho(Dataset):
+    """The real SyRIP sample's annotations as predictions (image px, score 1 where labelled)."""
+
+    def __init__(self, gt: dict, root) -> None:
+        self.anns = gt["annotations"]
+        self.files = {
+            img["id"]: str(root / "images" / "train_infant" / img["file_name"]) for img in gt["images"]
+        }
+
+    def __len__(self) -> int:
+        return len(self.anns)
+
+    def __getitem__(self, i: int) -> dict:
+        kp = torch.tensor(self.anns[i]["keypoints"], dtype=torch.float32).view(K, 3)
+        return {
+            "kp": kp[:, :2],
+            "scores": (kp[:, 2] > 0).float(),
+            "bbox": torch.tensor(self.anns[i]["bbox"], dtype=torch.float32),
+            "image_path": self.files[self.anns[i]["image_id"]],
+            "image_id": self.anns[i]["image_id"],
+            "sequence": "",
+            "frame": -1,
+        }
+
+
+def test_results_on_the_real_syrip_sample_score_full_marks_in_evaluate(syrip_sample, tmp_path, capsys):
+    from geosapiens.metrics.evaluate import main as evaluate_main
+
+    gt_path = syrip_sample / "annotations" / "200R" / "person_keypoints_train_infant.json"
+    gt = json.loads(gt_path.read_text())
+    writer = PredictionWriter(tmp_path / "pred")
+    loader = DataLoader(SyRIPEcho(gt, syrip_sample), batch_size=8, collate_fn=_collate)
+    _trainer(callbacks=[writer]).predict(EchoModel(), loader, return_predictions=False)
+    assert (
+        evaluate_main(
+            ["--gt", str(gt_path), "--pred", str(tmp_path / "pred" / "coco_results.json"), "--json"]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_results"] == len(gt["annotations"]) == 32
+    assert report["coco"]["AP"] == pytest.approx(1.0) and report["pck"]["values"]["pck@0.05"] == 1.0

@@ -169,3 +169,27 @@ def test_png_round_trip_and_figures(tmp_path):
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.std() > 0
     png = viz.figure_to_png_bytes(viz.plot_per_joint_bars({"a": [0.5] * 17, "b": [np.nan] * 17}))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_draw_on_a_real_syrip_image(syrip_sample, tmp_path):
+    import json
+
+    gt = json.loads(
+        (syrip_sample / "annotations" / "200R" / "person_keypoints_train_infant.json").read_text()
+    )
+    ann = gt["annotations"][0]
+    img_info = next(i for i in gt["images"] if i["id"] == ann["image_id"])
+    image = viz.read_png(syrip_sample / "images" / "train_infant" / img_info["file_name"])  # any format
+    assert image.shape == (img_info["height"], img_info["width"], 3)
+    kp = np.asarray(ann["keypoints"], np.float64).reshape(17, 3)
+    labelled = kp[:, 2] > 0
+    out = viz.draw_skeleton(image, kp[:, :2], labelled, thickness=3, radius=5)
+    drawn = np.flatnonzero(labelled)
+    assert len(drawn) >= 10
+    for j in drawn:
+        assert _px(out, kp[j, :2]) == JOINT_COLORS[j], COCO17.names[j]
+    changed = (out != image).any(axis=-1)
+    x, y, w, h = ann["bbox"]
+    assert (
+        changed[int(y) : int(y + h) + 6, int(x) : int(x + w) + 6].sum() == changed.sum()
+    )  # all inside the box
