@@ -64,6 +64,7 @@ class ToyStage(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(1, 1)
+        self.predict_calls = 0
 
     def training_step(self, batch, batch_idx):
         return self.layer(torch.ones(1, 1)).sum()
@@ -80,6 +81,7 @@ class ToyStage(L.LightningModule):
     def predict_keypoints(
         self, images: torch.Tensor, affine: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.predict_calls += 1
         b = len(images)
         sample = torch.from_numpy(viz.denormalize_image(images)[:, 0, 0, 0].astype(np.int64) - GREY)
         keypoints = POSE_IMAGE.expand(b, K, 2) + DIST[sample, None, None].double() * DIRECTION
@@ -167,7 +169,10 @@ def test_sanity_check_and_epoch_period_skip_images(tmp_path):
     trainer = _trainer(tmp_path, CSVLogger(tmp_path, name="run"), [callback])
     trainer.fit_loop.max_epochs = 2
     trainer.num_sanity_val_steps = 1
-    trainer.fit(ToyStage(), _loader(), _loader())
+    stage = ToyStage()
+    trainer.fit(stage, _loader(), _loader())
+    assert trainer.current_epoch == 2 and trainer.sanity_checking is False
+    assert stage.predict_calls == 1  # epoch 0 only: not in the sanity check, not in epoch 1
     assert [p.name for p in (tmp_path / "run" / "version_0" / "images").iterdir()] == ["epoch_000.png"]
 
 
