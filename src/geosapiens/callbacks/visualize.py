@@ -120,6 +120,11 @@ class LogValidationImages(L.Callback):
     # ------------------------------------------------------------------ setup
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "predict_keypoints", None)):
+            raise TypeError(
+                f"LogValidationImages needs {type(pl_module).__name__}.predict_keypoints(images, affine) -> "
+                "(keypoints (B, K, 2) image px, scores (B, K))"
+            )
         # trainer.log_dir is a broadcast: resolve it on every rank, here, never inside rank-0-only code.
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if stage == "test" and self.pck_curve:
