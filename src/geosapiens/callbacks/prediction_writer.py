@@ -1,0 +1,301 @@
+"""Write ``trainer.predict`` outputs as COCO keypoint results and, for videos, keypoint tracks.
+
+A stage's ``predict_step`` returns (per batch of B people) ``keypoints`` ``(B, K, 2)`` image px, ``scores``
+``(B, K)``, ``image_path`` list[str], ``image_id`` list (or a collated tensor), ``bbox`` ``(B, 4)`` xywh image
+px, and optionally ``sequence`` list[str | None] and ``frame`` ``(B,)``. :class:`PredictionWriter` writes
+into ``output_dir``:
+
+- ``coco_results.json``: ``[{"image_id", "category_id": 1, "keypoints": [x, y, score] * K, "score"}]``
+  with ``score`` the mean keypoint score; what pycocotools and ``geosapiens evaluate --pred`` read;
+- for samples with a ``sequence``: ``tracks.csv``, one row per frame sorted by (sequence, frame), columns
+  ``sequence, frame, image_path, image_id`` then ``<joint>_x, <joint>_y, <joint>_score`` per joint; and
+  ``tracks/<sequence>.npz`` per sequence with ``keypoints`` ``(T, K, 2)``, ``scores`` ``(T, K)``, ``frames``
+  ``(T,)``, ``bboxes`` ``(T, 4)``, ``image_paths`` ``(T,)`` and ``sequence``. One infant per frame: when a
+  frame holds several people, the track keeps the one with the highest mean score.
+
+With several predict dataloaders each gets its own files, suffixed ``_dataloader<i>``.
+
+Multi-process (DDP): each rank writes its share to ``<output_dir>/.prediction_parts/rank<r>.json``; after
+a barrier, rank 0 merges the parts, restores dataset order from the sampler's indices (which also drops the
+repeats ``DistributedSampler`` pads with), writes the outputs and removes the parts. No collective is needed
+beyond the barrier, so memory on rank 0 is one copy of the predictions; with several nodes ``output_dir``
+must be on a filesystem every node sees (the usual cluster setup). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from geosapiens.callbacks.results import atomic_open, atomic_write
+from geosapiens.skeleton import COCO17
+
+__all__ = ["PredictionWriter", "prediction_rows", "merge_rows", "coco_results", "track_columns"]
+
+PARTS_DIRNAME = ".prediction_parts"
+
+
+def _as_list(value: Any, n: int, name: str) -> list:
+    """Per-sample values of a batch field: tensors and lists of length ``n``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(
+            f"PredictionWriter: predict_step output '{name}' has {len(value)} entries for {n} samples"
+        )
+    return value
+
+
+def prediction_rows(output: dict, indices: Sequence[int] | None) -> list[dict]:
+    """One JSON-ready row per sample of a ``predict_step`` output dict (see the module docstring).
+
+    ``indices`` are the samples' dataset indices (Lightning's batch indices; None when unknown).
+    """
+    missing = [k for k in ("keypoints", "scores", "image_path", "image_id", "bbox") if k not in output]
+    if missing:
+        raise ValueError(f"PredictionWriter: predict_step output has no {missing}; got keys {sorted(output)}")
+    kp = output["keypoints"].detach().cpu().double()
+    scores = output["scores"].detach().cpu().double()
+    n, k = kp.shape[:2]
+    if kp.shape != (n, k, 2) or scores.shape != (n, k):
+        raise ValueError(
+            f"PredictionWriter: keypoints {tuple(kp.shape)} and scores {tuple(scores.shape)} must be "
+            "(B, K, 2) and (B, K)"
+        )
+    paths = _as_list(output["image_path"], n, "image_path")
+    ids = _as_list(output["image_id"], n, "image_id")
+    bboxes = (
+        output["bbox"].detach().cpu().double().tolist() if isinstance(output["bbox"], torch.Tensor) else None
+    )
+    if bboxes is None or len(bboxes) != n:
+        raise ValueError(f"PredictionWriter: 'bbox' must be a ({n}, 4) tensor")
+    sequences = (
+        _as_list(output["sequence"], n, "sequence") if output.get("sequence") is not None else [None] * n
+    )
+    frames = _as_list(output["frame"], n, "frame") if output.get("frame") is not None else [None] * n
+    idx = list(indices) if indices is not None and len(indices) == n else [None] * n
+    rows = []
+    for i in range(n):
+        if not (torch.isfinite(kp[i]).all() and torch.isfinite(scores[i]).all()):
+            raise ValueError(
+                f"PredictionWriter: non-finite keypoints or scores for {paths[i]} (image {ids[i]})"
+            )
+        sequence = sequences[i] if sequences[i] not in (None, "") else None
+        if sequence is not None and frames[i] is None:
+            raise ValueError(f"PredictionWriter: {paths[i]} has sequence {sequence!r} but no 'frame'")
+        rows.append(
+            {
+                "index": idx[i],
+                "image_id": ids[i],
+                "image_path": str(paths[i]),
+                "bbox": bboxes[i],
+                "keypoints": kp[i].tolist(),
+                "scores": scores[i].tolist(),
+                "sequence": None if sequence is None else str(sequence),
+                "frame": None if frames[i] is None else int(frames[i]),
+            }
+        )
+    return rows
+
+
+def merge_rows(parts: Sequence[Sequence[dict]]) -> list[dict]:
+    """Merge per-rank rows into dataset order without the sampler's padding repeats.
+
+    With dataset indices on every row: sort by index, keep one row per index. Without (iterable datasets):
+    rank order, dropping rows identical in (image id, path, box, sequence, frame) to an earlier one.
+    """
+    rows = [r for part in parts for r in part]
+    if rows and all(r["index"] is not None for r in rows):
+        by_index: dict[int, dict] = {}
+        for r in rows:
+            by_index.setdefault(int(r["index"]), r)
+        return [by_index[i] for i in sorted(by_index)]
+    seen, out = set(), []
+    for r in rows:
+        key = (str(r["image_id"]), r["image_path"], tuple(r["bbox"]), r["sequence"], r["frame"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def coco_results(rows: Sequence[dict], category_id: int = 1) -> list[dict]:
+    """COCO keypoint results: flat ``[x, y, score] * K`` and the instance score = mean keypoint score."""
+    return [
+        {
+            "image_id": r["image_id"],
+            "category_id": category_id,
+            "keypoints": [
+                v for (x, y), s in zip(r["keypoints"], r["scores"], strict=True) for v in (x, y, s)
+            ],
+            "score": math.fsum(r["scores"]) / len(r["scores"]),
+        }
+        for r in rows
+    ]
+
+
+def track_columns(names: Sequence[str]) -> list[str]:
+    """CSV header of ``tracks.csv``."""
+    return ["sequence", "frame", "image_path", "image_id"] + [
+        f"{name}_{c}" for name in names for c in ("x", "y", "score")
+    ]
+
+
+def _tracks(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    """Rows with a sequence, grouped and sorted by frame; one (highest mean score) row per frame."""
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if r["sequence"] is None:
+            continue
+        key = (r["sequence"], r["frame"])
+        if key not in best or sum(r["scores"]) > sum(best[key]["scores"]):
+            best[key] = r
+    out: dict[str, list[dict]] = {}
+    for seq, frame in sorted(best):
+        out.setdefault(seq, []).append(best[(seq, frame)])
+    return out
+
+
+def _safe_name(sequence: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sequence).strip("._") or "sequence"
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write COCO keypoint results and per-sequence tracks at the end of ``trainer.predict``.
+
+    Args:
+        output_dir: folder for the files; default ``<trainer.log_dir>/predictions``.
+        category_id: COCO category of every result (1 = person).
+        keypoint_names: joint names of the CSV columns; their number must match the predictions' K.
+        results_name: file name of the COCO results.
+        tracks_name: stem of the track files (``<stem>.csv`` and the ``<stem>/`` folder of NPZ files).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        *,
+        category_id: int = 1,
+        keypoint_names: Sequence[str] = COCO17.names,
+        results_name: str = "coco_results.json",
+        tracks_name: str = "tracks",
+    ) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.category_id = category_id
+        self.keypoint_names = tuple(keypoint_names)
+        self.results_name = results_name
+        self.tracks_name = tracks_name
+        self._resolved: Path | None = None
+        self.written: list[Path] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "predict":
+            # trainer.log_dir broadcasts rank 0's folder, so every rank agrees on where the parts go.
+            self._resolved = (
+                self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+            )
+
+    @property
+    def directory(self) -> Path:
+        if self._resolved is None:
+            raise RuntimeError("PredictionWriter: the output folder is set in setup(); run trainer.predict")
+        return self._resolved
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        # One dataloader: a list of batch outputs; several: a list of such lists. Indices are always nested.
+        per_loader = [predictions] if predictions and isinstance(predictions[0], dict) else list(predictions)
+        rows = []
+        for d, outputs in enumerate(per_loader):
+            loader_indices = batch_indices[d] if d < len(batch_indices) else []
+            loader_rows = []
+            for b, out in enumerate(outputs):
+                loader_rows += prediction_rows(out, loader_indices[b] if b < len(loader_indices) else None)
+            rows.append(loader_rows)
+
+        if trainer.world_size > 1:
+            parts = self.directory / PARTS_DIRNAME
+            atomic_write(parts / f"rank{trainer.global_rank}.json", json.dumps(rows))
+            trainer.strategy.barrier("PredictionWriter.parts")
+            if trainer.is_global_zero:
+                shares = [
+                    json.loads((parts / f"rank{r}.json").read_text()) for r in range(trainer.world_size)
+                ]
+                rows = [merge_rows([share[d] for share in shares]) for d in range(len(rows))]
+                for r in range(trainer.world_size):
+                    (parts / f"rank{r}.json").unlink()
+                parts.rmdir()
+        else:
+            rows = [merge_rows([loader_rows]) for loader_rows in rows]
+
+        if trainer.is_global_zero:
+            self.written = []
+            for d, loader_rows in enumerate(rows):
+                self.write(loader_rows, "" if len(rows) == 1 else f"_dataloader{d}")
+
+    def write(self, rows: Sequence[dict], suffix: str = "") -> list[Path]:
+        """Write the files for one dataloader's merged rows; returns the paths written."""
+        if rows and len(rows[0]["keypoints"]) != len(self.keypoint_names):
+            raise ValueError(
+                f"PredictionWriter: predictions have K={len(rows[0]['keypoints'])} joints but "
+                f"keypoint_names has {len(self.keypoint_names)}"
+            )
+        out = self.directory
+        stem, ext = Path(self.results_name).stem, Path(self.results_name).suffix or ".json"
+        written = [
+            atomic_write(out / f"{stem}{suffix}{ext}", json.dumps(coco_results(rows, self.category_id)))
+        ]
+        tracks = _tracks(rows)
+        if tracks:
+            csv_path = out / f"{self.tracks_name}{suffix}.csv"
+            with atomic_open(csv_path, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(track_columns(self.keypoint_names))
+                for seq, seq_rows in tracks.items():
+                    for r in seq_rows:
+                        values = [
+                            v
+                            for (x, y), s in zip(r["keypoints"], r["scores"], strict=True)
+                            for v in (x, y, s)
+                        ]
+                        writer.writerow([seq, r["frame"], r["image_path"], r["image_id"], *values])
+            written.append(csv_path)
+            folder = out / f"{self.tracks_name}{suffix}"
+            names: dict[str, str] = {}
+            for seq, seq_rows in tracks.items():
+                name = _safe_name(seq)
+                if names.setdefault(name, seq) != seq:
+                    raise ValueError(
+                        f"PredictionWriter: sequences {names[name]!r} and {seq!r} share file {name}.npz"
+                    )
+                with atomic_open(folder / f"{name}.npz", "wb") as f:
+                    np.savez(
+                        f,
+                        sequence=np.array(seq),
+                        keypoints=np.array([r["keypoints"] for r in seq_rows], dtype=np.float64),
+                        scores=np.array([r["scores"] for r in seq_rows], dtype=np.float64),
+                        frames=np.array([r["frame"] for r in seq_rows], dtype=np.int64),
+                        bboxes=np.array([r["bbox"] for r in seq_rows], dtype=np.float64),
+                        image_paths=np.array([r["image_path"] for r in seq_rows]),
+                    )
+                written.append(folder / f"{name}.npz")
+        self.written += written
+        return written

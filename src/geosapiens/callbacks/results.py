@@ -1,0 +1,165 @@
+"""What a finished test run leaves behind for ``geosapiens report``: ``test_metrics.json``.
+
+:class:`TestResultsWriter` writes, at the end of ``trainer.test`` (global rank 0), every ``test/*`` scalar in
+``trainer.callback_metrics`` (Lightning has already reduced them across ranks), the run's identity (stage and
+DataModule classes, seed, checkpoint, logger name/version, time) and, when one was computed, the test
+PCK-vs-threshold curve. File layout (values are fractions; NaN is written as ``null``)::
+
+    {"format": 1, "metrics": {"test/pck@0.1": 0.83, "test/pck@0.1/nose": 0.9, "test/AP": 0.71, ...},
+     "run": {"stage": "geosapiens.stages....", "datamodule": "...", "seed": 0, "checkpoint": "...",
+             "timestamp": "2025-01-01T00:00:00+00:00", ...},
+     "pck_curve": {"thresholds": [...], "pck": [...], "per_joint": {"nose": [...], ...}, "norm": "bbox"}}
+
+The curve is taken from a ``test_pck_curve`` attribute (that dict) of the LightningModule, else of any
+callback that has one (:class:`~geosapiens.callbacks.visualize.LogValidationImages` computes it).
+
+Files are written atomically (:func:`atomic_open`: a temporary file in the same folder, then ``os.replace``),
+so a crash or a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import lightning as L
+import torch
+
+__all__ = [
+    "RESULTS_FILENAME",
+    "atomic_open",
+    "atomic_write",
+    "json_safe",
+    "find_pck_curve",
+    "TestResultsWriter",
+]
+
+RESULTS_FILENAME = "test_metrics.json"
+RESULTS_FORMAT = 1
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success it replaces ``path`` in one step, on error it is
+    removed and ``path`` is untouched. Parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to ``path`` atomically; returns ``path``."""
+    if isinstance(data, bytes):
+        with atomic_open(path, "wb") as f:
+            f.write(data)
+    else:
+        with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(data)
+    return Path(path)
+
+
+def json_safe(value: Any) -> Any:
+    """Tensors, numpy scalars/arrays, paths and tuples as plain JSON values; non-finite floats as None."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    elif hasattr(value, "tolist") and not isinstance(value, str):  # numpy
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def _qualname(obj: Any) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def find_pck_curve(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
+    """The test PCK curve a module or callback exposes as ``test_pck_curve`` (the module's wins)."""
+    for owner in (pl_module, *trainer.callbacks):
+        curve = getattr(owner, "test_pck_curve", None)
+        if curve:
+            return curve
+    return None
+
+
+class TestResultsWriter(L.Callback):
+    """Write ``<dirpath>/test_metrics.json`` when ``trainer.test`` ends (see the module docstring).
+
+    Args:
+        dirpath: output folder; default ``trainer.log_dir`` (the logger's run folder, or
+            ``default_root_dir`` without a logger), resolved on every rank at setup.
+        filename: file name (the report searches for :data:`RESULTS_FILENAME`).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = RESULTS_FILENAME) -> None:
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.filename = filename
+        self._resolved: Path | None = None
+        self.last_path: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "test":
+            # trainer.log_dir broadcasts from rank 0: every rank must ask, so ask here, not in rank-0 code.
+            self._resolved = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir)
+
+    def results(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The JSON-ready content of the results file."""
+        metrics = {
+            k: json_safe(float(v))
+            for k, v in sorted(trainer.callback_metrics.items())
+            if k.startswith("test/")
+        }
+        logger = trainer.logger
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        run = {
+            "stage": _qualname(pl_module),
+            "datamodule": _qualname(trainer.datamodule),
+            "seed": int(seed) if seed is not None else None,
+            "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "logger": None
+            if logger is None
+            else {"class": _qualname(logger), "name": logger.name, "version": json_safe(logger.version)},
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+            "hparams": json_safe(dict(pl_module.hparams)),
+            "datamodule_hparams": json_safe(dict(trainer.datamodule.hparams))
+            if trainer.datamodule is not None
+            else None,
+        }
+        out: dict[str, Any] = {"format": RESULTS_FORMAT, "metrics": metrics, "run": run}
+        curve = find_pck_curve(trainer, pl_module)
+        if curve is not None:
+            out["pck_curve"] = json_safe(curve)
+        return out
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        path = (self._resolved or self.dirpath or Path(trainer.default_root_dir)) / self.filename
+        atomic_write(path, json.dumps(self.results(trainer, pl_module), indent=2) + "\n")
+        self.last_path = path

@@ -1,0 +1,269 @@
+"""Pictures during training: predicted skeletons on validation crops, and the test PCK curve.
+
+Module contract (the stages implement it):
+
+- ``predict_keypoints(images (B, 3, H, W), affine (B, 2, 3) image->crop) -> (keypoints (B, K, 2) image px,
+  scores (B, K))``;
+- optionally ``critic_maps_for_visualisation(batch) -> GeometryMaps | None`` (critic depth and normals in
+  the crop frame, any resolution; it receives the first ``num_images`` samples of the validation batch).
+
+Validation and test batches are the labelled dicts of API.md: ``image`` normalised, ``keypoints`` crop px,
+``weights``, ``affine``, ``bbox`` image px, ``image_path``.
+
+Distributed runs: the forward passes run on *every* rank (a model sharded with FSDP needs all ranks in each
+forward, and the curve is a sum over ranks); only global rank 0 draws, writes and logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from geosapiens import viz
+from geosapiens.metrics.pck import PCK
+from geosapiens.models.critics import GeometryMaps
+from geosapiens.skeleton import COCO17
+
+__all__ = ["LogValidationImages", "crop_to_image"]
+
+# GT drawn dimmed and in grey under the coloured prediction, so the two never look alike.
+_GT_COLORS = {"left": (235, 235, 235), "right": (235, 235, 235), "center": (235, 235, 235)}
+
+
+def crop_to_image(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """Map crop-frame points ``(B, K, 2)`` back to the image with the inverse of ``affine`` ``(B, 2, 3)``."""
+    full = torch.cat(
+        [affine.double(), affine.new_tensor([0.0, 0.0, 1.0]).double().expand(len(affine), 1, 3)], 1
+    )
+    inv = torch.linalg.inv(full)[:, :2]  # (B, 2, 3)
+    return points.double() @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
+
+
+def _image_to_crop(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    return points.double() @ affine[:, :, :2].double().transpose(1, 2) + affine[:, None, :, 2].double()
+
+
+def _head(batch: dict, n: int) -> dict:
+    """The first ``n`` samples of a collated batch dict."""
+    size = len(batch["image"])
+    out = {}
+    for k, v in batch.items():
+        sliceable = isinstance(v, torch.Tensor | list | tuple) and len(v) == size
+        out[k] = v[:n] if sliceable else v
+    return out
+
+
+class LogValidationImages(L.Callback):
+    """Log a contact sheet of validation predictions, and a PCK-vs-threshold curve at test end.
+
+    Every ``every_n_epochs`` epochs, on the first validation batch (not during the sanity check), each of the
+    first ``num_images`` crops gets the ground truth (grey, dimmed) and the prediction (left orange, right
+    blue) drawn on it; critic depth and normal maps follow to its right when the module provides them. The
+    sheet goes to every W&B logger (``log_image``) and TensorBoard logger (``add_image``); without either, or
+    with ``save_png=True``, to ``<log_dir>/images/epoch_XXX.png``.
+
+    During ``trainer.test`` the callback scores ``predict_keypoints`` against each batch's ground truth (one
+    extra forward per test batch) with a :class:`~geosapiens.metrics.pck.PCK` over ``curve_thresholds``
+    (sum states, so exact under DDP), keeps the result as :attr:`test_pck_curve` (which
+    :class:`~geosapiens.callbacks.results.TestResultsWriter` stores), plots it to
+    ``<log_dir>/images/test_pck_curve.png`` and logs the plot.
+
+    Args:
+        num_images: crops per sheet.
+        every_n_epochs: epoch period of the validation sheet.
+        cols: tiles per row (default 4, or 2 when critic maps widen each tile).
+        save_png: also save PNGs when an image logger exists (None: only without one).
+        pck_curve: compute and log the test PCK curve.
+        curve_thresholds: thresholds of the curve (default 0, 0.01, ..., 0.5, as ``pck_curve``).
+        curve_norm: PCK normaliser of the curve (``"bbox"``: max side of the ground-truth box).
+        score_threshold: predicted joints with a lower score are not drawn.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 8,
+        every_n_epochs: int = 1,
+        *,
+        cols: int | None = None,
+        save_png: bool | None = None,
+        pck_curve: bool = True,
+        curve_thresholds: list[float] | None = None,
+        curve_norm: str = "bbox",
+        score_threshold: float = 0.3,
+    ) -> None:
+        if num_images < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"num_images and every_n_epochs must be >= 1, got {num_images}, {every_n_epochs}"
+            )
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.cols = cols
+        self.save_png = save_png
+        self.pck_curve = pck_curve
+        self.curve_thresholds = (
+            [round(0.01 * i, 2) for i in range(51)] if curve_thresholds is None else list(curve_thresholds)
+        )
+        self.curve_norm = curve_norm
+        self.score_threshold = score_threshold
+        self.test_pck_curve: dict[str, Any] | None = None
+        self.last_image_path: Path | None = None
+        self._log_dir: Path | None = None
+        self._metric: PCK | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "predict_keypoints", None)):
+            raise TypeError(
+                f"LogValidationImages needs {type(pl_module).__name__}.predict_keypoints(images, affine) -> "
+                "(keypoints (B, K, 2) image px, scores (B, K))"
+            )
+        # trainer.log_dir is a broadcast: resolve it on every rank, here, never inside rank-0-only code.
+        self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if stage == "test" and self.pck_curve:
+            self._metric = PCK(thresholds=self.curve_thresholds, norm=self.curve_norm).to(pl_module.device)
+
+    def _image_loggers(self, trainer: L.Trainer) -> list:
+        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger | TensorBoardLogger)]
+
+    def _publish(
+        self, trainer: L.Trainer, key: str, image: np.ndarray, filename: str, always_save: bool = False
+    ) -> None:
+        """Rank 0: send ``image`` to the image loggers; save it when there is none (or when asked)."""
+        loggers = self._image_loggers(trainer)
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key=key, images=[image], step=trainer.global_step)
+            else:
+                lg.experiment.add_image(key, image, global_step=trainer.global_step, dataformats="HWC")
+        if always_save or self.save_png or (self.save_png is None and not loggers):
+            self.last_image_path = viz.save_png(self._log_dir / "images" / filename, image)
+
+    # ------------------------------------------------------------- validation
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            batch_idx != 0
+            or dataloader_idx != 0
+            or trainer.sanity_checking
+            or trainer.current_epoch % self.every_n_epochs != 0
+        ):
+            return
+        if not isinstance(batch, dict) or not {"image", "affine"} <= batch.keys():
+            rank_zero_warn(
+                "LogValidationImages: the validation batch is not a labelled dict; no images logged"
+            )
+            return
+        head = _head(batch, self.num_images)
+        with torch.no_grad():
+            keypoints, scores = pl_module.predict_keypoints(head["image"], head["affine"])
+            maps_fn = getattr(pl_module, "critic_maps_for_visualisation", None)
+            maps = maps_fn(head) if maps_fn is not None else None
+        if not trainer.is_global_zero:
+            return
+        sheet = self.render(head, _image_to_crop(keypoints, head["affine"]), scores, maps)
+        self._publish(trainer, "val/predictions", sheet, f"epoch_{trainer.current_epoch:03d}.png")
+
+    def render(
+        self, batch: dict, crop_keypoints: torch.Tensor, scores: torch.Tensor, maps: GeometryMaps | None
+    ) -> np.ndarray:
+        """The contact sheet: one tile per crop (overlay, then critic depth and normals when given).
+
+        Args:
+            batch: labelled batch (``image``, optional ``keypoints`` crop px and ``weights``, ``image_path``).
+            crop_keypoints: ``(B, K, 2)`` predictions in crop px.
+            scores: ``(B, K)`` prediction scores.
+            maps: critic maps in the crop frame, or None.
+        """
+        crops = viz.denormalize_image(batch["image"])  # (B, H, W, 3)
+        h, w = crops.shape[1:3]
+        tiles, labels = [], []
+        for i, crop in enumerate(crops):
+            if "keypoints" in batch:
+                labelled = batch["weights"][i] > 0 if "weights" in batch else None
+                crop = viz.draw_skeleton(
+                    crop, batch["keypoints"][i], labelled, colors=_GT_COLORS, alpha=0.5, thickness=1, radius=2
+                )
+            tile = viz.draw_skeleton(crop, crop_keypoints[i], scores[i], threshold=self.score_threshold)
+            if maps is not None:
+                depth = cv2.resize(
+                    maps.depth[i, 0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST
+                )
+                normals = maps.normals[i].float().cpu().permute(1, 2, 0).numpy()
+                normals = cv2.resize(normals, (w, h), interpolation=cv2.INTER_NEAREST)
+                valid = None
+                if maps.valid is not None:
+                    valid = cv2.resize(
+                        maps.valid[i, 0].cpu().numpy().astype(np.uint8),
+                        (w, h),
+                        interpolation=cv2.INTER_NEAREST,
+                    ).astype(bool)
+                gap = np.zeros((h, 2, 3), np.uint8)
+                tile = np.concatenate(
+                    [tile, gap, viz.depth_to_rgb(depth, valid), gap, viz.normals_to_rgb(normals, valid)],
+                    axis=1,
+                )
+            tiles.append(tile)
+            labels.append(Path(str(batch["image_path"][i])).name if "image_path" in batch else "")
+        cols = self.cols or (2 if maps is not None else 4)
+        return viz.contact_sheet(tiles, cols, labels)
+
+    # ------------------------------------------------------------------- test
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            self._metric is None
+            or not isinstance(batch, dict)
+            or not {"keypoints", "weights"} <= batch.keys()
+        ):
+            return
+        with torch.no_grad():
+            keypoints, _ = pl_module.predict_keypoints(batch["image"], batch["affine"])
+        target = crop_to_image(batch["keypoints"], batch["affine"])
+        self._metric.update(keypoints.double(), target, batch["weights"] > 0, bbox=batch["bbox"].double())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._metric is None:
+            return
+        values = self._metric.compute()  # a collective under DDP: every rank calls it
+        self._metric.reset()
+        thresholds = list(self._metric.thresholds)
+        self.test_pck_curve = {
+            "thresholds": thresholds,
+            "pck": [values[f"pck@{t:g}"].item() for t in thresholds],
+            "per_joint": {
+                name: [values[f"pck@{t:g}/{name}"].item() for t in thresholds] for name in COCO17.names
+            },
+            "norm": self.curve_norm,
+        }
+        if not trainer.is_global_zero:
+            return
+        fig = viz.plot_pck_curves(
+            {type(pl_module).__name__: (thresholds, self.test_pck_curve["pck"])}, title="test PCK"
+        )
+        self._publish(
+            trainer, "test/pck_curve", viz.figure_to_rgb(fig), "test_pck_curve.png", always_save=True
+        )
