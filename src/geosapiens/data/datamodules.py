@@ -16,6 +16,7 @@ DataModule's ``state_dict`` (saved in checkpoints, restored on resume), so a run
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,15 @@ def _worker_init(worker_id: int) -> None:
     """
     cv2.setNumThreads(0)
     pl_worker_init_function(worker_id)
+
+
+def data_path(path: str | Path) -> Path:
+    """A dataset path from a config, with ``$VARS`` expanded: configs say ``$GEOSAPIENS_DATA/SyRIP`` so a user
+    points every config at their downloaded datasets once, with one environment variable."""
+    expanded = os.path.expandvars(str(path))
+    if "$" in expanded:
+        raise ValueError(f"{path}: an environment variable in this data path is not set (e.g. GEOSAPIENS_DATA)")
+    return Path(expanded).expanduser()
 
 
 def split_by_image(records: Sequence[PoseRecord], fraction: float, seed: int) -> tuple[list, list, list]:
@@ -200,6 +210,9 @@ class PoseDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(self.test_records), train=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
     def _record_choice(self, key: str, ids: list) -> None:
         """Log a seeded choice and keep it in ``hparams`` and the loggers' hyperparameters."""
         ids = [int(i) if isinstance(i, int | np.integer) else str(i) for i in ids]
@@ -238,7 +251,7 @@ class MiniRGBDDataModule(PoseDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        self.root = Path(root)
+        self.root = data_path(root)
         self.sequences = {
             "train": [f"{int(s):02d}" for s in train_sequences],
             "val": [f"{int(s):02d}" for s in val_sequences],
@@ -290,7 +303,7 @@ class SyRIPSynthDataModule(PoseDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        self.root = Path(root)
+        self.root = data_path(root)
         self.train_file = train_file
         self.image_dir = image_dir
         self.val_fraction = val_fraction
@@ -359,7 +372,7 @@ class SyRIPRealDataModule(PoseDataModule):
         self.save_hyperparameters()
         if mode not in ("labelled", "unlabelled", "fewshot"):
             raise ValueError(f"SyRIPRealDataModule: mode must be labelled, unlabelled or fewshot: {mode!r}")
-        self.root = Path(root)
+        self.root = data_path(root)
         self.mode = mode
         self.train_file, self.test_file, self.val_file = train_file, test_file, val_file
         if val_file is not None and self._resolve(val_file) == self._resolve(test_file):
@@ -427,6 +440,37 @@ class SyRIPRealDataModule(PoseDataModule):
                 self.train_records = self._choose_fewshot()
 
 
+class MultiSourceDataModule(PoseDataModule):
+    """Several labelled sources as one (stage 1 warms up on MINI-RGBD + SyRIP-Synth together).
+
+    The sources only read and split their records; this module's own knobs (input size, augmentation,
+    batching) apply to the union, so every source is augmented alike.
+
+    Args:
+        sources: labelled DataModules whose train/val records are concatenated.
+        **kwargs: :class:`PoseDataModule` knobs.
+    """
+
+    def __init__(self, sources: list[PoseDataModule], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["sources"])
+        self.sources = sources
+
+    def setup(self, stage: str | None = None) -> None:
+        for source in self.sources:
+            source.trainer = self.trainer
+            source.setup("fit")
+        self.train_records = [r for source in self.sources for r in source.train_records]
+        self.val_records = [r for source in self.sources for r in source.val_records]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): source.state_dict() for i, source in enumerate(self.sources)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for i, source in enumerate(self.sources):
+            source.load_state_dict(state_dict.get(str(i), {}))
+
+
 class AdaptationDataModule(L.LightningDataModule):
     """Labelled source batches and unlabelled target pairs together, for unsupervised domain adaptation.
 
@@ -472,6 +516,9 @@ class AdaptationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.target.test_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.target.predict_dataloader()
 
     def state_dict(self) -> dict[str, Any]:
         return {"source": self.source.state_dict(), "target": self.target.state_dict()}

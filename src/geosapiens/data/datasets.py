@@ -171,8 +171,11 @@ class PoseDataset(Dataset):
             "affine": torch.from_numpy(affine.astype(np.float32)),
             "bbox": torch.from_numpy(np.asarray(record.bbox, dtype=np.float32)),
             "image_path": source,
+            "image_id": record.image_id,
             "index": index,
         }
+        if record.sequence is not None:
+            sample["sequence"], sample["frame"] = record.sequence, record.frame
         if mask is not None:
             sample["mask"] = torch.from_numpy(mask)
         return sample
@@ -248,6 +251,7 @@ class PairDataset(Dataset):
             "weak_to_strong": f32(compose_affine(strong_affine, invert_affine(weak_affine))),
             "flipped": flip,
             "image_path": str(record.image_path),
+            "image_id": record.image_id,
             "index": index,
         }
         if self.return_labels:

@@ -1,1 +1,8 @@
-"""Training stages as thin LightningModules."""
+"""Training stages as thin LightningModules (short class names for configs)."""
+
+from geosapiens.stages.adversarial import AdversarialAdaptation
+from geosapiens.stages.base import PoseStage
+from geosapiens.stages.mean_teacher import MeanTeacherAdaptation
+from geosapiens.stages.supervised import SupervisedPose
+
+__all__ = ["AdversarialAdaptation", "MeanTeacherAdaptation", "PoseStage", "SupervisedPose"]

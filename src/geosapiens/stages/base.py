@@ -1,0 +1,230 @@
+"""What every pose stage shares: the model, the codec, evaluation and the optimiser.
+
+Stages are thin (torchgeo-style tasks): the model comes from :func:`build_pose_model`, targets and decoding
+from the codec, losses from :mod:`geosapiens.losses`, metrics from :mod:`geosapiens.metrics`. A stage only
+says which losses it combines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+
+from geosapiens.callbacks.teardown import DestroyProcessGroup
+from geosapiens.errors import CheckpointError
+from geosapiens.metrics.pck import PCK
+from geosapiens.models.backbone import create_backbone
+from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens.models.heads import DeconvHead
+from geosapiens.models.pose_model import PoseModel
+from geosapiens.skeleton import COCO17
+
+
+def build_pose_model(
+    backbone: str,
+    input_size: tuple[int, int],
+    backbone_kwargs: dict | None = None,
+    head_kwargs: dict | None = None,
+    num_keypoints: int = 17,
+) -> PoseModel:
+    """Backbone by name (``sapiens_0.6b``, ``sapiens_tiny``, ``timm:resnet18``...) plus a light deconv head."""
+    kwargs = dict(backbone_kwargs or {})
+    if not backbone.startswith("timm:"):
+        kwargs.setdefault("img_size", tuple(input_size))
+    net = create_backbone(backbone, **kwargs)
+    head = DeconvHead(net.out_channels, num_keypoints, in_stride=net.stride, **(head_kwargs or {}))
+    return PoseModel(net, head)
+
+
+def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
+    """Initialise ``model`` from the ``prefix`` weights of a Lightning checkpoint (e.g. the warm-up's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: init checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every failure gets the file named
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
+    state = ckpt.get("state_dict", ckpt)
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{path}: no '{prefix}*' weights in this checkpoint")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not fit the model (missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}); "
+            "was it trained with another backbone or keypoint count?"
+        )
+
+
+class PoseStage(L.LightningModule):
+    """Base of the pose stages.
+
+    Args:
+        backbone: backbone name for :func:`geosapiens.models.backbone.create_backbone`.
+        input_size: crop size (H, W); heatmaps are (H/4, W/4).
+        backbone_kwargs: extra backbone arguments (``checkpoint``, ``patch_padding``, ``grad_checkpointing``...).
+        head_kwargs: extra :class:`DeconvHead` arguments.
+        sigma: Gaussian sigma of the heatmap targets, in heatmap pixels.
+        encoder_lr: AdamW learning rate of the backbone.
+        decoder_lr: AdamW learning rate of the head (and any other new module).
+        weight_decay: AdamW weight decay (not applied to norms, biases and position embeddings).
+        layer_decay: layer-wise LR decay of ViT blocks (Sapiens fine-tuning uses 0.75-0.95); None = off.
+        warmup_steps: linear LR warm-up; then cosine decay to 0 over the run when ``cosine`` is True.
+        cosine: cosine-decay the learning rates over ``trainer.estimated_stepping_batches``.
+        flip_test: average the heatmaps of the image and its mirror at evaluation.
+        pck_thresholds: PCK thresholds reported at validation and test.
+        pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head``, ``image``).
+        init_checkpoint: Lightning checkpoint whose ``model.*`` weights initialise this stage (stage chaining).
+        pose_model: a ready pose model instead of ``backbone`` + head, e.g. the adult zero-shot
+            :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
+    """
+
+    monitor = "val/pck@0.1"
+
+    def __init__(
+        self,
+        backbone: str = "sapiens_0.6b",
+        input_size: tuple[int, int] = (1024, 1024),
+        backbone_kwargs: dict[str, Any] | None = None,
+        head_kwargs: dict[str, Any] | None = None,
+        sigma: float = 2.0,
+        encoder_lr: float = 1e-5,
+        decoder_lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        layer_decay: float | None = None,
+        warmup_steps: int = 0,
+        cosine: bool = False,
+        flip_test: bool = True,
+        pck_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2),
+        pck_norm: str = "bbox",
+        init_checkpoint: str | None = None,
+        pose_model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["pose_model"])
+        h, w = input_size
+        self.model = pose_model or build_pose_model(backbone, input_size, backbone_kwargs, head_kwargs)
+        if init_checkpoint:
+            load_model_weights(self.model, init_checkpoint)
+        self.codec = UDPHeatmapCodec((h, w), (h // 4, w // 4), sigma=sigma)
+        self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
+        self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def predict_heatmaps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Heatmaps (B, K, h, w), averaged with the mirrored image's when ``flip_test`` is on."""
+        heatmaps = model(images)
+        if self.hparams.flip_test:
+            flipped = model(images.flip(-1))
+            heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(flipped, COCO17.flip_indices))
+        return heatmaps
+
+    def predict_keypoints(
+        self, images: torch.Tensor, affine: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints (B, K, 2) in IMAGE pixels and scores (B, K), through the crop affine (B, 2, 3)."""
+        keypoints, scores = self.codec.decode(self.predict_heatmaps(self.model, images))
+        return apply_affine(keypoints, invert_affine_torch(affine)), scores
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    def _evaluate(self, batch: dict, metric: PCK) -> None:
+        pred, _ = self.predict_keypoints(batch["image"], batch["affine"])
+        target = apply_affine(batch["keypoints"], invert_affine_torch(batch["affine"]))
+        metric.update(pred, target, batch["weights"] > 0, bbox=batch["bbox"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_pck)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_pck)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_pck, "val/")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_pck, "test/")
+
+    def _log_metric(self, metric: PCK, prefix: str) -> None:
+        values = metric.compute()
+        self.log_dict({f"{prefix}{k}": v for k, v in values.items() if v.ndim == 0}, sync_dist=False)
+        metric.reset()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Keypoints in image pixels with what a prediction writer needs to place them."""
+        keypoints, scores = self.predict_keypoints(batch["image"], batch["affine"])
+        out = {"keypoints": keypoints, "scores": scores, "bbox": batch["bbox"]}
+        out |= {k: batch[k] for k in ("image_path", "image_id", "sequence", "frame") if k in batch}
+        return out
+
+    # -- optimisation ----------------------------------------------------------------------------------------
+    def decoder_modules(self) -> list[nn.Module]:
+        """Modules trained at the decoder LR (the head; stages add their own new modules)."""
+        return [self.model.head]
+
+    def configure_optimizers(self):
+        groups = param_groups(
+            self.model.backbone, self.hparams.encoder_lr, self.hparams.weight_decay, self.hparams.layer_decay
+        )
+        for module in self.decoder_modules():
+            groups += param_groups(module, self.hparams.decoder_lr, self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.hparams.cosine else None
+        schedule = lr_lambda(self.hparams.warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [DestroyProcessGroup()]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int | None):
+    """Linear warm-up then (optionally) cosine decay, as a LambdaLR factor."""
+    import math
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps is None:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(
+    module: nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """AdamW groups: no decay for 1-D params and position embeddings; optional layer-wise LR decay.
+
+    Layer ids follow Sapiens' LayerDecayOptimWrapperConstructor: 0 = patch/pos embedding, ``blocks.i`` = i + 1,
+    the rest = L + 1; LR scale = decay ** (L + 1 - id).
+    """
+    num_blocks = len(getattr(getattr(module, "vit", module), "blocks", [])) if layer_decay else 0
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or "pos_embed" in name else weight_decay
+        scale = 1.0
+        if num_blocks:
+            layer = _layer_id(name, num_blocks)
+            scale = layer_decay ** (num_blocks + 1 - layer)
+        groups.setdefault((lr * scale, decay), []).append(p)
+    return [{"params": ps, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), ps in groups.items()]
+
+
+def _layer_id(name: str, num_blocks: int) -> int:
+    if "patch_embed" in name or "pos_embed" in name or "cls_token" in name:
+        return 0
+    if "blocks." in name:
+        return int(name.split("blocks.")[1].split(".")[0]) + 1
+    return num_blocks + 1
