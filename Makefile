@@ -18,7 +18,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/geosapiens data check ../shared/data/syrip_sample --format syrip
+	$(BIN)/geosapiens demo
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
