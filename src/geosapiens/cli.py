@@ -36,8 +36,9 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def run_trainer(args: list[str]) -> None:
-    """LightningCLI over every stage module and DataModule the package defines."""
+def trainer_cli(args: list[str], run: bool = True):
+    """LightningCLI over every stage module and DataModule the package defines (``run=False``: parse and
+    instantiate only, for callers that drive the trainer themselves)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
@@ -45,7 +46,7 @@ def run_trainer(args: list[str]) -> None:
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
 
-    LightningCLI(
+    return LightningCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,
@@ -53,6 +54,7 @@ def run_trainer(args: list[str]) -> None:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in TRAINER_VERBS:
-        run_trainer(argv)
+        trainer_cli(argv)
         return 0
     for n in (2, 1):
         verb = " ".join(argv[:n])

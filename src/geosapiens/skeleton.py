@@ -205,36 +205,6 @@ SMIL25 = KeypointSet(
     ),
 )
 
-# Parent of each SMIL joint (the SMPL kinematic tree); -1 for the root.
-SMIL25_PARENTS: tuple[int, ...] = (
-    -1,
-    0,
-    0,
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-    12,
-    12,
-    12,
-    13,
-    14,
-    16,
-    17,
-    18,
-    19,
-    20,
-    21,
-    15,
-)
-
-
 # Goliath's flip table is the official one: its face names do not all follow a left/right naming rule.
 GOLIATH308 = KeypointSet(name="goliath308", names=GOLIATH308_NAMES, flip_indices=GOLIATH308_FLIP_INDICES)
 

@@ -41,25 +41,30 @@ class AdversarialAdaptation(PoseStage):
 
         targets, target_weights = self.codec.encode(source["keypoints"], source["weights"])
         sup = losses.heatmap_mse(self.model.head(features[:n_src]), targets, target_weights)
-        step = losses.domain_adversarial_losses(
-            self.domain_classifier, features, is_synthetic, sup, lam=self.hparams.domain_lambda
+        lam = self.hparams.domain_lambda
+        step_one = losses.domain_adversarial_losses(
+            self.domain_classifier, features, is_synthetic, sup, lam=lam
         )
         domain_opt.zero_grad()
-        self.manual_backward(step.classifier)
+        self.manual_backward(step_one.classifier)
         domain_opt.step()
         self.log_dict(
             {
-                "train/loss_domain": step.classifier,
+                "train/loss_domain": step_one.classifier,
                 "train/loss_sup": sup,
-                "train/loss_confusion": step.confusion,
+                "train/loss_confusion": step_one.confusion,
             },
             prog_bar=True,
             batch_size=n_src,
         )
         if self.current_epoch < self.hparams.pretrain_epochs:
             return
+        # step II against the classifier as step I left it (its weights changed in place: a new graph)
+        step_two = losses.domain_adversarial_losses(
+            self.domain_classifier, features, is_synthetic, sup, lam=lam
+        )
         pose_opt.zero_grad()
-        self.manual_backward(step.pose)
+        self.manual_backward(step_two.pose)
         pose_opt.step()
         self.lr_schedulers().step()
 

@@ -1,0 +1,286 @@
+"""The training stages end to end through the real CLI, on generated data (tiny preset, CPU, a few steps)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+import torch
+
+from geosapiens.cli import main, trainer_cli
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    """Tiny generated data, an oracle critic cache, normal priors and a pose VAE: everything stage 2 reads."""
+    root = tmp_path_factory.mktemp("stages")
+    data = root / "data"
+    assert main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
+    syrip = data / "syrip"
+    cache, priors = root / "cache", root / "priors.json"
+    assert (
+        main(
+            [
+                "critics",
+                "cache",
+                "--critic",
+                "oracle",
+                "--data",
+                str(syrip),
+                "--annotation",
+                "annotations/200R_1000S/person_keypoints_train_infant.json",
+                "--out",
+                str(cache),
+                "--input-size",
+                "64",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "priors",
+                "fit",
+                "--cache",
+                str(cache),
+                "--data",
+                str(syrip),
+                "--annotation",
+                "annotations/1000S/person_keypoints_train_infant.json",
+                "--out",
+                str(priors),
+                "--min-count",
+                "3",
+            ]
+        )
+        == 0
+    )
+    vae_dir = root / "vae"
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/priors/pose_vae.yaml"),
+            "--config",
+            str(REPO / "configs/demo/pose_vae.yaml"),
+            "--data.init_args.syrip_root",
+            str(syrip),
+            "--data.init_args.mini_rgbd_root",
+            str(data / "mini_rgbd"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(vae_dir),
+            "--trainer.logger.init_args.save_dir",
+            str(vae_dir),
+        ]
+    )
+    vae = next(vae_dir.rglob("last.ckpt"))
+    return {"syrip": syrip, "cache": cache, "priors": priors, "vae": vae, "root": root}
+
+
+def _common(run_dir: Path, steps: int) -> list[str]:
+    return [
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.logger.init_args.save_dir",
+        str(run_dir),
+        "--trainer.num_sanity_val_steps",
+        "0",
+    ]
+
+
+def _small(prefix: str) -> list[str]:
+    """Overrides that make a demo DataModule tiny and single-process."""
+    return [f"{prefix}.input_size", "[64, 64]", f"{prefix}.batch_size", "4", f"{prefix}.num_workers", "0"]
+
+
+def _warmup(prepared, run_dir: Path, steps: int = 2) -> Path:
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/demo/warmup.yaml"),
+            "--model.init_args.input_size",
+            "[64, 64]",
+            "--model.init_args.backbone",
+            "timm:resnet10t",
+            "--data.init_args.root",
+            str(prepared["syrip"]),
+            *_small("--data.init_args"),
+            *_common(run_dir, steps),
+        ]
+    )
+    return next(run_dir.rglob("last.ckpt"))
+
+
+def _adaptation_data(prepared) -> list[str]:
+    src, tgt = "--data.init_args.source.init_args", "--data.init_args.target.init_args"
+    return [
+        f"{src}.root",
+        str(prepared["syrip"]),
+        *_small(src),
+        f"{tgt}.root",
+        str(prepared["syrip"]),
+        *_small(tgt),
+    ]
+
+
+def _uda_args(prepared, run_dir: Path, init: Path, steps: int) -> list[str]:
+    return [
+        "--config",
+        str(REPO / "configs/demo/uda.yaml"),
+        "--model.init_args.input_size",
+        "[64, 64]",
+        "--model.init_args.backbone",
+        "timm:resnet10t",
+        "--model.init_args.init_checkpoint",
+        str(init),
+        "--model.init_args.critic_cache",
+        str(prepared["cache"]),
+        "--model.init_args.pose_prior",
+        str(prepared["vae"]),
+        "--model.init_args.normal_priors",
+        str(prepared["priors"]),
+        # every term from the first step, so a two-step run exercises them all
+        "--model.init_args.loss_terms",
+        '{"cons": {"weight": 1.0}, "manifold": {"weight": 0.05}, "geo_depth": {"weight": 0.1}, '
+        '"geo_norm": {"weight": 0.1}}',
+        *_adaptation_data(prepared),
+        *_common(run_dir, steps),
+    ]
+
+
+def test_supervised_stage_fits_tests_and_predicts(prepared, tmp_path):
+    ckpt = _warmup(prepared, tmp_path / "warmup")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 and any(k.startswith("model.head.") for k in state["state_dict"])
+    real = (
+        ["--config", str(REPO / "configs/demo/oracle.yaml")]
+        if (REPO / "configs/demo/oracle.yaml").exists()
+        else []
+    )
+    args = [
+        "--config",
+        str(REPO / "configs/demo/warmup.yaml"),
+        *real,
+        "--model.init_args.input_size",
+        "[64, 64]",
+        "--model.init_args.backbone",
+        "timm:resnet10t",
+        "--data",
+        "geosapiens.data.datamodules.SyRIPRealDataModule",
+        "--data.init_args.root",
+        str(prepared["syrip"]),
+        "--data.init_args.val_file",
+        "annotations/val_real/person_keypoints_val_infant.json",
+        *_small("--data.init_args"),
+        *_common(tmp_path / "test", 1),
+        "--ckpt_path",
+        str(ckpt),
+    ]
+    main(["test", *args])
+    results = next((tmp_path / "test").rglob("test_metrics.json"))
+    assert '"test/pck@0.1"' in results.read_text()
+
+
+def test_mean_teacher_resumes_student_teacher_schedule_and_optimiser(prepared, tmp_path):
+    init = _warmup(prepared, tmp_path / "warmup")
+    run = tmp_path / "uda"
+    main(["fit", *_uda_args(prepared, run, init, steps=2)])
+    ckpt_path = next(run.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("teacher.") for k in keys) and any(k.startswith("model.") for k in keys)
+    assert not any("critic" in k for k in keys)
+    ema_state = next(v for k, v in ckpt["callbacks"].items() if "EMATeacher" in k)
+    assert ema_state  # the callback's step counter travels with the checkpoint
+    student = {k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    teacher = {k[8:]: v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
+    assert any(not torch.equal(student[k], teacher[k]) for k in student if student[k].is_floating_point())
+
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["step"] = trainer.global_step
+            seen["teacher"] = {k: v.clone() for k, v in pl_module.teacher.state_dict().items()}
+            seen["optim"] = copy.deepcopy(trainer.optimizers[0].state_dict())  # live tensors move on
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("epoch", trainer.current_epoch)
+
+    cli = trainer_cli(_uda_args(prepared, tmp_path / "resumed", init, steps=3), run=False)
+    cli.trainer.callbacks.append(Probe())
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt_path))
+    assert seen["step"] == 2
+    for k, v in teacher.items():
+        torch.testing.assert_close(seen["teacher"][k], v, rtol=0, atol=0)
+    saved_optim = ckpt["optimizer_states"][0]["state"]
+    assert seen["optim"]["state"].keys() == saved_optim.keys()
+    first = next(iter(saved_optim))
+    torch.testing.assert_close(seen["optim"]["state"][first]["exp_avg"], saved_optim[first]["exp_avg"])
+    assert (
+        seen["epoch"] == ckpt["epoch"] + 1
+    )  # two batches per epoch: training (and the schedule) go on at epoch 1
+
+
+def test_fidip_baseline_runs(prepared, tmp_path):
+    init = _warmup(prepared, tmp_path / "warmup")
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/demo/uda.yaml"),
+            "--config",
+            str(REPO / "configs/demo/fidip.yaml"),
+            "--model.init_args.input_size",
+            "[64, 64]",
+            "--model.init_args.backbone",
+            "timm:resnet10t",
+            "--model.init_args.init_checkpoint",
+            str(init),
+            *_adaptation_data(prepared),
+            *_common(tmp_path / "fidip", 2),
+        ]
+    )
+    ckpt = torch.load(next((tmp_path / "fidip").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert any(k.startswith("domain_classifier.") for k in ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 2
+
+
+def test_mean_teacher_runs_under_ddp_with_two_cpu_processes(prepared, tmp_path):
+    init = _warmup(prepared, tmp_path / "warmup")
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "geosapiens.cli",
+        "fit",
+        *_uda_args(prepared, run, init, steps=2),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stderr + done.stdout
+    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] >= 1 and any(k.startswith("teacher.") for k in ckpt["state_dict"])
