@@ -80,6 +80,7 @@ class PoseStage(L.LightningModule):
         pck_thresholds: PCK thresholds reported at validation and test.
         pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head``, ``image``).
         init_checkpoint: Lightning checkpoint whose ``model.*`` weights initialise this stage (stage chaining).
+        grad_checkpointing: per-block activation checkpointing of the backbone (memory for compute).
         pose_model: a ready pose model instead of ``backbone`` + head, e.g. the adult zero-shot
             :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
     """
@@ -103,6 +104,7 @@ class PoseStage(L.LightningModule):
         pck_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2),
         pck_norm: str = "bbox",
         init_checkpoint: str | None = None,
+        grad_checkpointing: bool = False,
         pose_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -111,6 +113,8 @@ class PoseStage(L.LightningModule):
         self.model = pose_model or build_pose_model(backbone, input_size, backbone_kwargs, head_kwargs)
         if init_checkpoint:
             load_model_weights(self.model, init_checkpoint)
+        if grad_checkpointing:
+            self.model.backbone.set_grad_checkpointing(True)
         self.codec = UDPHeatmapCodec((h, w), (h // 4, w // 4), sigma=sigma)
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)

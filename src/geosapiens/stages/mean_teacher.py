@@ -37,7 +37,8 @@ class MeanTeacherAdaptation(PoseStage):
         confidence_threshold: mask teacher joints whose heatmap peak is below this value.
         confidence_quantile: or mask the joints below this quantile of the batch's peaks (one of the two).
         soft_argmax_temperature: temperature of the differentiable keypoints used by geometry and prior.
-        depth_lambda_z: weight of the depth difference in the 2.5D bone length.
+        depth_lambda_z: weight of the (normalised) depth difference in the 2.5D bone length; one unit of
+            normalised depth is a few cm while an image unit spans the crop, hence the small default.
         critic_cache: directory written by ``geosapiens critics cache`` (maps in the canonical crop frame).
         critic: a critic run online on the strong view instead of the cache (costs a forward per step).
         pose_prior: pose VAE checkpoint (``PosePriorTask``); required when ``manifold`` has weight.
@@ -53,7 +54,7 @@ class MeanTeacherAdaptation(PoseStage):
         confidence_threshold: float | None = None,
         confidence_quantile: float | None = 0.3,
         soft_argmax_temperature: float = 0.05,
-        depth_lambda_z: float = 1.0,
+        depth_lambda_z: float = 1e-3,
         critic_cache: str | None = None,
         critic: GeometricCritic | None = None,
         pose_prior: str | None = None,
@@ -116,7 +117,11 @@ class MeanTeacherAdaptation(PoseStage):
         source, target = batch["source"], batch["target"]
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
         n_src = source["image"].shape[0]
-        heatmaps = self.model(torch.cat([source["image"], target["strong"]]))
+        uses_target = any(w[k] > 0 for k in ("cons", "geo_depth", "geo_norm", "manifold"))
+        # Source and strong target views in one forward; the target is left out entirely while no term needs it
+        # (warm-up epochs, the source-only baseline), so BatchNorm statistics never see it then either.
+        images = torch.cat([source["image"], target["strong"]]) if uses_target else source["image"]
+        heatmaps = self.model(images)
         hm_source, hm_strong = heatmaps[:n_src], heatmaps[n_src:]
 
         targets, target_weights = self.codec.encode(source["keypoints"], source["weights"])
