@@ -1,8 +1,8 @@
 """The ``geosapiens`` command.
 
-``fit | validate | test | predict`` go to LightningCLI (subclass mode, stacked ``--config``, ``--print_config``,
-``--ckpt_path last``), exactly as torchgeo's entry point does. The other verbs are small tools, each a
-``main(argv) -> int`` in the module that owns the work, listed in :data:`TOOLS`.
+``fit | validate | test | predict`` go to LightningCLI (subclass mode, stacked ``--config``,
+``--print_config``, ``--ckpt_path last``), exactly as torchgeo's entry point does. The other verbs are small
+tools, each a ``main(argv) -> int`` in the module that owns the work, listed in :data:`TOOLS`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_pri
 
 
 def sample_keypoint_normals(cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64):
-    """(N, K, 3) cached normals at each record's labelled keypoints and (N, K) validity (labelled, on body)."""
+    """(N, K, 3) cached normals at each record's keypoints and (N, K) validity (labelled and on the body)."""
     h, w = cache.input_size
     affines = canonical_affines(records, (h, w), padding)
     normals, valid = [], []

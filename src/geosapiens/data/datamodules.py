@@ -64,7 +64,7 @@ def data_path(path: str | Path) -> Path:
     points every config at their downloaded datasets once, with one environment variable."""
     expanded = os.path.expandvars(str(path))
     if "$" in expanded:
-        raise ValueError(f"{path}: an environment variable in this data path is not set (e.g. GEOSAPIENS_DATA)")
+        raise ValueError(f"{path}: an environment variable in this path is not set (e.g. GEOSAPIENS_DATA)")
     return Path(expanded).expanduser()
 
 

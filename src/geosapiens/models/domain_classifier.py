@@ -1,7 +1,7 @@
 """FiDIP's domain classifier: backbone features -> one real/synthetic logit.
 
-Layer layout after FiDIP's HRNet variant (reference/datasets.md §2.7): two conv-BN-ReLU-maxpool blocks, then an
-MLP 256 -> 64 -> 1. An adaptive pool before the MLP makes it independent of the input size.
+Layer layout after FiDIP's HRNet variant (reference/datasets.md §2.7): two conv-BN-ReLU-maxpool blocks,
+then an MLP 256 -> 64 -> 1. An adaptive pool before the MLP makes it independent of the input size.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def build_pose_model(
     head_kwargs: dict | None = None,
     num_keypoints: int = 17,
 ) -> PoseModel:
-    """Backbone by name (``sapiens_0.6b``, ``sapiens_tiny``, ``timm:resnet18``...) plus a light deconv head."""
+    """Backbone by name (``sapiens_0.6b``, ``sapiens_tiny``, ``timm:resnet18``...) + a light deconv head."""
     kwargs = dict(backbone_kwargs or {})
     if not backbone.startswith("timm:"):
         kwargs.setdefault("img_size", tuple(input_size))
@@ -56,7 +56,8 @@ def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: does not fit the model (missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}); "
+            f"{path}: does not fit the model (missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}); "
             "was it trained with another backbone or keypoint count?"
         )
 
@@ -67,7 +68,7 @@ class PoseStage(L.LightningModule):
     Args:
         backbone: backbone name for :func:`geosapiens.models.backbone.create_backbone`.
         input_size: crop size (H, W); heatmaps are (H/4, W/4).
-        backbone_kwargs: extra backbone arguments (``checkpoint``, ``patch_padding``, ``grad_checkpointing``...).
+        backbone_kwargs: extra backbone arguments (``checkpoint``, ``patch_padding``, ``family``...).
         head_kwargs: extra :class:`DeconvHead` arguments.
         sigma: Gaussian sigma of the heatmap targets, in heatmap pixels.
         encoder_lr: AdamW learning rate of the backbone.
@@ -79,7 +80,7 @@ class PoseStage(L.LightningModule):
         flip_test: average the heatmaps of the image and its mirror at evaluation.
         pck_thresholds: PCK thresholds reported at validation and test.
         pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head``, ``image``).
-        init_checkpoint: Lightning checkpoint whose ``model.*`` weights initialise this stage (stage chaining).
+        init_checkpoint: Lightning checkpoint whose ``model.*`` weights start this stage (stage chaining).
         grad_checkpointing: per-block activation checkpointing of the backbone (memory for compute).
         pose_model: a ready pose model instead of ``backbone`` + head, e.g. the adult zero-shot
             :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
@@ -209,8 +210,8 @@ def param_groups(
 ) -> list[dict]:
     """AdamW groups: no decay for 1-D params and position embeddings; optional layer-wise LR decay.
 
-    Layer ids follow Sapiens' LayerDecayOptimWrapperConstructor: 0 = patch/pos embedding, ``blocks.i`` = i + 1,
-    the rest = L + 1; LR scale = decay ** (L + 1 - id).
+    Layer ids follow Sapiens' LayerDecayOptimWrapperConstructor: 0 = patch/pos embedding,
+    ``blocks.i`` = i + 1, the rest = L + 1; LR scale = decay ** (L + 1 - id).
     """
     num_blocks = len(getattr(getattr(module, "vit", module), "blocks", [])) if layer_decay else 0
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}

@@ -31,7 +31,7 @@ class MeanTeacherAdaptation(PoseStage):
 
     Args:
         loss_terms: weight / start epoch / ramp per term (``sup``, ``cons``, ``geo_depth``, ``geo_norm``,
-            ``manifold``), overriding the plan's layout (:data:`~geosapiens.callbacks.schedule.PLAN_LOSS_TERMS`).
+            ``manifold``), over the plan's layout (:data:`~geosapiens.callbacks.schedule.PLAN_LOSS_TERMS`).
         ema_decay: teacher EMA decay (per optimiser step).
         ema_warmup: ramp the decay up over the first steps (timm ModelEmaV3 warm-up).
         confidence_threshold: mask teacher joints whose heatmap peak is below this value.
@@ -118,7 +118,7 @@ class MeanTeacherAdaptation(PoseStage):
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
         n_src = source["image"].shape[0]
         uses_target = any(w[k] > 0 for k in ("cons", "geo_depth", "geo_norm", "manifold"))
-        # Source and strong target views in one forward; the target is left out entirely while no term needs it
+        # Source and strong target views in one forward; the target is left out while no term needs it
         # (warm-up epochs, the source-only baseline), so BatchNorm statistics never see it then either.
         images = torch.cat([source["image"], target["strong"]]) if uses_target else source["image"]
         heatmaps = self.model(images)
