@@ -24,6 +24,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -53,8 +54,6 @@ RIGHT_COLOR: tuple[int, int, int] = (0, 128, 255)
 CENTER_COLOR: tuple[int, int, int] = (0, 220, 0)
 
 # Sapiens normalisation on 0-255 RGB (reference/sapiens.md §5); the datasets normalise with the same values.
-SAPIENS_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-SAPIENS_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 _SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn at 1/16 px precision
 _SIDES = ("left", "right", "center")
