@@ -284,3 +284,47 @@ def test_mean_teacher_runs_under_ddp_with_two_cpu_processes(prepared, tmp_path):
     assert "Starting with 2 processes" in done.stderr + done.stdout
     ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] >= 1 and any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
+def test_test_time_adaptation_lowers_the_geometric_objective_and_resets(prepared, tmp_path):
+    from geosapiens.data.datamodules import SyRIPRealDataModule
+    from geosapiens.stages import SupervisedPose, TestTimeAdaptation
+
+    torch.manual_seed(0)
+    module = SupervisedPose(backbone="timm:resnet10t", input_size=(64, 64), flip_test=False)
+    trained = {k: v.clone() for k, v in module.model.head.state_dict().items()}
+    data = SyRIPRealDataModule(
+        prepared["syrip"],
+        mode="labelled",
+        input_size=(64, 64),
+        batch_size=3,
+        num_workers=0,
+        train_file="annotations/200R/person_keypoints_train_infant.json",
+        test_file="annotations/200R/person_keypoints_train_infant.json",
+        val_fraction=0.0,
+    )
+    tta = TestTimeAdaptation(
+        steps=8,
+        lr=1e-3,
+        critic_cache=str(prepared["cache"]),
+        normal_priors=str(prepared["priors"]),
+        pose_prior=str(prepared["vae"]),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        inference_mode=False,
+        callbacks=[tta],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.test(module, datamodule=data)
+    assert len(tta.history) >= 2
+    assert all(after < before for before, after in tta.history)
+    for k, v in module.model.head.state_dict().items():  # the trained head is back after testing
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
+
+    with pytest.raises(RuntimeError, match="inference_mode"):
+        L.Trainer(accelerator="cpu", callbacks=[TestTimeAdaptation()], logger=False).test(
+            module, datamodule=data
+        )

@@ -4,5 +4,12 @@ from geosapiens.stages.adversarial import AdversarialAdaptation
 from geosapiens.stages.base import PoseStage
 from geosapiens.stages.mean_teacher import MeanTeacherAdaptation
 from geosapiens.stages.supervised import SupervisedPose
+from geosapiens.stages.tta import TestTimeAdaptation
 
-__all__ = ["AdversarialAdaptation", "MeanTeacherAdaptation", "PoseStage", "SupervisedPose"]
+__all__ = [
+    "AdversarialAdaptation",
+    "MeanTeacherAdaptation",
+    "PoseStage",
+    "SupervisedPose",
+    "TestTimeAdaptation",
+]
