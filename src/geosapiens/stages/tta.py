@@ -29,7 +29,7 @@ class TestTimeAdaptation(L.Callback):
     Args:
         steps: gradient steps per batch (k).
         lr: Adam learning rate of the head.
-        critic_cache: critic cache covering the test images (``geosapiens critics cache``); None = no geometry.
+        critic_cache: critic cache of the test images (``geosapiens critics cache``); None = no geometry.
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
         weights: loss weights (``geo_depth``, ``geo_norm``, ``manifold``, ``temporal``).
