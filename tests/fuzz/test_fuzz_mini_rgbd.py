@@ -339,3 +339,68 @@ def test_mutated_mini_rgbd_loads_valid_records_or_fails_naming_the_file(base, tm
     if category != "benign" and len(case_seeds) >= 20:  # the mutations must bite, and not only bite
         assert refused >= 0.3 * (refused + accepted), (refused, accepted)
         assert accepted > 0, (refused, accepted)
+
+
+def _token(path: Path, line: int, column: int, token: str) -> None:
+    lines = path.read_text().splitlines()
+    tokens = lines[line].split()
+    tokens[column] = token
+    lines[line] = " ".join(tokens)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _replace(path: Path, make) -> None:
+    path.unlink()
+    make(path)
+
+
+# Faults the fuzzing found: each crashed the reader (another exception type), hung it, put inf in a record,
+# or produced a message of hundreds of kilobytes.
+FOUND = [
+    (
+        "rgb-bomb-header",
+        lambda p: p["rgb"].write_bytes(_png(100_000, 100_000)),
+        "exceeds limit of 178956970 pixels",
+    ),
+    ("depth-bomb-header", lambda p: p["depth"].write_bytes(_png(100_000, 100_000)), "OpenCV refused it"),
+    ("mask-bomb-header", lambda p: p["mask"].write_bytes(_png(100_000, 100_000)), "OpenCV refused it"),
+    ("joint-fifo", lambda p: _replace(p["joints_2d"], os.mkfifo), "joint file is not a regular file"),
+    (
+        "joint-dev-zero",
+        lambda p: _replace(p["joints_3d"], lambda q: q.symlink_to("/dev/zero")),
+        "not a regular",
+    ),
+    (
+        "joint-1e300",
+        lambda p: _token(p["joints_3d"], 6, 0, "1e300"),
+        "value beyond the float32 range in '1e300",
+    ),
+    (
+        "joint-100000-digits",
+        lambda p: _token(p["joints_2d"], 6, 0, "1" * 100_000),
+        "non-finite value in '1111",
+    ),
+]
+
+
+@pytest.mark.parametrize(("plant", "text"), [f[1:] for f in FOUND], ids=[f[0] for f in FOUND])
+def test_faults_found_by_fuzzing_are_refused_with_a_clear_message(base, tmp_path, plant, text):
+    case = Case(0, tmp_path / "root")
+    shutil.copytree(base, case.root)
+    plant(frame_paths(case.root, SEQUENCE, "00001"))
+    for projection in (True, False):
+        outcome = run_case(
+            case,
+            lambda projection=projection: read_mini_rgbd(case.root, check_projection=projection),
+            lambda: check_dataset(case.root),
+            lambda record: validate(record, case.root),
+        )
+        assert outcome.error is not None and text in str(outcome.error), outcome.error
+
+
+def test_checker_names_the_missing_folder_not_every_file_beside_it(base, tmp_path):
+    root = Path(shutil.copytree(base, tmp_path / "root"))
+    shutil.rmtree(root / SEQUENCE / "fg_mask")
+    assert [(p.path, p.problem) for p in check_dataset(root)] == [
+        (str(root / SEQUENCE / "fg_mask"), "folder missing from sequence 01")
+    ]

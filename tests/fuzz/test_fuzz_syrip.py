@@ -529,3 +529,96 @@ def test_mutated_syrip_loads_valid_records_or_fails_naming_the_file(base, tmp_pa
         assert refused >= 0.3 * (refused + accepted), (refused, accepted)
         if category != "text":
             assert accepted > 0, (refused, accepted)
+
+
+def _first(doc: dict, key: str) -> dict:
+    return doc[key][0]
+
+
+# Faults the fuzzing found: each crashed the reader or the checker with another exception type, put a
+# non-finite or zero-size value in a record, dropped an annotation silently, or produced a giant message.
+FOUND = [
+    (
+        "int-5000-digits",
+        lambda d, t: t.replace(b'"width": ', b'"width": ' + b"1" * 5000, 1),
+        "Exceeds the limit",
+    ),
+    (
+        "nested-100000",
+        lambda d, t: t.replace(b'"bbox_head": []', b'"bbox_head": ' + b"[" * 100_000 + b"]" * 100_000, 1),
+        "cannot read the annotation file as JSON: values nested too deeply",
+    ),
+    (
+        "category-list",
+        lambda d, t: _first(d, "annotations").update(category_id=[1]),
+        "'category_id' [1] is not in",
+    ),
+    (
+        "category-dict",
+        lambda d, t: _first(d, "annotations").update(category_id={}),
+        "'category_id' {} is not in",
+    ),
+    (
+        "keypoint-int-10e400",
+        lambda d, t: _first(d, "annotations")["keypoints"].__setitem__(3, 10**400),
+        "x is 100000000000000000...0000000000000000000, beyond the float32 range",
+    ),
+    (
+        "keypoint-3.5e38",
+        lambda d, t: _first(d, "annotations")["keypoints"].__setitem__(4, 3.5e38),
+        "y is 3.5e+38, beyond the float32 range",
+    ),
+    (
+        "bbox-int-10e400",
+        lambda d, t: _first(d, "annotations")["bbox"].__setitem__(0, 10**400),
+        "is not finite",
+    ),
+    (
+        "bbox-1e39",
+        lambda d, t: _first(d, "annotations")["bbox"].__setitem__(0, 1e39),
+        "beyond the float32 range",
+    ),
+    ("bbox-w-1e-50", lambda d, t: _first(d, "annotations")["bbox"].__setitem__(2, 1e-50), "size (w=0, h="),
+    (
+        "area-int-10e400",
+        lambda d, t: _first(d, "annotations").update(area=10**400),
+        "expected a finite non-negative",
+    ),
+    ("width-int-10e30", lambda d, t: _first(d, "images").update(width=10**30), "(at most 1048576)"),
+    (
+        "iscrowd-string",
+        lambda d, t: _first(d, "annotations").update(iscrowd="0"),
+        "'iscrowd' is '0', expected 0 or 1",
+    ),
+    (
+        "file-name-nul",
+        lambda d, t: _first(d, "images").update(file_name="x\x00.jpg"),
+        "is not a valid file name",
+    ),
+    (
+        "file-name-surrogate",
+        lambda d, t: _first(d, "images").update(file_name="\ud800.jpg"),
+        "not a valid file name",
+    ),
+    (
+        "file-name-300",
+        lambda d, t: _first(d, "images").update(file_name="a" * 300),
+        "cannot be looked up: File name",
+    ),
+    (
+        "bbox-3000-values",
+        lambda d, t: _first(d, "annotations").update(bbox=list(range(3000))),
+        "'bbox' is [0, 1, 2",
+    ),
+]
+
+
+@pytest.mark.parametrize(("plant", "text"), [f[1:] for f in FOUND], ids=[f[0] for f in FOUND])
+def test_faults_found_by_fuzzing_are_refused_with_a_clear_message(base, tmp_path, plant, text):
+    doc, cache = copy.deepcopy(base[0]), base[1]
+    case = Case(0, tmp_path / "root")
+    make_root(case, doc, cache)
+    planted = plant(doc, json.dumps(doc).encode())
+    (case.root / ANN).write_bytes(planted if isinstance(planted, bytes) else json.dumps(doc).encode())
+    outcome = run(case)  # every promise of the fuzz cases, plus:
+    assert outcome.error is not None and text in str(outcome.error), outcome.error

@@ -407,7 +407,7 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
 def _imread(path: Path, flags: int, report: Reporter, what: str) -> np.ndarray | None:
     if not path.is_file():
-        report(path, f"{what} missing")
+        report(path, f"{what} is not a regular file" if path.exists() else f"{what} missing")
         return None
     try:
         image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -422,7 +422,8 @@ def _imread(path: Path, flags: int, report: Reporter, what: str) -> np.ndarray |
 def _rgb_size(path: Path, report: Reporter) -> tuple[int, int] | None:
     """(width, height) from the RGB image's header; the image itself is decoded by the dataset, later."""
     if not path.is_file():
-        report(path, "RGB image missing for this frame's joint files")
+        missing = "is not a regular file" if path.exists() else "missing"
+        report(path, f"RGB image {missing} for this frame's joint files")
         return None
     try:
         with Image.open(path) as image:

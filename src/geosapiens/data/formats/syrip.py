@@ -138,8 +138,11 @@ def parse_syrip(
     root = Path(root).absolute()
     ann_path = Path(annotation_file)
     ann_path = (ann_path if ann_path.is_absolute() else root / ann_path).absolute()
-    if not ann_path.is_file():
-        report(ann_path, "annotation file missing")
+    if not ann_path.is_file():  # a FIFO would block json.load forever, a link to /dev/zero never end
+        report(
+            ann_path,
+            "annotation file is not a regular file" if ann_path.exists() else "annotation file missing",
+        )
         return None
     if image_dir is None:
         image_dir = default_image_dir(ann_path)
@@ -283,7 +286,8 @@ def _parse_image(
         report(ann_path, f"file name {_brief(file_name)} cannot be looked up: {e.strerror}", where)
         return image_id
     if dir_exists and not exists:
-        report(path, f"image file missing (listed in {ann_path.name})", where)
+        missing = "is not a regular file" if path.exists() else "missing"
+        report(path, f"image file {missing} (listed in {ann_path.name})", where)
     return SyripImage(image_id, path, width, height, bool(is_synthetic), exists)
 
 
