@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from geosapiens.data.formats import Problem, Reporter
 from geosapiens.data.formats.mini_rgbd import (
@@ -210,7 +210,8 @@ def _check_mini_rgbd(path: Path) -> CheckResult:
     for seq_dir in seq_dirs:
         seq_frames = list_frames(seq_dir, report)
         frames += seq_frames
-        _report_orphans(seq_dir, {p.stem for p in seq_frames}, report)
+        if seq_frames:  # else list_frames said why (a folder missing...): every file would look orphaned
+            _report_orphans(seq_dir, {p.stem for p in seq_frames}, report)
 
     def check(paths: FramePaths) -> list[Problem]:
         frame_report = Reporter(collect=True)
@@ -271,6 +272,9 @@ def decode_image(path: Path, report: Reporter, record: str | None = None) -> tup
             image.load()
             size = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except UnidentifiedImageError:  # its message would name the in-memory buffer, not the file
+        report(path, "cannot decode the image: not in any image format Pillow reads", record)
+        return None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... depending on the decoder
         report(path, f"cannot decode the image: {e}", record)
         return None

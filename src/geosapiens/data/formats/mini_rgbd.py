@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ SEQUENCE_NAME = re.compile(r"^\d{2}$")
 _JOINT_2D_NAME = re.compile(r"^syn_joints_2Ddep_(\d+)\.txt$")
 _NUM_JOINTS = SMIL25.num_keypoints
 _FOLDERS = ("rgb", "depth", "fg_mask", "joints_2Ddep", "joints_3D")
+# Records hold float32: a value beyond this would become inf in the record.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Messages quote a bad token or line cut short, never a whole corrupted line.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = 100
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -235,11 +241,11 @@ def parse_joint_file(path: Path, report: Reporter) -> np.ndarray | None:
     Every malformed line is reported (line numbers are 1-based); None when any is.
     """
     columns = "'x y depth id'" if path.name.startswith("syn_joints_2Ddep") else "'x y z id'"
+    if not path.is_file():  # reading a FIFO would block forever, a link to /dev/zero would never end
+        report(path, "joint file is not a regular file" if path.exists() else "joint file missing")
+        return None
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        report(path, "joint file missing")
-        return None
     except (OSError, UnicodeDecodeError) as e:
         report(path, f"cannot read the joint file: {e}")
         return None
@@ -260,14 +266,18 @@ def parse_joint_file(path: Path, report: Reporter) -> np.ndarray | None:
             out[i] = [float(t) for t in tokens]
         except ValueError:
             bad = next(t for t in tokens if not _is_float(t))
-            report(path, f"{bad!r} is not a number", where)
+            report(path, f"{_BRIEF.repr(bad)} is not a number", where)
             ok = False
             continue
+        joint = f"(joint {i}, {SMIL25.names[i]})"
         if not np.isfinite(out[i]).all():
-            report(path, f"non-finite value in {line.strip()!r} (joint {i}, {SMIL25.names[i]})", where)
+            report(path, f"non-finite value in {_BRIEF.repr(line.strip())} {joint}", where)
+            ok = False
+        elif (np.abs(out[i]) > _FLOAT32_MAX).any():
+            report(path, f"value beyond the float32 range in {_BRIEF.repr(line.strip())} {joint}", where)
             ok = False
         elif out[i, 3] != i:
-            report(path, f"joint id {tokens[3]}, expected {i} (lines must be in joint-id order)", where)
+            report(path, f"joint id {out[i, 3]:g}, expected {i} (lines must be in joint-id order)", where)
             ok = False
     return out if ok else None
 
@@ -397,9 +407,13 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
 def _imread(path: Path, flags: int, report: Reporter, what: str) -> np.ndarray | None:
     if not path.is_file():
-        report(path, f"{what} missing")
+        report(path, f"{what} is not a regular file" if path.exists() else f"{what} missing")
         return None
-    image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as e:  # OpenCV 5 raises (not returns None) when the header claims too many pixels
+        report(path, f"cannot decode the {what}: OpenCV refused it ({getattr(e, 'err', e)})")
+        return None
     if image is None:
         report(path, f"cannot decode the {what} (truncated or not an image)")
     return image
@@ -408,12 +422,13 @@ def _imread(path: Path, flags: int, report: Reporter, what: str) -> np.ndarray |
 def _rgb_size(path: Path, report: Reporter) -> tuple[int, int] | None:
     """(width, height) from the RGB image's header; the image itself is decoded by the dataset, later."""
     if not path.is_file():
-        report(path, "RGB image missing for this frame's joint files")
+        missing = "is not a regular file" if path.exists() else "missing"
+        report(path, f"RGB image {missing} for this frame's joint files")
         return None
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:  # a header claiming billions of pixels is the latter
         report(path, f"cannot read the RGB image header: {e}")
         return None
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -41,6 +43,15 @@ PLACEHOLDER_XY = (-45.0, -45.0)
 # ``area`` further than this fraction from bbox w*h marks the record ``area_suspect``.
 AREA_TOLERANCE = 0.10
 _NUM_VALUES = 3 * COCO17.num_keypoints
+# No decoder opens a wider or taller image (OpenCV's CV_IO_MAX_IMAGE_WIDTH); a larger size is a corrupt field.
+MAX_IMAGE_SIDE = 1 << 20
+# Records hold float32: a number beyond this would become inf in the record.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Messages quote the bad value cut short, never a whole corrupted field.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 80
+_BRIEF.maxlong = 40
+_BRIEF.maxlist = 8
 _ANNOTATION_NAME = re.compile(r"person_keypoints_(.+)\.json$")
 
 
@@ -127,8 +138,11 @@ def parse_syrip(
     root = Path(root).absolute()
     ann_path = Path(annotation_file)
     ann_path = (ann_path if ann_path.is_absolute() else root / ann_path).absolute()
-    if not ann_path.is_file():
-        report(ann_path, "annotation file missing")
+    if not ann_path.is_file():  # a FIFO would block json.load forever, a link to /dev/zero never end
+        report(
+            ann_path,
+            "annotation file is not a regular file" if ann_path.exists() else "annotation file missing",
+        )
         return None
     if image_dir is None:
         image_dir = default_image_dir(ann_path)
@@ -181,8 +195,11 @@ def _load_json(path: Path, report: Reporter) -> dict[str, Any] | None:
     try:
         with path.open("rb") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, an int of over 4300 digits
         report(path, f"cannot read the annotation file as JSON: {e}")
+        return None
+    except RecursionError:
+        report(path, "cannot read the annotation file as JSON: values nested too deeply")
         return None
     if not isinstance(data, dict):
         report(path, f"not COCO: the top level is a {type(data).__name__}, expected an object")
@@ -226,7 +243,7 @@ def _parse_image(
         return None
     image_id = entry.get("id")
     if not _is_int(image_id):
-        report(ann_path, f"not COCO: image 'id' is {image_id!r}, expected an integer", where)
+        report(ann_path, f"not COCO: image 'id' is {_brief(image_id)}, expected an integer", where)
         return None
     where = f"image {image_id}"
     if image_id in first_index:
@@ -239,16 +256,17 @@ def _parse_image(
     ok = True
     file_name = entry.get("file_name")
     if not isinstance(file_name, str) or not file_name:
-        report(ann_path, f"not COCO: 'file_name' is {file_name!r}, expected a non-empty string", where)
+        report(ann_path, f"not COCO: 'file_name' is {_brief(file_name)}, expected a non-empty string", where)
         ok = False
     width, height = entry.get("width"), entry.get("height")
     for key, value in (("width", width), ("height", height)):
-        if not _is_int(value) or value <= 0:
-            report(ann_path, f"not COCO: '{key}' is {value!r}, expected a positive integer", where)
+        if not _is_int(value) or not 0 < value <= MAX_IMAGE_SIDE:
+            expected = f"expected a positive integer (at most {MAX_IMAGE_SIDE})"
+            report(ann_path, f"not COCO: '{key}' is {_brief(value)}, {expected}", where)
             ok = False
     is_synthetic = entry.get("is_synthetic", False)
     if not isinstance(is_synthetic, bool) and is_synthetic not in (0, 1):
-        report(ann_path, f"'is_synthetic' is {is_synthetic!r}, expected true or false", where)
+        report(ann_path, f"'is_synthetic' is {_brief(is_synthetic)}, expected true or false", where)
         ok = False
     if not ok:
         return image_id
@@ -257,12 +275,19 @@ def _parse_image(
     if path is None:
         return image_id
     if file_name in first_file:
-        report(ann_path, f"file name {file_name!r} is also used by image {first_file[file_name]}", where)
+        report(
+            ann_path, f"file name {_brief(file_name)} is also used by image {first_file[file_name]}", where
+        )
         return image_id
     first_file[file_name] = image_id
-    exists = path.is_file()
+    try:
+        exists = path.is_file()
+    except OSError as e:  # a name the filesystem cannot hold (ENAMETOOLONG) is not just "missing"
+        report(ann_path, f"file name {_brief(file_name)} cannot be looked up: {e.strerror}", where)
+        return image_id
     if dir_exists and not exists:
-        report(path, f"image file missing (listed in {ann_path.name})", where)
+        missing = "is not a regular file" if path.exists() else "missing"
+        report(path, f"image file {missing} (listed in {ann_path.name})", where)
     return SyripImage(image_id, path, width, height, bool(is_synthetic), exists)
 
 
@@ -271,22 +296,30 @@ def _safe_image_path(
 ) -> Path | None:
     """``image_root / file_name``, or None when the name is absolute, climbs out of the image folder with
     ``..``, or resolves (through a symlink) outside the dataset root."""
+    try:
+        os.fsencode(file_name)
+        unusable = "\x00" in file_name
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON) cannot name a file
+        unusable = True
+    if unusable:
+        report(ann_path, f"file name {_brief(file_name)} is not a valid file name", where)
+        return None
     if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
         report(
             ann_path,
-            f"file name {file_name!r} is absolute: COCO file names are relative to the image folder",
+            f"file name {_brief(file_name)} is absolute: COCO file names are relative to the image folder",
             where,
         )
         return None
     if posixpath.normpath(file_name.replace("\\", "/")).split("/")[0] == "..":
-        report(ann_path, f"file name {file_name!r} escapes the image folder with '..'", where)
+        report(ann_path, f"file name {_brief(file_name)} escapes the image folder with '..'", where)
         return None
     path = image_root / file_name
     real = path.resolve()
     if not any(real.is_relative_to(base) for base in allowed):
         report(
             ann_path,
-            f"file name {file_name!r} escapes the dataset root through a symlink (resolves to {real})",
+            f"file name {_brief(file_name)} escapes the dataset root through a symlink (resolves to {real})",
             where,
         )
         return None
@@ -309,7 +342,7 @@ def _parse_annotation(
         return None
     ann_id = entry.get("id")
     if not _is_int(ann_id):
-        report(ann_path, f"not COCO: annotation 'id' is {ann_id!r}, expected an integer", where)
+        report(ann_path, f"not COCO: annotation 'id' is {_brief(ann_id)}, expected an integer", where)
         return None
     where = f"annotation {ann_id}"
     ok = True
@@ -324,7 +357,7 @@ def _parse_annotation(
     image_id = entry.get("image_id")
     image = None
     if not _is_int(image_id):
-        report(ann_path, f"not COCO: 'image_id' is {image_id!r}, expected an integer", where)
+        report(ann_path, f"not COCO: 'image_id' is {_brief(image_id)}, expected an integer", where)
         ok = False
     elif image_id in images:
         image = images[image_id]
@@ -334,17 +367,21 @@ def _parse_annotation(
         report(ann_path, f"annotation for image id {image_id}, which is not in 'images'", where)
         ok = False
     category = entry.get("category_id")
-    if categories and category not in categories:
-        report(ann_path, f"'category_id' {category!r} is not in 'categories'", where)
+    if categories and (not _is_int(category) or category not in categories):
+        report(ann_path, f"'category_id' {_brief(category)} is not in 'categories'", where)
         ok = False
-    if entry.get("iscrowd", 0):
+    iscrowd = entry.get("iscrowd", 0)
+    if iscrowd not in (0, 1):  # anything else would silently drop the annotation as a crowd
+        report(ann_path, f"'iscrowd' is {_brief(iscrowd)}, expected 0 or 1", where)
+        ok = False
+    elif iscrowd:
         return None  # crowd regions carry no keypoints: not a single-person pose target
 
     keypoints = _parse_keypoints(entry.get("keypoints"), ann_path, where, report)
     bbox = _parse_bbox(entry.get("bbox"), ann_path, where, report)
     area = entry.get("area")
-    if area is not None and (not _is_number(area) or not math.isfinite(area) or area < 0):
-        report(ann_path, f"'area' is {area!r}, expected a finite non-negative number", where)
+    if area is not None and (not _is_number(area) or not math.isfinite(_as_float(area)) or area < 0):
+        report(ann_path, f"'area' is {_brief(area)}, expected a finite non-negative number", where)
         ok = False
     if not ok or image is None or keypoints is None or bbox is None:
         return None
@@ -379,12 +416,14 @@ def _parse_keypoints(values: Any, ann_path: Path, where: str, report: Reporter) 
         return None
     bad = [i for i, value in enumerate(values) if not _is_number(value)]
     if bad:
-        report(ann_path, f"'keypoints' value {bad[0]} is {values[bad[0]]!r}, not a number", where)
+        report(ann_path, f"'keypoints' value {bad[0]} is {_brief(values[bad[0]])}, not a number", where)
         return None
-    kpts = np.asarray(values, dtype=np.float64).reshape(COCO17.num_keypoints, 3)
+    kpts = np.array([_as_float(v) for v in values]).reshape(COCO17.num_keypoints, 3)
     ok = True
-    for k, axis in zip(*np.nonzero(~np.isfinite(kpts)), strict=True):
-        report(ann_path, f"keypoint {k} ({COCO17.names[k]}): {'xyv'[axis]} is {kpts[k, axis]}", where)
+    for k, axis in zip(*np.nonzero(~(np.abs(kpts) <= _FLOAT32_MAX)), strict=True):
+        value = values[3 * k + axis]
+        beyond = ", beyond the float32 range" if isinstance(value, int) or math.isfinite(value) else ""
+        report(ann_path, f"keypoint {k} ({COCO17.names[k]}): {'xyv'[axis]} is {_brief(value)}{beyond}", where)
         ok = False
     for k in np.nonzero(np.isfinite(kpts[:, 2]) & ~np.isin(kpts[:, 2], (0, 1, 2)))[0]:
         report(
@@ -396,16 +435,32 @@ def _parse_keypoints(values: Any, ann_path: Path, where: str, report: Reporter) 
 
 def _parse_bbox(values: Any, ann_path: Path, where: str, report: Reporter) -> np.ndarray | None:
     if not isinstance(values, list) or len(values) != 4 or not all(_is_number(v) for v in values):
-        report(ann_path, f"'bbox' is {values!r}, expected 4 numbers [x, y, w, h]", where)
+        report(ann_path, f"'bbox' is {_brief(values)}, expected 4 numbers [x, y, w, h]", where)
         return None
-    box = np.asarray(values, dtype=np.float64)
+    box = np.array([_as_float(v) for v in values])
     if not np.isfinite(box).all():
-        report(ann_path, f"'bbox' {values} is not finite", where)
+        report(ann_path, f"'bbox' {_brief(values)} is not finite", where)
         return None
-    if box[2] <= 0 or box[3] <= 0:
-        report(ann_path, f"'bbox' {values} has a zero or negative size (w={box[2]:g}, h={box[3]:g})", where)
+    if (np.abs(box) > _FLOAT32_MAX).any():
+        report(ann_path, f"'bbox' {_brief(values)} is beyond the float32 range", where)
+        return None
+    w, h = box[2:].astype(np.float32)  # as the record will hold them: 1e-50 is 0 in float32
+    if w <= 0 or h <= 0:
+        report(ann_path, f"'bbox' {_brief(values)} has a zero or negative size (w={w:g}, h={h:g})", where)
         return None
     return box
+
+
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; an integer too large for a float becomes +-inf (and is reported)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _brief(value: Any) -> str:
+    return _BRIEF.repr(value)
 
 
 def _is_int(value: Any) -> bool:

@@ -1,0 +1,185 @@
+"""Atomic file writing: a crash, a kill or a full disk never leaves a half-written file where a good one was.
+
+Every writer here writes a temporary file in the target's own directory, flushes and fsyncs it, then
+``os.replace``s it over the target (atomic within one filesystem, POSIX and Windows) and fsyncs the directory
+so that the rename survives a power cut. Until the replace the previous file is untouched; after it the new
+file is complete. On an error the temporary file is removed; only a process killed outright (SIGKILL, power
+loss) can leave one behind, named ``.<target name>.<random>.tmp`` beside the target, never the target itself.
+
+Lightning's default ``TorchCheckpointIO`` also calls its save atomic, but it serialises the whole checkpoint
+into memory, writes it to the *system* temporary folder through an fsspec transaction and ``shutil.move``s it
+into place, without fsync. When ``/tmp`` is another filesystem than the checkpoint folder (a tmpfs, a
+node-local disk beside network storage: the usual cluster setup) that move is a copy into the target path, so
+a kill or a full disk during it leaves a truncated checkpoint. :class:`AtomicCheckpointIO` writes in place,
+as above.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "AtomicCheckpointIO"]
+
+# Errors that mean "no room": the message tells the user to free space.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
+    """Open ``path`` for writing so that it ends up either complete or as it was before.
+
+    Writes go to a temporary file beside ``path``; when the ``with`` block ends without an error the file is
+    fsynced and renamed over ``path``. The new file keeps the permissions of the one it replaces (a new file
+    gets the usual ``0o666 & ~umask``). A symlink at ``path`` is replaced by the file, not followed.
+
+    Args:
+        path: the file to (re)write; its folder must exist.
+        mode: ``"wb"`` (binary) or ``"w"`` (text).
+        encoding: text encoding for ``mode="w"`` (default UTF-8).
+
+    Raises:
+        OSError: when writing fails (same errno), with a message naming ``path`` and saying that the previous
+            file was kept; on a full disk or quota it says so and asks to free space.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write replaces the whole file: mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    existed = path.exists()
+    tmp: Path | None = None
+    try:
+        tmp, fd = _create_temp(path)
+        text = {} if "b" in mode else {"encoding": encoding or "utf-8"}
+        with open(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        kept = "the previous file was kept unchanged" if existed else "no file was created"
+        if isinstance(e, OSError) and e.errno is not None:
+            hint = " Free some space (or raise the quota) and save again." if e.errno in _NO_SPACE else ""
+            raise OSError(e.errno, f"{e.strerror or e} while writing {path}: {kept}.{hint}") from e
+        e.add_note(f"{path} was not written: {kept}.")
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_write`, streamed (no second copy in memory)."""
+    with atomic_write(path, "wb") as f:
+        guard = _WriteGuard(f)
+        try:
+            torch.save(obj, guard)
+        except RuntimeError:
+            # torch's C++ writer turns the OSError of a failed write (ENOSPC) into "unexpected pos ...";
+            # give atomic_write the real error so the user reads "No space left on device".
+            if guard.error is not None:
+                raise guard.error from None
+            raise
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, *, indent: int | None = 2, **kwargs: Any) -> None:
+    """``json.dump(obj)`` to ``path`` (UTF-8, newline-terminated) through :func:`atomic_write`.
+
+    ``kwargs`` go to :func:`json.dump` (``sort_keys``, ``allow_nan``, ``default``...). An object that cannot
+    be serialised leaves ``path`` as it was.
+    """
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=indent, **kwargs)
+        f.write("\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that saves atomically in place: ``Trainer(plugins=[AtomicCheckpointIO()])``.
+
+    Local paths are written with :func:`atomic_torch_save`: a kill or a full disk during a save leaves the
+    previous checkpoint loadable. Remote URLs (``s3://``, ``gs://`` ...) go through Lightning's own writer:
+    an object store's upload is already all-or-nothing. Loading and removal are Lightning's.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        fs, local = fsspec.core.url_to_fs(str(path))
+        if not isinstance(fs, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path)
+            return
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(checkpoint, local)
+
+
+class _WriteGuard:
+    """A file-like ``write`` that keeps the OSError it raised (torch.save hides it behind a RuntimeError)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _create_temp(path: Path) -> tuple[Path, int]:
+    """A new, empty, exclusively created temporary file beside ``path``: (its path, an open descriptor)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None  # no previous file: os.open's 0o666 with the process umask, as open() would give
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            try:
+                os.chmod(tmp, mode)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+        return tmp, fd
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and all of Windows) refuse fsync on a directory: the data itself is synced
+    finally:
+        os.close(fd)
