@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from geosapiens.callbacks.results import RESULTS_FILENAME, TestResultsWriter, atomic_open, atomic_write
+from geosapiens.callbacks.results import RESULTS_FILENAME, TestResultsWriter
+from geosapiens.io import atomic_write, atomic_write_file
 
 # Dyadic values: exact in the float32 tensors self.log keeps.
 LOGGED = {"test/pck@0.1": 0.75, "test/pck@0.1/nose": 0.25, "test/AP": 0.625, "test/g_error": 0.03125}
@@ -79,11 +80,11 @@ def test_explicit_folder_and_curve_from_the_module(tmp_path):
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
-    path = atomic_write(tmp_path / "a" / "f.txt", "old\n")
-    with pytest.raises(RuntimeError), atomic_open(path, "w") as f:
+    path = atomic_write_file(tmp_path / "a" / "f.txt", "old\n")
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as f:
         f.write("half")
         raise RuntimeError("crash while writing")
     assert path.read_text() == "old\n"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # the temporary file is gone
-    atomic_write(path, b"new")
+    atomic_write_file(path, b"new")
     assert path.read_bytes() == b"new"

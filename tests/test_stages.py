@@ -228,6 +228,7 @@ def test_mean_teacher_resumes_student_teacher_schedule_and_optimiser(prepared, t
 
     cli = trainer_cli(_uda_args(prepared, tmp_path / "resumed", init, steps=3), run=False)
     cli.trainer.callbacks.append(Probe())
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"  # the CLI's default
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(ckpt_path))
     assert seen["step"] == 2
     for k, v in teacher.items():

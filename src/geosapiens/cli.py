@@ -45,8 +45,16 @@ def trainer_cli(args: list[str], run: bool = True):
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
+    from geosapiens.io import AtomicCheckpointIO
 
-    return LightningCLI(
+    class GeoSapiensCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):
+            # Checkpoints land whole or not at all: a kill or a full disk mid-save keeps the previous one.
+            if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+                kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+            return super().instantiate_trainer(**kwargs)
+
+    return GeoSapiensCLI(
         model_class=LightningModule,
         datamodule_class=LightningDataModule,
         subclass_mode_model=True,

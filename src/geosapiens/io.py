@@ -31,7 +31,13 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["atomic_write", "atomic_torch_save", "atomic_write_json", "AtomicCheckpointIO"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_file",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "AtomicCheckpointIO",
+]
 
 # Errors that mean "no room": the message tells the user to free space.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -78,6 +84,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
         e.add_note(f"{path} was not written: {kept}.")
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_write_file(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to ``path`` with :func:`atomic_write`, creating its folder; returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

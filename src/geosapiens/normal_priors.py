@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from geosapiens.errors import DataError
+from geosapiens.io import atomic_write_json
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -163,7 +164,7 @@ def save_normal_priors(path: str | Path, priors: NormalPriors) -> None:
         "count": priors.count.tolist(),
         "extra": priors.extra,
     }
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_json(doc, path, indent=1)
 
 
 def load_normal_priors(path: str | Path, *, critic: str | None = None) -> NormalPriors:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from geosapiens.callbacks.results import atomic_open, atomic_write
+from geosapiens.io import atomic_write, atomic_write_file
 from geosapiens.skeleton import COCO17
 
 __all__ = ["PredictionWriter", "prediction_rows", "merge_rows", "coco_results", "track_columns"]
@@ -233,7 +233,7 @@ class PredictionWriter(BasePredictionWriter):
 
         if trainer.world_size > 1:
             parts = self.directory / PARTS_DIRNAME
-            atomic_write(parts / f"rank{trainer.global_rank}.json", json.dumps(rows))
+            atomic_write_file(parts / f"rank{trainer.global_rank}.json", json.dumps(rows))
             trainer.strategy.barrier("PredictionWriter.parts")
             if trainer.is_global_zero:
                 shares = [
@@ -261,12 +261,12 @@ class PredictionWriter(BasePredictionWriter):
         out = self.directory
         stem, ext = Path(self.results_name).stem, Path(self.results_name).suffix or ".json"
         written = [
-            atomic_write(out / f"{stem}{suffix}{ext}", json.dumps(coco_results(rows, self.category_id)))
+            atomic_write_file(out / f"{stem}{suffix}{ext}", json.dumps(coco_results(rows, self.category_id)))
         ]
         tracks = _tracks(rows)
         if tracks:
             csv_path = out / f"{self.tracks_name}{suffix}.csv"
-            with atomic_open(csv_path, "w", encoding="utf-8", newline="") as f:
+            with atomic_write(csv_path, "w") as f:
                 writer = csv.writer(f)
                 writer.writerow(track_columns(self.keypoint_names))
                 for seq, seq_rows in tracks.items():
@@ -279,6 +279,7 @@ class PredictionWriter(BasePredictionWriter):
                         writer.writerow([seq, r["frame"], r["image_path"], r["image_id"], *values])
             written.append(csv_path)
             folder = out / f"{self.tracks_name}{suffix}"
+            folder.mkdir(parents=True, exist_ok=True)
             names: dict[str, str] = {}
             for seq, seq_rows in tracks.items():
                 name = _safe_name(seq)
@@ -286,7 +287,7 @@ class PredictionWriter(BasePredictionWriter):
                     raise ValueError(
                         f"PredictionWriter: sequences {names[name]!r} and {seq!r} share file {name}.npz"
                     )
-                with atomic_open(folder / f"{name}.npz", "wb") as f:
+                with atomic_write(folder / f"{name}.npz", "wb") as f:
                     np.savez(
                         f,
                         sequence=np.array(seq),

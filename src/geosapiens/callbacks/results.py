@@ -13,7 +13,7 @@ PCK-vs-threshold curve. File layout (values are fractions; NaN is written as ``n
 The curve is taken from a ``test_pck_curve`` attribute (that dict) of the LightningModule, else of any
 callback that has one (:class:`~geosapiens.callbacks.visualize.LogValidationImages` computes it).
 
-Files are written atomically (:func:`atomic_open`: a temporary file in the same folder, then ``os.replace``),
+Files are written atomically (:func:`geosapiens.io.atomic_write_file`: a temporary file, then ``os.replace``),
 so a crash or a reader never sees half a file.
 """
 
@@ -22,20 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 import torch
 
+from geosapiens.io import atomic_write_file
+
 __all__ = [
     "RESULTS_FILENAME",
-    "atomic_open",
-    "atomic_write",
     "json_safe",
     "find_pck_curve",
     "TestResultsWriter",
@@ -43,35 +40,6 @@ __all__ = [
 
 RESULTS_FILENAME = "test_metrics.json"
 RESULTS_FORMAT = 1
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` in one step, on error it is
-    removed and ``path`` is untouched. Parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write text (UTF-8) or bytes to ``path`` atomically; returns ``path``."""
-    if isinstance(data, bytes):
-        with atomic_open(path, "wb") as f:
-            f.write(data)
-    else:
-        with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(data)
-    return Path(path)
 
 
 def json_safe(value: Any) -> Any:
@@ -161,5 +129,5 @@ class TestResultsWriter(L.Callback):
         if not trainer.is_global_zero:
             return
         path = (self._resolved or self.dirpath or Path(trainer.default_root_dir)) / self.filename
-        atomic_write(path, json.dumps(self.results(trainer, pl_module), indent=2) + "\n")
+        atomic_write_file(path, json.dumps(self.results(trainer, pl_module), indent=2) + "\n")
         self.last_path = path

@@ -36,6 +36,7 @@ from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.occlude import CutOcclude
 from geosapiens.data.records import PoseRecord
+from geosapiens.data.robust import SkipBadSamples
 
 __all__ = [
     "PoseDataModule",
@@ -102,6 +103,9 @@ class PoseDataModule(L.LightningDataModule):
             and strong views (0 disables); baselines get the same as the method.
         cutmix_prob: per-pair probability of CutMix between the strong views of a target batch.
         cutmix_area: CutMix rectangle area range, as a fraction of the view.
+        skip_bad_samples: replace a sample whose files are bad by the next good one, counted and reported at
+            the end of the epoch (:class:`~geosapiens.data.robust.BadSampleReport`); off = stop with the
+            error naming the file.
     """
 
     def __init__(
@@ -127,8 +131,10 @@ class PoseDataModule(L.LightningDataModule):
         photometric_strength: float = 1.0,
         cutmix_prob: float = 0.5,
         cutmix_area: tuple[float, float] = (0.1, 0.3),
+        skip_bad_samples: bool = False,
     ) -> None:
         super().__init__()
+        self.skip_bad_samples = skip_bad_samples
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -178,6 +184,8 @@ class PoseDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
         if len(dataset) == 0:
             raise ValueError(f"{type(self).__name__}: an empty {'training' if train else 'evaluation'} split")
+        # Bad files raise a DataError naming them (from workers too); opted in, they are replaced and counted.
+        dataset = SkipBadSamples(dataset, enabled=self.skip_bad_samples)
         workers = self.num_workers
         return DataLoader(
             dataset,

@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 
 from geosapiens import viz
-from geosapiens.callbacks.results import RESULTS_FILENAME, atomic_write
+from geosapiens.callbacks.results import RESULTS_FILENAME
 from geosapiens.errors import DataError
+from geosapiens.io import atomic_write_file
 from geosapiens.metrics.gap import GapReduction, gap_reduction
 from geosapiens.skeleton import COCO17
 
@@ -259,8 +260,8 @@ def write_report(
     headline, joints, records, notes = build_table(rows, source_only, oracle)
     markdown = format_markdown(headline, joints, records, notes, source_only, oracle)
     written = [
-        atomic_write(out / "results.md", markdown),
-        atomic_write(
+        atomic_write_file(out / "results.md", markdown),
+        atomic_write_file(
             out / "results.csv", _csv_text(["method", "data", *headline, *joints, "results_file"], records)
         ),
     ]
@@ -273,7 +274,7 @@ def write_report(
             )
     if curves:
         fig = viz.plot_pck_curves(curves, title="PCK vs threshold")
-        written.append(atomic_write(out / "pck_curves.png", viz.figure_to_png_bytes(fig)))
+        written.append(atomic_write_file(out / "pck_curves.png", viz.figure_to_png_bytes(fig)))
     if joints:
         several_data = len({rec["data"] for rec in records}) > 1
         bars = {
@@ -283,7 +284,7 @@ def write_report(
         fig = viz.plot_per_joint_bars(
             bars, [j.split(" ", 1)[1] for j in joints], title=PER_JOINT_METRIC.upper()
         )
-        written.append(atomic_write(out / "per_joint_pck.png", viz.figure_to_png_bytes(fig)))
+        written.append(atomic_write_file(out / "per_joint_pck.png", viz.figure_to_png_bytes(fig)))
     sheets, labels = [], []
     names = dict.fromkeys(r.name for r in rows)
     for name, run_dir in zip(names, run_dirs, strict=True):
@@ -299,7 +300,7 @@ def write_report(
             labels.append(f"{name}: {sheet.name}")
     if sheets:
         written.append(
-            atomic_write(out / "overlays.png", viz.encode_png(viz.contact_sheet(sheets, 1, labels)))
+            atomic_write_file(out / "overlays.png", viz.encode_png(viz.contact_sheet(sheets, 1, labels)))
         )
     return markdown, written
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError, GeoSapiensError
+from geosapiens.io import atomic_write, atomic_write_json
 from geosapiens.models.codec import invert_affine_torch
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth, warp_maps
@@ -165,21 +165,6 @@ def _entry_key(image_path: str | Path, root: Path) -> str:
 
 def _entry_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / ENTRIES / key[:2] / f"{key}.npy"
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
 
 
 def _entry_ok(path: Path, shape: tuple[int, int, int]) -> bool:
@@ -434,7 +419,7 @@ def build_cache(
                 raise DataError(manifest_path, f"cache built with {what} {a}, not {b}: use another --out")
     for stale in (cache_dir / ENTRIES).glob("*/.*.tmp"):  # leftovers of a killed run
         stale.unlink(missing_ok=True)
-    _write_json(manifest_path, manifest)
+    atomic_write_json(manifest, manifest_path)
 
     affines = canonical_affines(records, input_size_hw, padding)
     keep = _unique_images(records, affines)
@@ -453,7 +438,9 @@ def build_cache(
         stacked = torch.cat([depth, maps.normals.float() * valid, valid.float()], dim=1).cpu().numpy()
         for j, i in enumerate(indices):
             array = stacked[j].astype(np.float16)
-            _atomic_write_bytes(paths[i], lambda f, a=array: np.save(f, a))
+            paths[i].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(paths[i]) as f:
+                np.save(f, array)
         bar.update(len(indices))
 
     with torch.no_grad():
@@ -476,7 +463,7 @@ def build_cache(
 
     manifest["count"] = len(keep)
     manifest["complete"] = True
-    _write_json(manifest_path, manifest)
+    atomic_write_json(manifest, manifest_path)
     return CacheStats(written=len(todo), skipped=len(keep) - len(todo), total=len(keep))
 
 

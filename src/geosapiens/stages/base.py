@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from geosapiens.callbacks.teardown import DestroyProcessGroup
+from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
 from geosapiens.metrics.pck import PCK
 from geosapiens.models.backbone import create_backbone
@@ -187,7 +188,7 @@ class PoseStage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [DestroyProcessGroup()]
+        return [DestroyProcessGroup(), BadSampleReport()]
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):
