@@ -1,0 +1,29 @@
+"""Runs that fail safe: a SIGTERM (cluster pre-emption, ``scancel``) saves a resumable checkpoint first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM, save ``last.ckpt`` where ``--ckpt_path last`` looks for it, then let the run stop.
+
+    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary, so the checkpoint holds a
+    consistent mid-epoch state (model, EMA teacher, optimiser, loops) that resumes exactly there.
+    """
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        callback = trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        folder = folder or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_warn(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")

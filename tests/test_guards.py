@@ -1,0 +1,143 @@
+"""Numerical faults skip the step (and stop the run when they persist); SIGTERM leaves a resumable checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from geosapiens.stages import SupervisedPose
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Crops(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return {
+            "image": torch.randn(3, 32, 32, generator=g),
+            "keypoints": torch.rand(17, 2, generator=g) * 31,
+            "weights": torch.ones(17),
+        }
+
+
+class Poisoned(SupervisedPose):
+    """Returns a NaN loss on the steps listed in ``poison``."""
+
+    def __init__(self, poison: set[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.poison = poison
+        self.weights_at: dict[int, torch.Tensor] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.weights_at[self.global_step] = self.model.head.final_layer.weight.detach().clone()
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step in self.poison else loss
+
+
+def _fit(module: SupervisedPose, steps: int) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(Crops(), batch_size=4))
+    return trainer
+
+
+def _module(**kwargs) -> Poisoned:
+    torch.manual_seed(0)
+    return Poisoned(backbone="timm:resnet10t", input_size=(32, 32), flip_test=False, **kwargs)
+
+
+def test_a_nonfinite_step_is_skipped_and_counted():
+    module = _module(poison={1}, max_nonfinite_steps=3)
+    _fit(module, steps=3)
+    # step 1's NaN gradients were dropped: the weights going into step 2 equal those going into step 1 ...
+    torch.testing.assert_close(module.weights_at[2], module.weights_at[1], rtol=0, atol=0)
+    # ... while a healthy step changes them, and nothing non-finite ever reached the weights
+    assert not torch.equal(module.weights_at[1], module.weights_at[0])
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert module.nonfinite_total == 1 and module.nonfinite_in_row == 0
+
+
+def test_persistent_nonfinite_steps_stop_the_run_with_a_clear_error():
+    module = _module(poison=set(range(100)), max_nonfinite_steps=2)
+    with pytest.raises(FloatingPointError, match="3 optimiser steps in a row had non-finite gradients"):
+        _fit(module, steps=10)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geosapiens.cli",
+            "data",
+            "synth",
+            "--out",
+            str(data),
+            "--preset",
+            "tiny",
+            "--quiet",
+        ],
+        check=True,
+        cwd=REPO,
+    )
+    run = tmp_path / "run"
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs/demo/warmup.yaml"),
+        "--model.init_args.input_size",
+        "[64, 64]",
+        "--model.init_args.backbone",
+        "timm:resnet10t",
+        "--data.init_args.root",
+        str(data / "syrip"),
+        "--data.init_args.input_size",
+        "[64, 64]",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1000",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger.init_args.save_dir",
+        str(run),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geosapiens.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not list(run.rglob("epoch=*.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # wait for the first epoch's checkpoint: training is under way
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    last = next(run.rglob("last.ckpt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert "SIGTERM: saved" in out, out[-2000:]
+    assert ckpt["global_step"] >= 5 and any(k.startswith("model.") for k in ckpt["state_dict"])
