@@ -1,4 +1,4 @@
-"""Numerical faults skip the step (and stop the run when they persist); SIGTERM leaves a resumable checkpoint."""
+"""Numerical faults skip the step (and stop the run when they persist); SIGTERM leaves a resumable ckpt."""
 
 from __future__ import annotations
 
