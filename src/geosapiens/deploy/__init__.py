@@ -1,1 +1,0 @@
-"""Deployment: video prediction, distillation, ONNX export."""
