@@ -1,4 +1,4 @@
-"""Scale-out pieces: cluster presets, the resumable W&B logger, and the mean-teacher EMA under FSDP sharding."""
+"""Scale-out: cluster presets, the resumable W&B logger, the mean-teacher EMA under FSDP sharding."""
 
 from __future__ import annotations
 
