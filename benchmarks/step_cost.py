@@ -17,7 +17,7 @@ In FLOP units of "one student forward on one image" = 1, a step costs (a) 3B (fo
 + 1B (teacher) = 7B, so (b)/(a) ~ 7/3 before the head's and the losses' small extras; (d) adds the critic's
 forward (two backbones).
 
-    python benchmarks/step_cost.py                       # CPU: sapiens_tiny, 128x128, B=4, 10 steps (< 2 min)
+    python benchmarks/step_cost.py   # CPU: sapiens_tiny, 128x128, B=4, 10 steps; ~3 min on 2 cores
     python benchmarks/step_cost.py --backbone sapiens_0.6b --size 1024 --device cuda   # bf16-mixed
 """
 
