@@ -194,10 +194,12 @@ class PoseStage(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip a step whose gradients are not finite (all grads to None: AdamW then leaves every weight,
-        moment and decay untouched); stop after ``max_nonfinite_steps`` in a row. Gradients are already
-        all-reduced here, so every DDP rank takes the same decision."""
+        moment and decay untouched); stop after ``max_nonfinite_steps`` in a row. The decision is reduced over
+        ranks, so DDP and FSDP ranks always agree."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or torch.stack([g.isfinite().all() for g in grads]).all():
+        finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        # a sharded (FSDP) rank sees only its gradient shard: every rank must take the same decision
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.nonfinite_in_row = 0
             return
         for group in optimizer.param_groups:
