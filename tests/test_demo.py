@@ -13,7 +13,6 @@ import pytest
 from geosapiens.cli import main
 
 pytestmark = pytest.mark.slow
-METHODS = ["source_only", "mean_teacher_geometry", "shift_style", "fewshot", "oracle"]
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "demo_walkthrough.ipynb"
 
 
@@ -27,7 +26,9 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
 def test_fast_demo_reports_every_method(demo):
     report = demo[0] / "report"
     rows = list(csv.DictReader((report / "results.csv").open()))
-    assert [r["method"] for r in rows] == METHODS
+    methods = [r["method"] for r in rows]
+    assert {"source-only", "oracle", "AdaBN", "mean teacher", "SHIFT-style", "Geo-Sapiens"} <= set(methods)
+    assert len(methods) == 7
     for row in rows:
         assert 0.0 <= float(row["PCK@0.1"]) <= 1.0
     assert (report / "results.md").is_file() and (report / "pck_curves.png").is_file()
