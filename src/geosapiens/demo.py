@@ -129,9 +129,7 @@ def _logs(root: Path) -> list[str]:
     return [f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}"]
 
 
-def plan(
-    out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Path = REPO_CONFIGS
-) -> DemoPlan:
+def plan(out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Path = REPO_CONFIGS) -> DemoPlan:
     """Resolve paths and build every run's overrides (``--fast``: a few steps, no worker processes)."""
     size = _input_size(configs)
     p = DemoPlan(out, data, preset, seed, fast, configs, size, 0, [])
@@ -143,8 +141,11 @@ def plan(
     def fast_args(steps: int, batch_keys: list[str], batch: int) -> list[str]:
         if not fast:
             return []
-        args = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-                "--trainer.log_every_n_steps=1"]
+        args = [
+            f"--trainer.max_steps={steps}",
+            f"--trainer.val_check_interval={steps}",
+            "--trainer.log_every_n_steps=1",
+        ]
         for key in batch_keys:
             args += [f"--data.init_args.{key}batch_size={batch}", f"--data.init_args.{key}num_workers=0"]
         return args
@@ -156,41 +157,66 @@ def plan(
         f"--model.init_args.init_checkpoint={p.best('warmup')}",
         f"--model.init_args.pose_prior={p.pose_vae / 'checkpoints' / 'last.ckpt'}",
     ]
-    geometry = [f"--model.init_args.critic_cache={p.cache}", f"--model.init_args.normal_priors={p.normal_priors}"]
+    geometry = [
+        f"--model.init_args.critic_cache={p.cache}",
+        f"--model.init_args.normal_priors={p.normal_priors}",
+    ]
     uda_fast = fast_args(3, ["source.init_args.", "target.init_args."], 4)
     p.runs = [
         Run(
-            "warmup", SOURCE_ONLY, ["demo/warmup.yaml"],
+            "warmup",
+            SOURCE_ONLY,
+            ["demo/warmup.yaml"],
             [*real_data, *fast_args(4, [""], 8)],
             test_configs=["demo/test_real.yaml"],
             about="supervised on synthetic stills only (stage 1 = the source-only baseline)",
         ),
         Run(
-            "oracle", ORACLE, ["demo/oracle.yaml"], [*real_data, *fast_args(4, [""], 8)],
-            about="same network, steps and augmentation, supervised on all labelled real-like training images",
+            "oracle",
+            ORACLE,
+            ["demo/oracle.yaml"],
+            [*real_data, *fast_args(4, [""], 8)],
+            about="same network, steps and augmentation, supervised on all labelled real-like images",
         ),
         Run(
-            "adabn", "AdaBN", ["demo/adabn.yaml"],
+            "adabn",
+            "AdaBN",
+            ["demo/adabn.yaml"],
             [*real_data, f"--model.init_args.init_checkpoint={p.best('warmup')}", *fast_args(2, [""], 8)],
             about="warm-up weights, BatchNorm statistics re-estimated on real-like crops (no weight moves)",
         ),
         Run(
-            "mean_teacher", "mean teacher", ["demo/uda.yaml", "demo/mean_teacher.yaml"], [*uda_paths, *uda_fast],
+            "mean_teacher",
+            "mean teacher",
+            ["demo/uda.yaml", "demo/mean_teacher.yaml"],
+            [*uda_paths, *uda_fast],
             about="mean teacher from the warm-up: consistency only",
         ),
         Run(
-            "shift_style", "SHIFT-style", ["demo/uda.yaml", "demo/shift_style.yaml"], [*uda_paths, *uda_fast],
+            "shift_style",
+            "SHIFT-style",
+            ["demo/uda.yaml", "demo/shift_style.yaml"],
+            [*uda_paths, *uda_fast],
             about="mean teacher + pose prior, no geometry",
         ),
         Run(
-            "uda", "Geo-Sapiens", ["demo/uda.yaml"], [*uda_paths, *geometry, *uda_fast],
+            "uda",
+            "Geo-Sapiens",
+            ["demo/uda.yaml"],
+            [*uda_paths, *geometry, *uda_fast],
             about="mean teacher + pose prior + oracle-critic geometry (depth bone symmetry, normal priors)",
         ),
         Run(
-            "fewshot", f"Geo-Sapiens + {p.num_shots}-shot", ["demo/fewshot.yaml"],
-            [*real_data, f"--model.init_args.init_checkpoint={p.best('uda')}",
-             f"--data.init_args.num_shots={p.num_shots}", f"--data.init_args.fewshot_seed={seed}",
-             *fast_args(3, [""], p.num_shots)],
+            "fewshot",
+            f"Geo-Sapiens + {p.num_shots}-shot",
+            ["demo/fewshot.yaml"],
+            [
+                *real_data,
+                f"--model.init_args.init_checkpoint={p.best('uda')}",
+                f"--data.init_args.num_shots={p.num_shots}",
+                f"--data.init_args.fewshot_seed={seed}",
+                *fast_args(3, [""], p.num_shots),
+            ],
             about=f"Geo-Sapiens refined on {p.num_shots} labelled real-like images (seeded choice)",
         ),
     ]
@@ -200,8 +226,8 @@ def plan(
 
 
 def data_matches(data: Path, preset: str, seed: int) -> bool | None:
-    """True when ``data`` holds finished generator output of ``preset``/``seed`` (its ``manifest.json``, written
-    last), False when it holds another preset or seed, None when it holds none."""
+    """True when ``data`` holds finished generator output of ``preset``/``seed`` (its ``manifest.json``,
+    written last), False when it holds another preset or seed, None when it holds none."""
     path = data / "manifest.json"
     if not path.is_file():
         return None
@@ -209,9 +235,11 @@ def data_matches(data: Path, preset: str, seed: int) -> bool | None:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return doc.get("generator") == "geosapiens.data.synth" and doc.get("preset") == preset and doc.get(
-        "seed"
-    ) == seed
+    return (
+        doc.get("generator") == "geosapiens.data.synth"
+        and doc.get("preset") == preset
+        and doc.get("seed") == seed
+    )
 
 
 @dataclass
@@ -291,13 +319,17 @@ def _parser() -> argparse.ArgumentParser:
         "(source-only), oracle, AdaBN, mean-teacher, SHIFT-style, Geo-Sapiens and few-shot runs, test each "
         "on the real-like test split and report one table with the sim-to-real gap reduction.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folders and report (default: runs/demo)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run folders and report (default: runs/demo)"
+    )
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="generated data (default: demo_data)")
     p.add_argument(
         "--preset", choices=sorted(PRESETS), help="generator preset (default: demo; tiny with --fast)"
     )
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
-    p.add_argument("--fast", action="store_true", help="the same chain on the tiny preset, a few steps per run")
+    p.add_argument(
+        "--fast", action="store_true", help="the same chain on the tiny preset, a few steps per run"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -329,22 +361,41 @@ def main(argv: list[str] | None = None) -> int:
         _prepare(p, run)
         for r in p.runs:
             _clean(p.out / r.name)
-            run(f"fit {r.name}: {r.about}", ["fit", *p.config_args(r.configs), *_logs(p.out / r.name), *r.overrides])
+            run(
+                f"fit {r.name}: {r.about}",
+                ["fit", *p.config_args(r.configs), *_logs(p.out / r.name), *r.overrides],
+            )
             best = p.best(r.name)
             if not best.is_file():
                 raise DemoError(f"{r.name}: no {best} after fit (was validation skipped?)")
             test_dir = p.out / r.name / "test"
             run(
                 f"test {r.name} (best checkpoint by val/pck@0.1) on the real-like test split",
-                ["test", *p.config_args(r.configs + r.test_configs), *_logs(test_dir), *r.overrides,
-                 f"--ckpt_path={best}", "--verbose=false"],
+                [
+                    "test",
+                    *p.config_args(r.configs + r.test_configs),
+                    *_logs(test_dir),
+                    *r.overrides,
+                    f"--ckpt_path={best}",
+                    "--verbose=false",
+                ],
             )
         report = p.out / "report"
         _clean(report)
         run(
             "report",
-            ["report", *[str(p.out / r.name) for r in p.runs], "--names", *[r.method for r in p.runs],
-             "--source-only", SOURCE_ONLY, "--oracle", ORACLE, "--out", str(report)],
+            [
+                "report",
+                *[str(p.out / r.name) for r in p.runs],
+                "--names",
+                *[r.method for r in p.runs],
+                "--source-only",
+                SOURCE_ONLY,
+                "--oracle",
+                ORACLE,
+                "--out",
+                str(report),
+            ],
         )
     except DemoError as err:
         print(f"\ngeosapiens demo: {err}", file=sys.stderr)
@@ -357,13 +408,25 @@ def _prepare(p: DemoPlan, run: Runner) -> None:
     """Data, critic cache, normal priors and pose prior."""
     have = data_matches(p.data, p.preset, p.seed)
     if have:
-        print(f"\n==> [{run.index + 1}/{run.total}] data: {p.data} already holds preset {p.preset!r} seed {p.seed} "
-              "(its manifest.json); not regenerated")
+        print(
+            f"\n==> [{run.index + 1}/{run.total}] data: {p.data} already holds preset {p.preset!r} "
+            f"seed {p.seed} (its manifest.json); not regenerated"
+        )
         run.index += 1
         run.record("data synth (skipped)", 0.0, 0.0)
     else:
-        synth = ["data", "synth", "--out", str(p.data), "--preset", p.preset, "--seed", str(p.seed),
-                 "--workers", str(min(2, os.cpu_count() or 1))]
+        synth = [
+            "data",
+            "synth",
+            "--out",
+            str(p.data),
+            "--preset",
+            p.preset,
+            "--seed",
+            str(p.seed),
+            "--workers",
+            str(min(2, os.cpu_count() or 1)),
+        ]
         if have is False:  # other generator output: replace it, and the critic maps computed from it
             synth.append("--overwrite")
             _clean(p.data / "critic_cache")
@@ -372,25 +435,61 @@ def _prepare(p: DemoPlan, run: Runner) -> None:
     run(
         "critic cache: the ORACLE critic (the generator's rendered depth/normals; a small learned critic "
         "plugs in the same way but is too slow to train on CPU here)",
-        ["critics", "cache", "--critic", "oracle", "--data", str(p.syrip), "--annotation", CACHE_ANNOTATION,
-         "--out", str(p.cache), "--input-size", str(h), str(w), "--batch-size", "64", "--device", "cpu"],
+        [
+            "critics",
+            "cache",
+            "--critic",
+            "oracle",
+            "--data",
+            str(p.syrip),
+            "--annotation",
+            CACHE_ANNOTATION,
+            "--out",
+            str(p.cache),
+            "--input-size",
+            str(h),
+            str(w),
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+        ],
     )
     p.normal_priors.parent.mkdir(parents=True, exist_ok=True)
     run(
         "normal priors: von Mises-Fisher per keypoint, from the critic at synthetic ground truth",
-        ["priors", "fit", "--cache", str(p.cache), "--data", str(p.syrip), "--annotation", SYNTH_ANNOTATION,
-         "--domain", "synthetic", "--out", str(p.normal_priors)],
+        [
+            "priors",
+            "fit",
+            "--cache",
+            str(p.cache),
+            "--data",
+            str(p.syrip),
+            "--annotation",
+            SYNTH_ANNOTATION,
+            "--domain",
+            "synthetic",
+            "--out",
+            str(p.normal_priors),
+        ],
     )
     manifest = json.loads((p.data / "manifest.json").read_text())
-    synthetic_sequences = [k for k, style in manifest["mini_rgbd"]["sequences"].items() if style == "synthetic"]
+    synthetic_sequences = [
+        k for k, style in manifest["mini_rgbd"]["sequences"].items() if style == "synthetic"
+    ]
     _clean(p.pose_vae)
     run(
         "pose prior: VAE over normalised synthetic poses",
-        ["fit", *p.config_args(["priors/pose_vae.yaml", "demo/pose_vae.yaml"]), *_logs(p.pose_vae),
-         f"--seed_everything={p.seed}", f"--data.init_args.syrip_root={p.syrip}",
-         f"--data.init_args.mini_rgbd_root={p.data / 'mini_rgbd'}",
-         f"--data.init_args.mini_rgbd_sequences={json.dumps(synthetic_sequences)}",
-         *(["--trainer.max_epochs=2"] if p.fast else [])],
+        [
+            "fit",
+            *p.config_args(["priors/pose_vae.yaml", "demo/pose_vae.yaml"]),
+            *_logs(p.pose_vae),
+            f"--seed_everything={p.seed}",
+            f"--data.init_args.syrip_root={p.syrip}",
+            f"--data.init_args.mini_rgbd_root={p.data / 'mini_rgbd'}",
+            f"--data.init_args.mini_rgbd_sequences={json.dumps(synthetic_sequences)}",
+            *(["--trainer.max_epochs=2"] if p.fast else []),
+        ],
     )
 
 
@@ -413,13 +512,14 @@ def _summary(p: DemoPlan, run: Runner, wall: float, cpu: float) -> None:
     print(
         f"\n  PCK in % on the real-like test split (validate100 of {p.syrip}), bbox-normalised; gap = (x - "
         f"{SOURCE_ONLY}) / ({ORACLE} - {SOURCE_ONLY}).\n"
-        "  Critic: the ORACLE (rendered ground-truth depth/normals), stated as such; the small learned critic is\n"
-        "  optional (configs/critics/small_critic.yaml) and too slow to train on CPU within the demo.\n"
+        "  Critic: the ORACLE (rendered ground-truth depth/normals), stated as such; the small learned\n"
+        "  critic is optional (configs/critics/small_critic.yaml) and too slow to train on CPU here.\n"
         "  Backbone: a small timm CNN from random init stands in for Sapiens on CPU.\n"
         "  Model selection: best val/pck@0.1 on a validation split (the warm-up: its synthetic hold-out;\n"
-        "  every other run: real-like val_real), never the test split. One seed: differences of a few points\n"
-        "  are within seed noise; a claim needs >= 3 seeds (--seed 1, --seed 2).\n"
-        f"  Report: {p.out / 'report'} (results.md, results.csv, pck_curves.png, per_joint_pck.png, overlays.png)"
+        "  every other run: real-like val_real), never the test split. One seed: differences of a few\n"
+        "  points are within seed noise; a claim needs >= 3 seeds (--seed 1, --seed 2).\n"
+        f"  Report: {p.out / 'report'} (results.md, results.csv, pck_curves.png, per_joint_pck.png, "
+        "overlays.png)"
     )
     for r in p.runs:
         print(f"    {r.method:<26} {r.about}")

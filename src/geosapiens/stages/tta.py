@@ -126,7 +126,7 @@ class TestTimeAdaptation(L.Callback):
                 loss = self.objective(pl_module, head(features), batch)
                 if not loss.requires_grad or not torch.isfinite(loss):
                     break
-                before = float(loss) if before is None else before
+                before = float(loss.detach()) if before is None else before
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
