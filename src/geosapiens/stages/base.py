@@ -20,6 +20,7 @@ from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
 from geosapiens.metrics.pck import PCK
 from geosapiens.models.backbone import create_backbone
+from geosapiens.models.checkpoint import load_checkpoint
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
 from geosapiens.models.heads import DeconvHead
 from geosapiens.models.pose_model import PoseModel
@@ -62,6 +63,58 @@ def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.
             f"unexpected {sorted(unexpected)[:8]}); "
             "was it trained with another backbone or keypoint count?"
         )
+
+
+def pose_model_from_checkpoint(
+    path: str | Path, weights: str = "model"
+) -> tuple[PoseModel, tuple[int, int], dict[str, Any]]:
+    """The trained pose network of a stage checkpoint, rebuilt from its hyperparameters, in eval mode.
+
+    Needs no file but ``path``: a Sapiens pretrained ``backbone_kwargs.checkpoint`` is not re-read (the
+    trained weights replace it), only asked for its family when ``patch_padding`` is not recorded.
+
+    Args:
+        path: a Lightning checkpoint written by a :class:`PoseStage` (``best.ckpt``, ``last.ckpt``).
+        weights: which network: ``model`` (the student) or ``teacher`` (the mean teacher's EMA network).
+
+    Returns:
+        The model, its crop size (H, W) and the checkpoint's hyperparameters.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - every failure gets the file named
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "backbone" not in hparams or "input_size" not in hparams:
+        raise CheckpointError(
+            f"{path}: no backbone/input_size hyperparameters; was it written by a geosapiens pose stage "
+            "(the zero-shot model has no trained weights to load)?"
+        )
+    backbone_kwargs = dict(hparams.get("backbone_kwargs") or {})
+    pretrained = backbone_kwargs.pop("checkpoint", None)
+    if pretrained and "patch_padding" not in backbone_kwargs and "family" not in backbone_kwargs:
+        if not Path(pretrained).is_file():
+            raise CheckpointError(
+                f"{path}: its backbone was initialised from {pretrained}, which is not here; set its "
+                "family's patch padding (backbone_kwargs.patch_padding: 2 for pose/normal, 0 otherwise)"
+            )
+        backbone_kwargs["family"] = load_checkpoint(pretrained).family
+    input_size = tuple(int(v) for v in hparams["input_size"])
+    model = build_pose_model(hparams["backbone"], input_size, backbone_kwargs, hparams.get("head_kwargs"))
+    prefix = f"{weights}."
+    state = {k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{path}: no '{prefix}*' weights in this checkpoint")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: '{prefix}*' weights do not fit the recorded model (missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]})"
+        )
+    return model.eval(), input_size, hparams
 
 
 class PoseStage(L.LightningModule):
