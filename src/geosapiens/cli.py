@@ -26,11 +26,17 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
+# ``geosapiens predict INPUT ...`` (a path first, not an option) is the deployment predictor.
+DEPLOY_PREDICT = "geosapiens.deploy.predict"
+
+
 def _usage() -> str:
     lines = [
         "usage: geosapiens {fit,validate,test,predict} [--config CONFIG ...] [options]",
+        "       geosapiens predict INPUT [INPUT ...] --model CKPT_OR_ONNX [options]",
         "       geosapiens TOOL ...",
         "",
+        f"  {'predict INPUT':<16} keypoint tracks from images, folders and videos (predict INPUT --help)",
     ]
     lines += [f"  {verb:<16} {help_}" for verb, (_, help_) in TOOLS.items()]
     return "\n".join(lines)
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] == "predict" and len(argv) > 1 and not argv[1].startswith("-"):
+        return int(importlib.import_module(DEPLOY_PREDICT).main(argv[1:]) or 0)
     if argv[0] in TRAINER_VERBS:
         trainer_cli(argv)
         return 0

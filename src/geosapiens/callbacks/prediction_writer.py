@@ -40,7 +40,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from geosapiens.io import atomic_write, atomic_write_file
 from geosapiens.skeleton import COCO17
 
-__all__ = ["PredictionWriter", "prediction_rows", "merge_rows", "coco_results", "track_columns"]
+__all__ = [
+    "PredictionWriter",
+    "prediction_rows",
+    "merge_rows",
+    "coco_results",
+    "track_columns",
+    "write_predictions",
+]
 
 PARTS_DIRNAME = ".prediction_parts"
 
@@ -130,8 +137,17 @@ def merge_rows(parts: Sequence[Sequence[dict]]) -> list[dict]:
     return out
 
 
+def _json_value(value: Any) -> Any:
+    """Extras as JSON values: numpy scalars to Python, NaN (no value) to null."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def coco_results(rows: Sequence[dict], category_id: int = 1) -> list[dict]:
-    """COCO keypoint results: flat ``[x, y, score] * K`` and the instance score = mean keypoint score."""
+    """COCO keypoint results: flat ``[x, y, score] * K`` and the instance score = mean keypoint score.
+
+    A row's ``extra`` fields (e.g. quality flags) are added to its result; pycocotools ignores them.
+    """
     return [
         {
             "image_id": r["image_id"],
@@ -141,15 +157,18 @@ def coco_results(rows: Sequence[dict], category_id: int = 1) -> list[dict]:
             ],
             "score": math.fsum(r["scores"]) / len(r["scores"]),
         }
+        | {k: _json_value(v) for k, v in r.get("extra", {}).items()}
         for r in rows
     ]
 
 
-def track_columns(names: Sequence[str]) -> list[str]:
-    """CSV header of ``tracks.csv``."""
-    return ["sequence", "frame", "image_path", "image_id"] + [
-        f"{name}_{c}" for name in names for c in ("x", "y", "score")
-    ]
+def track_columns(names: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """CSV header of ``tracks.csv``: per-joint ``x, y, score`` then the rows' extra fields."""
+    return (
+        ["sequence", "frame", "image_path", "image_id"]
+        + [f"{name}_{c}" for name in names for c in ("x", "y", "score")]
+        + list(extra)
+    )
 
 
 def _tracks(rows: Sequence[dict]) -> dict[str, list[dict]]:
@@ -253,50 +272,80 @@ class PredictionWriter(BasePredictionWriter):
 
     def write(self, rows: Sequence[dict], suffix: str = "") -> list[Path]:
         """Write the files for one dataloader's merged rows; returns the paths written."""
-        if rows and len(rows[0]["keypoints"]) != len(self.keypoint_names):
-            raise ValueError(
-                f"PredictionWriter: predictions have K={len(rows[0]['keypoints'])} joints but "
-                f"keypoint_names has {len(self.keypoint_names)}"
-            )
-        out = self.directory
-        stem, ext = Path(self.results_name).stem, Path(self.results_name).suffix or ".json"
-        written = [
-            atomic_write_file(out / f"{stem}{suffix}{ext}", json.dumps(coco_results(rows, self.category_id)))
-        ]
-        tracks = _tracks(rows)
-        if tracks:
-            csv_path = out / f"{self.tracks_name}{suffix}.csv"
-            with atomic_write(csv_path, "w") as f:
-                writer = csv.writer(f)
-                writer.writerow(track_columns(self.keypoint_names))
-                for seq, seq_rows in tracks.items():
-                    for r in seq_rows:
-                        values = [
-                            v
-                            for (x, y), s in zip(r["keypoints"], r["scores"], strict=True)
-                            for v in (x, y, s)
-                        ]
-                        writer.writerow([seq, r["frame"], r["image_path"], r["image_id"], *values])
-            written.append(csv_path)
-            folder = out / f"{self.tracks_name}{suffix}"
-            folder.mkdir(parents=True, exist_ok=True)
-            names: dict[str, str] = {}
-            for seq, seq_rows in tracks.items():
-                name = _safe_name(seq)
-                if names.setdefault(name, seq) != seq:
-                    raise ValueError(
-                        f"PredictionWriter: sequences {names[name]!r} and {seq!r} share file {name}.npz"
-                    )
-                with atomic_write(folder / f"{name}.npz", "wb") as f:
-                    np.savez(
-                        f,
-                        sequence=np.array(seq),
-                        keypoints=np.array([r["keypoints"] for r in seq_rows], dtype=np.float64),
-                        scores=np.array([r["scores"] for r in seq_rows], dtype=np.float64),
-                        frames=np.array([r["frame"] for r in seq_rows], dtype=np.int64),
-                        bboxes=np.array([r["bbox"] for r in seq_rows], dtype=np.float64),
-                        image_paths=np.array([r["image_path"] for r in seq_rows]),
-                    )
-                written.append(folder / f"{name}.npz")
+        written = write_predictions(
+            self.directory,
+            rows,
+            keypoint_names=self.keypoint_names,
+            category_id=self.category_id,
+            results_name=self.results_name,
+            tracks_name=self.tracks_name,
+            suffix=suffix,
+        )
         self.written += written
         return written
+
+
+def write_predictions(
+    directory: str | Path,
+    rows: Sequence[dict],
+    *,
+    keypoint_names: Sequence[str] = COCO17.names,
+    category_id: int = 1,
+    results_name: str = "coco_results.json",
+    tracks_name: str = "tracks",
+    suffix: str = "",
+) -> list[Path]:
+    """The COCO results file and, for rows with a sequence, ``tracks.csv`` and one NPZ per sequence.
+
+    Rows are :func:`prediction_rows`' dicts; an optional ``extra`` dict of per-row scalars (the same keys on
+    every row) becomes extra result fields, CSV columns and NPZ arrays, and an optional ``keypoints_raw``
+    (K, 2) (the unsmoothed prediction) is kept in the NPZ next to ``keypoints``. Returns the paths written.
+    """
+    if rows and len(rows[0]["keypoints"]) != len(keypoint_names):
+        raise ValueError(
+            f"PredictionWriter: predictions have K={len(rows[0]['keypoints'])} joints but "
+            f"keypoint_names has {len(keypoint_names)}"
+        )
+    out = Path(directory)
+    stem, ext = Path(results_name).stem, Path(results_name).suffix or ".json"
+    written = [
+        atomic_write_file(
+            out / f"{stem}{suffix}{ext}", json.dumps(coco_results(rows, category_id), allow_nan=False)
+        )
+    ]
+    tracks = _tracks(rows)
+    if not tracks:
+        return written
+    extra = list(rows[0].get("extra", {}))
+    csv_path = out / f"{tracks_name}{suffix}.csv"
+    with atomic_write(csv_path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(track_columns(keypoint_names, extra))
+        for seq, seq_rows in tracks.items():
+            for r in seq_rows:
+                values = [v for (x, y), s in zip(r["keypoints"], r["scores"], strict=True) for v in (x, y, s)]
+                flags = [_json_value(r["extra"][k]) for k in extra]
+                writer.writerow([seq, r["frame"], r["image_path"], r["image_id"], *values, *flags])
+    written.append(csv_path)
+    folder = out / f"{tracks_name}{suffix}"
+    folder.mkdir(parents=True, exist_ok=True)
+    names: dict[str, str] = {}
+    for seq, seq_rows in tracks.items():
+        name = _safe_name(seq)
+        if names.setdefault(name, seq) != seq:
+            raise ValueError(f"PredictionWriter: sequences {names[name]!r} and {seq!r} share file {name}.npz")
+        arrays = {
+            "sequence": np.array(seq),
+            "keypoints": np.array([r["keypoints"] for r in seq_rows], dtype=np.float64),
+            "scores": np.array([r["scores"] for r in seq_rows], dtype=np.float64),
+            "frames": np.array([r["frame"] for r in seq_rows], dtype=np.int64),
+            "bboxes": np.array([r["bbox"] for r in seq_rows], dtype=np.float64),
+            "image_paths": np.array([r["image_path"] for r in seq_rows]),
+        }
+        if "keypoints_raw" in seq_rows[0]:
+            arrays["keypoints_raw"] = np.array([r["keypoints_raw"] for r in seq_rows], dtype=np.float64)
+        arrays |= {k: np.array([r["extra"][k] for r in seq_rows]) for k in extra}
+        with atomic_write(folder / f"{name}.npz", "wb") as f:
+            np.savez(f, **arrays)
+        written.append(folder / f"{name}.npz")
+    return written

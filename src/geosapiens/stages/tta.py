@@ -1,10 +1,13 @@
 """Test-time adaptation: a few decoder steps per video (or image group) on the geometric objectives alone.
 
-Before a group of test or predict frames is scored, the encoder stays frozen and the head takes ``steps``
-gradient steps on ``L_geo-depth``, ``L_geo-norm``, ``L_manifold`` and, for video, bone-length consistency
-over time; the frames are then predicted by the adapted head. The head is reset to its trained weights
-whenever a new video starts (or for every batch of stills), so nothing learnt on one infant leaks into the
-next, and restored when testing ends.
+Before a group of frames is predicted, the encoder stays frozen and the head takes ``steps`` gradient steps on
+``L_geo-depth``, ``L_geo-norm``, ``L_manifold`` and, for video, bone-length consistency over time; the frames
+are then predicted by the adapted head. The head is reset to its trained weights whenever a new video starts
+(or for every group of stills), so nothing learnt on one infant leaks into the next.
+
+:class:`HeadAdaptation` is that procedure on a bare :class:`~geosapiens.models.pose_model.PoseModel`, shared
+by ``geosapiens predict --tta.steps k`` and by the :class:`TestTimeAdaptation` callback (``trainer.test`` /
+``trainer.predict``).
 """
 
 from __future__ import annotations
@@ -13,23 +16,30 @@ import copy
 
 import lightning.pytorch as L
 import torch
+from torch import nn
 
 from geosapiens import losses
+from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
 from geosapiens.models.critic_cache import CriticCache
+from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.prior import PoseVAE
 from geosapiens.normal_priors import load_normal_priors
 
+__all__ = ["HeadAdaptation", "TestTimeAdaptation"]
 
-class TestTimeAdaptation(L.Callback):
-    """Adapt ``pl_module.model.head`` on each test/predict group before it is predicted.
 
-    Batches must be canonical test crops (as every DataModule's test/predict loader gives), in frame order
-    for video (a batch whose ``sequence`` differs from the previous batch's starts a new video).
+class HeadAdaptation:
+    """k Adam steps on a pose model's head over label-free objectives, resettable to the trained head.
+
+    Geometry maps come from a critic cache (by image path, for datasets) or a critic run on the crops (for
+    new videos); without either the geometric terms are off, without normal priors ``geo_norm`` is, without
+    a pose VAE ``manifold`` is.
 
     Args:
-        steps: gradient steps per batch (k).
+        steps: gradient steps per group (k).
         lr: Adam learning rate of the head.
-        critic_cache: critic cache of the test images (``geosapiens critics cache``); None = no geometry.
+        critic_cache: critic cache of the images (``geosapiens critics cache``).
+        critic: a frozen critic run on the crops when there is no cache.
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
         weights: loss weights (``geo_depth``, ``geo_norm``, ``manifold``, ``temporal``).
@@ -37,13 +47,12 @@ class TestTimeAdaptation(L.Callback):
         depth_lambda_z: depth weight of the 2.5D bone length.
     """
 
-    __test__ = False  # not a pytest class, whatever its name says
-
     def __init__(
         self,
         steps: int = 5,
         lr: float = 1e-4,
         critic_cache: str | None = None,
+        critic: GeometricCritic | None = None,
         normal_priors: str | None = None,
         pose_prior: str | None = None,
         weights: dict[str, float] | None = None,
@@ -55,75 +64,103 @@ class TestTimeAdaptation(L.Callback):
             weights or {}
         )
         self.cache = CriticCache(critic_cache) if critic_cache else None
+        self.critic = critic.freeze() if critic is not None else None
         self.priors = load_normal_priors(normal_priors).tensors() if normal_priors else None
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
-        if self.cache is None:
+        if self.cache is None and self.critic is None:
             self.weights["geo_depth"] = self.weights["geo_norm"] = 0.0
         if self.priors is None:
             self.weights["geo_norm"] = 0.0
         if self.vae is None:
             self.weights["manifold"] = 0.0
         self.temperature, self.lambda_z = soft_argmax_temperature, depth_lambda_z
-        self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted batch
+        self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted group
         self._trained: dict | None = None
-        self._sequence: object = object()
 
-    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loop = trainer.test_loop if trainer.testing else trainer.predict_loop
-        if loop.inference_mode:
-            raise RuntimeError(
-                "TestTimeAdaptation takes gradient steps at test time: set `trainer.inference_mode: false`"
-            )
-        self._trained = copy.deepcopy(pl_module.model.head.state_dict())
-        self._sequence = object()
+    @property
+    def active(self) -> list[str]:
+        """The objectives with weight (what adaptation can use with the files it was given)."""
+        return [name for name, w in self.weights.items() if w > 0]
 
-    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.model.head.load_state_dict(self._trained)
+    def remember(self, head: nn.Module) -> None:
+        """Keep ``head``'s current weights as the trained ones to reset to."""
+        self._trained = copy.deepcopy(head.state_dict())
 
-    on_test_start = on_predict_start = _start
-    on_test_end = on_predict_end = _end
+    def reset(self, head: nn.Module) -> None:
+        """Put the trained weights back (a new video starts, or testing ends)."""
+        if self._trained is None:
+            raise RuntimeError("HeadAdaptation.reset before remember(): no trained head weights kept")
+        head.load_state_dict(self._trained)
 
-    def objective(self, pl_module: L.LightningModule, heatmaps: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Weighted geometric + prior (+ temporal) loss of the head's heatmaps on canonical crops."""
-        keypoints = pl_module.codec.soft_argmax(heatmaps, temperature=self.temperature)
-        h, w = pl_module.hparams.input_size
+    def geometry(self, images: torch.Tensor, image_paths: list[str] | None) -> GeometryMaps | None:
+        """Critic maps of the crops: cached by path, else computed online, else None."""
+        if self.weights["geo_depth"] <= 0 and self.weights["geo_norm"] <= 0:
+            return None
+        if self.cache is not None:
+            if image_paths is None:
+                raise ValueError("HeadAdaptation: a critic cache needs the image paths of the crops")
+            maps = self.cache.load(list(image_paths))
+        else:
+            with torch.no_grad():
+                maps = self.critic(images)
+        valid = None if maps.valid is None else maps.valid.to(images.device)
+        return GeometryMaps(maps.depth.to(images).float(), maps.normals.to(images).float(), valid)
+
+    def objective(
+        self,
+        heatmaps: torch.Tensor,
+        codec: UDPHeatmapCodec,
+        maps: GeometryMaps | None,
+        crop_to_image: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Weighted geometric + prior (+ temporal when ``crop_to_image`` is given) loss of crop heatmaps.
+
+        ``crop_to_image`` (T, 2, 3) marks the group as consecutive video frames; bone lengths are then
+        compared in image pixels, so a box that follows the infant does not count as a change of length.
+        """
+        keypoints = codec.soft_argmax(heatmaps, temperature=self.temperature)
+        h, w = codec.input_size
         uv = keypoints / keypoints.new_tensor([w - 1, h - 1])
         total = keypoints.new_zeros(())
-        if self.weights["geo_depth"] > 0 or self.weights["geo_norm"] > 0:
-            maps = self.cache.load(list(batch["image_path"]))
-            depth, normals = maps.depth.to(uv).float(), maps.normals.to(uv).float()
-            valid = maps.valid.to(uv.device)
-            if self.weights["geo_depth"] > 0:
-                total = total + self.weights["geo_depth"] * losses.bone_symmetry_loss(
-                    uv, depth, lambda_z=self.lambda_z, valid=valid
-                )
-            if self.weights["geo_norm"] > 0:
-                mean, kappa = (t.to(uv) for t in self.priors)
-                total = total + self.weights["geo_norm"] * losses.normal_prior_loss(
-                    uv, normals, mean, kappa, valid=valid
-                )
+        if maps is not None and self.weights["geo_depth"] > 0:
+            total = total + self.weights["geo_depth"] * losses.bone_symmetry_loss(
+                uv, maps.depth, lambda_z=self.lambda_z, valid=maps.valid
+            )
+        if maps is not None and self.weights["geo_norm"] > 0:
+            mean, kappa = (t.to(uv) for t in self.priors)
+            total = total + self.weights["geo_norm"] * losses.normal_prior_loss(
+                uv, maps.normals, mean, kappa, valid=maps.valid
+            )
         if self.weights["manifold"] > 0:
             labelled = torch.ones(keypoints.shape[1], dtype=torch.bool, device=keypoints.device)
             total = total + self.weights["manifold"] * losses.manifold_loss(
                 keypoints, self.vae.to(uv), labelled
             )
-        if self.weights["temporal"] > 0 and "sequence" in batch and keypoints.shape[0] > 1:
-            total = total + self.weights["temporal"] * losses.bone_length_consistency(keypoints)
+        if self.weights["temporal"] > 0 and crop_to_image is not None and keypoints.shape[0] > 1:
+            total = total + self.weights["temporal"] * losses.bone_length_consistency(
+                apply_affine(keypoints, crop_to_image.to(keypoints))
+            )
         return total
 
-    def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, *args) -> None:
-        sequence = batch["sequence"][0] if "sequence" in batch else None
-        if sequence is None or sequence != self._sequence:  # a new video (or a group of stills): reset
-            pl_module.model.head.load_state_dict(self._trained)
-            self._sequence = sequence
-        head = pl_module.model.head
+    def adapt(
+        self,
+        model: nn.Module,
+        codec: UDPHeatmapCodec,
+        images: torch.Tensor,
+        *,
+        image_paths: list[str] | None = None,
+        crop_to_image: torch.Tensor | None = None,
+    ) -> None:
+        """Take the steps on ``model.head`` for one group of crops (the encoder is not touched)."""
+        head = model.head
         with torch.enable_grad():
             with torch.no_grad():
-                features = pl_module.model.backbone(batch["image"])  # the encoder stays frozen
+                features = model.backbone(images)
+            maps = self.geometry(images, image_paths)
             optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
             before = None
             for _ in range(self.steps):
-                loss = self.objective(pl_module, head(features), batch)
+                loss = self.objective(head(features), codec, maps, crop_to_image)
                 if not loss.requires_grad or not torch.isfinite(loss):
                     break
                 before = float(loss.detach()) if before is None else before
@@ -132,6 +169,68 @@ class TestTimeAdaptation(L.Callback):
                 optimizer.step()
             if before is not None:
                 with torch.no_grad():
-                    self.history.append((before, float(self.objective(pl_module, head(features), batch))))
+                    after = float(self.objective(head(features), codec, maps, crop_to_image))
+                self.history.append((before, after))
+
+
+class TestTimeAdaptation(L.Callback):
+    """Adapt ``pl_module.model.head`` on each test/predict batch before it is predicted.
+
+    Batches must be canonical test crops (as every DataModule's test/predict loader gives), in frame order
+    for video (a batch whose ``sequence`` differs from the previous batch's starts a new video). The head is
+    restored when testing ends. Arguments are :class:`HeadAdaptation`'s.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name says
+
+    def __init__(
+        self,
+        steps: int = 5,
+        lr: float = 1e-4,
+        critic_cache: str | None = None,
+        critic: GeometricCritic | None = None,
+        normal_priors: str | None = None,
+        pose_prior: str | None = None,
+        weights: dict[str, float] | None = None,
+        soft_argmax_temperature: float = 0.05,
+        depth_lambda_z: float = 1e-3,
+    ) -> None:
+        self.adaptation = HeadAdaptation(
+            steps, lr, critic_cache, critic, normal_priors, pose_prior, weights,
+            soft_argmax_temperature, depth_lambda_z,
+        )  # fmt: skip
+        self._sequence: object = object()
+
+    @property
+    def history(self) -> list[tuple[float, float]]:
+        return self.adaptation.history
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.test_loop if trainer.testing else trainer.predict_loop
+        if loop.inference_mode:
+            raise RuntimeError(
+                "TestTimeAdaptation takes gradient steps at test time: set `trainer.inference_mode: false`"
+            )
+        self.adaptation.remember(pl_module.model.head)
+        self._sequence = object()
+
+    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.adaptation.reset(pl_module.model.head)
+
+    on_test_start = on_predict_start = _start
+    on_test_end = on_predict_end = _end
+
+    def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, *args) -> None:
+        sequence = batch["sequence"][0] if "sequence" in batch else None
+        if sequence is None or sequence != self._sequence:  # a new video (or a group of stills): reset
+            self.adaptation.reset(pl_module.model.head)
+            self._sequence = sequence
+        self.adaptation.adapt(
+            pl_module.model,
+            pl_module.codec,
+            batch["image"],
+            image_paths=list(batch["image_path"]),
+            crop_to_image=invert_affine_torch(batch["affine"]) if sequence is not None else None,
+        )
 
     on_test_batch_start = on_predict_batch_start = _adapt

@@ -1,0 +1,162 @@
+"""The person box of each frame: the model is top-down, so every frame needs one before it is cropped.
+
+Three sources (``--box``): ``whole`` (the full frame: one infant filling the view, the usual clinical
+recording), a user-given box (``x,y,w,h`` for every frame, or a file with one per image or frame), and
+``tracked`` (the box of the previous frame's confident keypoints, enlarged; the first frame, and any frame
+after the track is lost, falls back to the given box or the whole frame).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from geosapiens.errors import DataError
+
+__all__ = ["BoxSource", "WholeFrame", "FixedBox", "BoxFile", "TrackedBox", "parse_box_source"]
+
+
+class BoxSource:
+    """Box (x, y, w, h) in image pixels for a frame; ``observe`` sees each frame's prediction afterwards."""
+
+    def start(self, sequence: str | None) -> None:
+        """A new clip begins (tracking state is dropped)."""
+
+    def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
+        """The prediction of the frame last boxed; (K, 2) image px and (K,) scores."""
+
+
+class WholeFrame(BoxSource):
+    def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
+        h, w = image_shape[:2]
+        return np.array([0.0, 0.0, float(w), float(h)])
+
+
+class FixedBox(BoxSource):
+    """The same user-given box on every frame."""
+
+    def __init__(self, xywh: tuple[float, float, float, float]) -> None:
+        self.xywh = _valid_box(xywh, "--box")
+
+    def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
+        return self.xywh.copy()
+
+
+class BoxFile(BoxSource):
+    """Boxes from a file, looked up by image file name (stills, frame folders) or frame index (videos).
+
+    Formats: a COCO annotation file (the first person box of each image, by ``file_name``); a JSON object
+    ``{"<file name or frame index>": [x, y, w, h]}``; a CSV with a header ``key,x,y,w,h`` (key = file name or
+    frame index).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(self.path, "box file not found")
+        self.image_ids: dict[str, int] = {}  # file name -> COCO image id, for results that evaluate as-is
+        self.boxes = self._read()
+
+    def _read(self) -> dict[str, np.ndarray]:
+        text = self.path.read_text()
+        if self.path.suffix.lower() == ".csv":
+            rows = list(csv.DictReader(text.splitlines()))
+            if not rows or not {"key", "x", "y", "w", "h"} <= set(rows[0]):
+                raise DataError(self.path, "a box CSV needs the header key,x,y,w,h")
+            raw = {r["key"]: [r["x"], r["y"], r["w"], r["h"]] for r in rows}
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(self.path, f"not valid JSON ({err})") from err
+            if isinstance(data, dict) and "images" in data and "annotations" in data:
+                names = {img["id"]: Path(img["file_name"]).name for img in data["images"]}
+                self.image_ids = {name: image_id for image_id, name in names.items()}
+                raw = {}
+                for ann in data["annotations"]:
+                    if ann.get("image_id") in names and "bbox" in ann:
+                        raw.setdefault(names[ann["image_id"]], ann["bbox"])
+            elif isinstance(data, dict):
+                raw = data
+            else:
+                raise DataError(self.path, "expected a COCO file or {name or frame: [x, y, w, h]}")
+        return {str(k): _valid_box(v, self.path, record=k) for k, v in raw.items()}
+
+    def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
+        name = None if "#" in path else Path(path).name  # video frames are "<video>#<index>"
+        for key in (name, str(index)):
+            if key is not None and key in self.boxes:
+                return self.boxes[key].copy()
+        raise DataError(self.path, f"no box for {path} (looked up its file name and frame index {index})")
+
+
+class TrackedBox(BoxSource):
+    """The previous frame's confident keypoints' box, enlarged by ``margin``; else ``initial``'s box.
+
+    Args:
+        initial: the box of a clip's first frame and of frames after the track is lost.
+        min_score: keypoint score that counts as confident.
+        min_joints: confident keypoints needed to keep tracking.
+        margin: scale of the keypoints' box (the crop adds its own 1.25 padding on top).
+    """
+
+    def __init__(
+        self,
+        initial: BoxSource | None = None,
+        min_score: float = 0.3,
+        min_joints: int = 4,
+        margin: float = 1.2,
+    ) -> None:
+        self.initial = initial or WholeFrame()
+        self.min_score, self.min_joints, self.margin = min_score, min_joints, margin
+        self._last: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def start(self, sequence: str | None) -> None:
+        self._last = None
+        self.initial.start(sequence)
+
+    def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
+        self._shape = image_shape
+        return self._last.copy() if self._last is not None else self.initial.box(image_shape, index, path)
+
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
+        confident = keypoints[np.isfinite(keypoints).all(-1) & (scores >= self.min_score)]
+        if len(confident) < self.min_joints:
+            self._last = None  # lost: the next frame starts again from the initial box
+            return
+        (x0, y0), (x1, y1) = confident.min(0), confident.max(0)
+        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+        w, h = max(x1 - x0, 1.0) * self.margin, max(y1 - y0, 1.0) * self.margin
+        box = np.array([cx - 0.5 * w, cy - 0.5 * h, w, h])
+        if self._shape is not None:  # keep the box overlapping the frame
+            H, W = self._shape[:2]
+            box[0], box[1] = np.clip(box[0], -w + 1, W - 1), np.clip(box[1], -h + 1, H - 1)
+        self._last = box
+
+
+def _valid_box(value, where: str | Path, record: str | None = None) -> np.ndarray:
+    try:
+        box = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(where, f"a box is four numbers x, y, w, h, got {value!r}", record) from err
+    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+        raise DataError(where, f"a box is x, y, w, h with w, h > 0, got {value!r}", record)
+    return box
+
+
+def parse_box_source(spec: str, initial: str | None = None) -> BoxSource:
+    """``whole`` | ``tracked`` | ``x,y,w,h`` | a box file; ``initial`` is the tracker's starting box spec."""
+    if spec == "whole":
+        return WholeFrame()
+    if spec == "tracked":
+        return TrackedBox(parse_box_source(initial) if initial else None)
+    if "," in spec and not Path(spec).exists():
+        return FixedBox(tuple(spec.split(",")))
+    return BoxFile(spec)

@@ -1,0 +1,375 @@
+"""``geosapiens predict``: keypoint tracks of an infant from images, folders of images and video files.
+
+Everything runs on the local machine (recordings never leave the site). Per frame: a box (:mod:`.boxes`),
+the UDP crop affine, the network (PyTorch checkpoint or ONNX, :mod:`.runtime`), the heatmap codec, and the
+inverse affine back to image pixels; per video, optionally, test-time adaptation of the head
+(:class:`~geosapiens.stages.tta.HeadAdaptation`, reset between videos), One-Euro smoothing
+(:mod:`.smoothing`) and quality flags (:mod:`.quality`). Outputs, in ``--out``:
+
+- ``coco_results.json`` (COCO keypoint results, with the quality values per result) and ``images.json``
+  (the COCO ``images`` those results refer to: id, file name, size, sequence, frame);
+- for videos and frame folders: ``tracks.csv`` (one row per frame) and ``tracks/<video>.npz``, with the
+  quality columns, and ``keypoints_raw`` next to the smoothed ``keypoints`` when smoothing is on;
+- with ``--overlay``: ``overlays/<video>.mp4`` (or ``overlays/<image>.jpg`` for stills), flagged frames
+  marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from geosapiens.callbacks.prediction_writer import write_predictions
+from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
+from geosapiens.data.datasets import to_tensor
+from geosapiens.deploy.boxes import BoxFile, BoxSource, TrackedBox, parse_box_source
+from geosapiens.deploy.quality import QualityCheck
+from geosapiens.deploy.smoothing import smooth_track
+from geosapiens.deploy.sources import Clip, Frame, open_clips
+from geosapiens.errors import CheckpointError, DataError
+from geosapiens.io import atomic_write_file
+from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens.models.pose_model import HEATMAP_STRIDE
+from geosapiens.models.prior import PoseVAE
+from geosapiens.skeleton import COCO17
+from geosapiens.stages.tta import HeadAdaptation
+
+__all__ = ["ClipPrediction", "Predictor", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipPrediction:
+    """A clip's predictions, frame by frame: ``keypoints`` (T, K, 2) image px (smoothed when asked),
+    ``keypoints_raw`` (T, K, 2), ``scores`` (T, K), ``boxes`` (T, 4) xywh, frame ``paths``, ``sizes`` (T, 2)
+    as (H, W), and ``quality`` (name -> (T,) values)."""
+
+    clip: Clip
+    keypoints: np.ndarray
+    keypoints_raw: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    paths: list[str]
+    sizes: np.ndarray
+    quality: dict[str, np.ndarray]
+
+
+class Predictor:
+    """Frames -> keypoints in image pixels, batch by batch, clip by clip.
+
+    Args:
+        runner: the network (:func:`geosapiens.deploy.runtime.open_runner`): normalised crops -> heatmaps.
+        boxes: where each frame's box comes from.
+        batch_size: frames per network call (and per adaptation step group). With ``tracked`` boxes the box
+            follows the last predicted frame, i.e. the previous frame only at batch size 1.
+        flip: average with the mirrored crop's heatmaps (twice the compute, slightly better joints).
+        adaptation: test-time adaptation of the head (PyTorch runtime only); reset at every clip.
+        smoothing: One-Euro filter arguments for sequences (``min_cutoff``, ``beta``...), None = off.
+        quality: per-frame flags.
+        padding: box padding of the crop (the training crops' 1.25).
+    """
+
+    def __init__(
+        self,
+        runner,
+        boxes: BoxSource,
+        *,
+        batch_size: int = 8,
+        flip: bool = False,
+        adaptation: HeadAdaptation | None = None,
+        smoothing: dict | None = None,
+        quality: QualityCheck | None = None,
+        padding: float = 1.25,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.runner, self.boxes, self.batch_size, self.flip = runner, boxes, batch_size, flip
+        self.input_size = tuple(runner.input_size)
+        h, w = self.input_size
+        self.codec = UDPHeatmapCodec(self.input_size, (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
+        self.adaptation = adaptation
+        if adaptation is not None:
+            model = getattr(runner, "model", None)
+            if model is None:
+                raise ValueError("test-time adaptation trains the head: use the PyTorch runtime (a .ckpt)")
+            adaptation.remember(model.head)
+        self.smoothing = smoothing
+        self.quality = quality or QualityCheck()
+        self.padding = padding
+
+    def crop(self, frame: Frame, box: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The normalised crop (3, H, W) of ``box`` and its image -> crop affine (2, 3)."""
+        h, w = self.input_size
+        center, scale = bbox_to_center_scale(box, w / h, padding=self.padding)
+        affine = udp_affine(center, scale, (h, w))
+        return to_tensor(warp_image(frame.image, affine, (h, w))), affine
+
+    @torch.no_grad()
+    def heatmaps(self, images: torch.Tensor) -> torch.Tensor:
+        heatmaps = self.runner(images)
+        if self.flip:
+            mirrored = self.runner(images.flip(-1).contiguous())
+            heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(mirrored, COCO17.flip_indices))
+        return heatmaps
+
+    def _batches(self, clip: Clip) -> Iterator[list[tuple[Frame, np.ndarray, torch.Tensor, np.ndarray]]]:
+        """Boxed, cropped frames in batches; the box of a frame is asked for only once the previous batch
+        was observed, so tracking sees every prediction before it boxes the next frame."""
+        batch = []
+        for frame in clip.frames():
+            box = self.boxes.box(frame.image.shape, frame.index, frame.path)
+            batch.append((frame, box, *self.crop(frame, box)))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def predict_clip(self, clip: Clip, progress: tqdm | None = None) -> ClipPrediction:
+        self.boxes.start(clip.sequence)
+        model = getattr(self.runner, "model", None)
+        keypoints, scores, boxes, paths, sizes = [], [], [], [], []
+        for batch in self._batches(clip):
+            images = torch.stack([b[2] for b in batch])
+            to_image = invert_affine_torch(torch.as_tensor(np.stack([b[3] for b in batch])))
+            if self.adaptation is not None:
+                if clip.sequence is None:  # stills: every batch starts from the trained head
+                    self.adaptation.reset(model.head)
+                self.adaptation.adapt(
+                    model, self.codec, images, crop_to_image=to_image if clip.sequence else None
+                )
+            kp_crop, sc = self.codec.decode(self.heatmaps(images))
+            kp = apply_affine(kp_crop.double(), to_image.double()).numpy()
+            for i, (frame, box, _, _) in enumerate(batch):
+                self.boxes.observe(kp[i], sc[i].double().numpy())
+                keypoints.append(kp[i])
+                scores.append(sc[i].double().numpy())
+                boxes.append(box)
+                paths.append(frame.path)
+                sizes.append(frame.image.shape[:2])
+            if progress is not None:
+                progress.update(len(batch))
+        if self.adaptation is not None:
+            self.adaptation.reset(model.head)  # nothing learnt on this clip reaches the next
+        raw = np.asarray(keypoints, np.float64)
+        scores_arr = np.asarray(scores, np.float64)
+        smoothed = raw
+        if self.smoothing is not None and clip.sequence is not None:
+            smoothed = smooth_track(raw, scores_arr, clip.fps, **self.smoothing)
+        return ClipPrediction(
+            clip,
+            smoothed,
+            raw,
+            scores_arr,
+            np.asarray(boxes, np.float64),
+            paths,
+            np.asarray(sizes, np.int64),
+            self.quality(smoothed, scores_arr),
+        )
+
+
+# -- outputs -------------------------------------------------------------------------------------------------
+def _rows(predictions: list[ClipPrediction], image_ids: dict[str, int]) -> tuple[list[dict], list[dict]]:
+    """Writer rows and COCO ``images`` entries; ids from ``image_ids`` (by file name) or numbered from 1."""
+    rows, images = [], []
+    next_id = max(image_ids.values(), default=0) + 1
+    for pred in predictions:
+        for t, path in enumerate(pred.paths):
+            name = Path(path).name
+            if pred.clip.sequence is None and name in image_ids:
+                image_id = image_ids[name]
+            else:
+                image_id, next_id = next_id, next_id + 1
+            frame = t if pred.clip.sequence is not None else None
+            h, w = (int(v) for v in pred.sizes[t])
+            images.append(
+                {"id": image_id, "file_name": path, "height": h, "width": w}
+                | {"sequence": pred.clip.sequence, "frame": frame}
+            )
+            row = {
+                "index": None,
+                "image_id": image_id,
+                "image_path": path,
+                "bbox": pred.boxes[t].tolist(),
+                "keypoints": pred.keypoints[t].tolist(),
+                "scores": pred.scores[t].tolist(),
+                "sequence": pred.clip.sequence,
+                "frame": frame,
+                "extra": {k: v[t] for k, v in pred.quality.items()},
+            }
+            if pred.keypoints is not pred.keypoints_raw:
+                row["keypoints_raw"] = pred.keypoints_raw[t].tolist()
+            rows.append(row)
+    return rows, images
+
+
+def _draw(
+    image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, box: np.ndarray, flags: dict
+) -> np.ndarray:
+    from geosapiens.viz import draw_skeleton
+
+    canvas = draw_skeleton(image, keypoints, scores, threshold=0.3)
+    x, y, w, h = (int(round(v)) for v in box)
+    warn = [name.replace("_", " ") for name in ("low_confidence", "implausible") if flags[name]]
+    color = (230, 40, 40) if warn else (40, 200, 40)
+    cv2.rectangle(canvas, (x, y), (x + w, y + h), color, 1)
+    if warn:
+        cv2.putText(canvas, ", ".join(warn), (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+    return canvas
+
+
+def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
+    """Overlay video (sequences; decoded a second time, so no frame is kept in memory) or images (stills)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written, writer = [], None
+    target = folder / f"{pred.clip.sequence}.mp4" if pred.clip.sequence is not None else None
+    partial = target.with_name(f".{target.name}.part.mp4") if target is not None else None
+    try:
+        for t, frame in enumerate(pred.clip.frames()):
+            flags = {k: bool(v[t]) for k, v in pred.quality.items() if k in ("low_confidence", "implausible")}
+            canvas = _draw(frame.image, pred.keypoints[t], pred.scores[t], pred.boxes[t], flags)
+            bgr = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
+            if target is None:
+                path = folder / f"{Path(frame.path).stem}.jpg"
+                ok, data = cv2.imencode(".jpg", bgr)
+                if not ok:
+                    raise DataError(path, "JPEG encoding failed")
+                written.append(atomic_write_file(path, data.tobytes()))
+                continue
+            if writer is None:
+                h, w = bgr.shape[:2]
+                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), pred.clip.fps, (w, h))
+                if not writer.isOpened():
+                    raise DataError(target, "OpenCV cannot write an mp4v video here")
+            writer.write(bgr)
+    finally:
+        if writer is not None:
+            writer.release()
+    if target is not None and partial.exists():
+        partial.replace(target)  # a killed run never leaves a half-written video under the real name
+        written.append(target)
+    return written
+
+
+# -- command line --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geosapiens predict",
+        description="Predict infant keypoints on images, folders of images and videos "
+        "(for dataset-level prediction with a config, use `geosapiens predict --config ...`).",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
+    p.add_argument("--model", required=True, help="a stage checkpoint (.ckpt) or an exported .onnx")
+    p.add_argument("--weights", default="model", choices=("model", "teacher"), help="network of a .ckpt")
+    p.add_argument("--runtime", default=None, choices=("torch", "onnx"), help="default: by file type")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument(
+        "--box",
+        default="whole",
+        help="whole (default) | tracked | x,y,w,h | a file of boxes (COCO annotations, JSON or CSV)",
+    )
+    p.add_argument("--initial_box", default=None, help="with --box tracked: the first frame's box spec")
+    p.add_argument("--sequence", action="store_true", help="read each folder as the frames of one video")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of frame folders (default 25)")
+    p.add_argument("--batch_size", type=int, default=8, help="frames per network call (default 8)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the network")
+    p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
+    p.add_argument("--pose_prior", default=None, help="pose VAE: TTA manifold term, implausibility")
+    p.add_argument("--tta.steps", dest="tta_steps", type=int, default=0, help="TTA steps per batch (0 = off)")
+    p.add_argument("--tta.lr", dest="tta_lr", type=float, default=1e-4, help="TTA Adam learning rate")
+    p.add_argument("--tta.critic", dest="tta_critic", default=None, help="small-critic file: geometry terms")
+    p.add_argument("--tta.normal_priors", dest="tta_normal_priors", default=None, help="normal priors JSON")
+    p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of video tracks")
+    p.add_argument("--smooth.min_cutoff", dest="smooth_min_cutoff", type=float, default=1.0, help="Hz")
+    p.add_argument("--smooth.beta", dest="smooth_beta", type=float, default=0.01, help="per px/s")
+    p.add_argument("--quality.min_score", dest="min_score", type=float, default=0.3)
+    p.add_argument("--quality.max_pose_error", dest="max_pose_error", type=float, default=0.5)
+    p.add_argument("--overlay", action="store_true", help="write overlay videos / images")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def _adaptation(args: argparse.Namespace) -> HeadAdaptation | None:
+    if args.tta_steps <= 0:
+        return None
+    critic = None
+    if args.tta_critic:
+        from geosapiens.models.small_critic import SmallCritic
+
+        critic = SmallCritic.from_file(args.tta_critic)
+    adaptation = HeadAdaptation(
+        steps=args.tta_steps,
+        lr=args.tta_lr,
+        critic=critic,
+        normal_priors=args.tta_normal_priors,
+        pose_prior=args.pose_prior,
+    )
+    if not adaptation.active:
+        raise ValueError(
+            "--tta.steps needs an objective: --pose_prior (manifold), video input (temporal) or --tta.critic"
+        )
+    return adaptation
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from geosapiens.deploy.runtime import open_runner
+
+    smoothing = {"min_cutoff": args.smooth_min_cutoff, "beta": args.smooth_beta} if args.smooth else None
+    try:
+        clips = open_clips(args.inputs, as_sequence=args.sequence, fps=args.fps)
+        runtime = args.runtime or ("onnx" if args.model.endswith(".onnx") else "torch")
+        runner = open_runner(args.model, runtime=runtime, weights=args.weights, threads=args.threads)
+        boxes = parse_box_source(args.box, args.initial_box)
+        prior = PoseVAE.load(args.pose_prior) if args.pose_prior else None
+        predictor = Predictor(
+            runner,
+            boxes,
+            batch_size=args.batch_size,
+            flip=args.flip,
+            adaptation=_adaptation(args),
+            smoothing=smoothing,
+            quality=QualityCheck(args.min_score, prior, args.max_pose_error),
+        )
+    except (DataError, CheckpointError, ValueError) as err:
+        print(f"geosapiens predict: {err}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out)
+    predictions = []
+    for clip in clips:
+        with tqdm(
+            total=len(clip), unit="frame", desc=clip.sequence or clip.path.name, disable=not args.progress
+        ) as bar:
+            try:
+                pred = predictor.predict_clip(clip, bar)
+            except DataError as err:
+                print(f"geosapiens predict: {err}", file=sys.stderr)
+                return 1
+        predictions.append(pred)
+        if args.overlay:
+            write_overlays(pred, out / "overlays")
+        flagged = int(np.sum(pred.quality["low_confidence"] | pred.quality["implausible"]))
+        log.info("%s: %d frames, %d flagged", clip.path, len(pred.paths), flagged)
+
+    image_ids = boxes.image_ids if isinstance(boxes, BoxFile) else {}
+    if isinstance(boxes, TrackedBox) and isinstance(boxes.initial, BoxFile):
+        image_ids = boxes.initial.image_ids
+    rows, images = _rows(predictions, image_ids)
+    written = write_predictions(out, rows, keypoint_names=COCO17.names)
+    written.append(atomic_write_file(out / "images.json", json.dumps({"images": images})))
+    print(f"geosapiens predict: {len(rows)} frames from {len(clips)} input(s) -> {out}")
+    for path in written:
+        print(f"  {path}")
+    return 0
