@@ -13,6 +13,7 @@ by ``geosapiens predict --tta.steps k`` and by the :class:`TestTimeAdaptation` c
 from __future__ import annotations
 
 import copy
+import math
 
 import lightning.pytorch as L
 import torch
@@ -151,26 +152,34 @@ class HeadAdaptation:
         image_paths: list[str] | None = None,
         crop_to_image: torch.Tensor | None = None,
     ) -> None:
-        """Take the steps on ``model.head`` for one group of crops (the encoder is not touched)."""
+        """Take the steps on ``model.head`` for one group of crops (the encoder is not touched).
+
+        The head ends at the best of the weights the steps visited (the objective is evaluated at each
+        anyway), so a step that overshoots never makes the prediction worse by the objective's measure.
+        """
         head = model.head
         with torch.enable_grad():
             with torch.no_grad():
                 features = model.backbone(images)
             maps = self.geometry(images, image_paths)
             optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
-            before = None
-            for _ in range(self.steps):
+            first, best, best_state = None, math.inf, None
+            for step in range(self.steps + 1):
                 loss = self.objective(head(features), codec, maps, crop_to_image)
                 if not loss.requires_grad or not torch.isfinite(loss):
                     break
-                before = float(loss.detach()) if before is None else before
+                value = float(loss.detach())
+                first = value if first is None else first
+                if value < best:
+                    best, best_state = value, copy.deepcopy(head.state_dict())
+                if step == self.steps:
+                    break
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            if before is not None:
-                with torch.no_grad():
-                    after = float(self.objective(head(features), codec, maps, crop_to_image))
-                self.history.append((before, after))
+            if best_state is not None:
+                head.load_state_dict(best_state)
+                self.history.append((first, best))
 
 
 class TestTimeAdaptation(L.Callback):
