@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth.min_cutoff", dest="smooth_min_cutoff", type=float, default=1.0, help="Hz")
     p.add_argument("--smooth.beta", dest="smooth_beta", type=float, default=0.01, help="per px/s")
     p.add_argument("--quality.min_score", dest="min_score", type=float, default=0.3)
-    p.add_argument("--quality.max_pose_error", dest="max_pose_error", type=float, default=0.5)
+    p.add_argument("--quality.max_pose_error", dest="max_pose_error", type=float, default=0.3)
     p.add_argument("--overlay", action="store_true", help="write overlay videos / images")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p

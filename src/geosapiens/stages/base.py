@@ -84,7 +84,7 @@ def pose_model_from_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure gets the file named
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
     hparams = dict(ckpt.get("hyper_parameters") or {})
