@@ -43,15 +43,18 @@ def build_pose_model(
     return PoseModel(net, head)
 
 
-def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
-    """Initialise ``model`` from the ``prefix`` weights of a Lightning checkpoint (e.g. the warm-up's)."""
-    path = Path(path)
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint's dict, read without unpickling code (``weights_only``)."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: init checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure gets the file named
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
+
+
+def _load_prefixed(model: nn.Module, ckpt: dict[str, Any], path: Path, prefix: str) -> None:
+    """Load the checkpoint's ``prefix*`` weights into ``model``, all of them and nothing else."""
     state = ckpt.get("state_dict", ckpt)
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
@@ -59,10 +62,14 @@ def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: does not fit the model (missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}); "
-            "was it trained with another backbone or keypoint count?"
+            f"{path}: '{prefix}*' weights do not fit the model (missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}); was it trained with another backbone or keypoint count?"
         )
+
+
+def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
+    """Initialise ``model`` from the ``prefix`` weights of a Lightning checkpoint (e.g. the warm-up's)."""
+    _load_prefixed(model, _read_checkpoint(Path(path)), Path(path), prefix)
 
 
 def pose_model_from_checkpoint(
@@ -81,12 +88,7 @@ def pose_model_from_checkpoint(
         The model, its crop size (H, W) and the checkpoint's hyperparameters.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every failure gets the file named
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
+    ckpt = _read_checkpoint(path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "backbone" not in hparams or "input_size" not in hparams:
         raise CheckpointError(
@@ -104,16 +106,7 @@ def pose_model_from_checkpoint(
         backbone_kwargs["family"] = load_checkpoint(pretrained).family
     input_size = tuple(int(v) for v in hparams["input_size"])
     model = build_pose_model(hparams["backbone"], input_size, backbone_kwargs, hparams.get("head_kwargs"))
-    prefix = f"{weights}."
-    state = {k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
-    if not state:
-        raise CheckpointError(f"{path}: no '{prefix}*' weights in this checkpoint")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: '{prefix}*' weights do not fit the recorded model (missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]})"
-        )
+    _load_prefixed(model, ckpt, path, f"{weights}.")
     return model.eval(), input_size, hparams
 
 

@@ -182,7 +182,7 @@ class HeadAdaptation:
                 self.history.append((first, best))
 
 
-class TestTimeAdaptation(L.Callback):
+class TestTimeAdaptation(HeadAdaptation, L.Callback):
     """Adapt ``pl_module.model.head`` on each test/predict batch before it is predicted.
 
     Batches must be canonical test crops (as every DataModule's test/predict loader gives), in frame order
@@ -192,39 +192,17 @@ class TestTimeAdaptation(L.Callback):
 
     __test__ = False  # not a pytest class, whatever its name says
 
-    def __init__(
-        self,
-        steps: int = 5,
-        lr: float = 1e-4,
-        critic_cache: str | None = None,
-        critic: GeometricCritic | None = None,
-        normal_priors: str | None = None,
-        pose_prior: str | None = None,
-        weights: dict[str, float] | None = None,
-        soft_argmax_temperature: float = 0.05,
-        depth_lambda_z: float = 1e-3,
-    ) -> None:
-        self.adaptation = HeadAdaptation(
-            steps, lr, critic_cache, critic, normal_priors, pose_prior, weights,
-            soft_argmax_temperature, depth_lambda_z,
-        )  # fmt: skip
-        self._sequence: object = object()
-
-    @property
-    def history(self) -> list[tuple[float, float]]:
-        return self.adaptation.history
-
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loop = trainer.test_loop if trainer.testing else trainer.predict_loop
         if loop.inference_mode:
             raise RuntimeError(
                 "TestTimeAdaptation takes gradient steps at test time: set `trainer.inference_mode: false`"
             )
-        self.adaptation.remember(pl_module.model.head)
-        self._sequence = object()
+        self.remember(pl_module.model.head)
+        self._sequence: object = object()
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.adaptation.reset(pl_module.model.head)
+        self.reset(pl_module.model.head)
 
     on_test_start = on_predict_start = _start
     on_test_end = on_predict_end = _end
@@ -232,9 +210,9 @@ class TestTimeAdaptation(L.Callback):
     def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, *args) -> None:
         sequence = batch["sequence"][0] if "sequence" in batch else None
         if sequence is None or sequence != self._sequence:  # a new video (or a group of stills): reset
-            self.adaptation.reset(pl_module.model.head)
+            self.reset(pl_module.model.head)
             self._sequence = sequence
-        self.adaptation.adapt(
+        self.adapt(
             pl_module.model,
             pl_module.codec,
             batch["image"],
