@@ -42,10 +42,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class RestoreRNG(L.Callback):
     """Save the global RNG states in the checkpoint; put them back when training (re)starts.
 
-    They are restored in ``on_train_start``, after Lightning has built the data iterators (which draw a
-    worker base seed from torch's RNG, as they did once in the interrupted run), so the next draw is the one
-    the step after the checkpoint made. Under DDP each rank saves its own states; a checkpoint holds rank 0's,
-    which every rank gets back (dropout masks then coincide across ranks, which is harmless).
+    They are restored in ``on_train_start``, after everything Lightning does before the first step, so the
+    next draw is the one the step after the checkpoint made. The project's loaders draw their worker seeds
+    from private generators, so a validation run or a new pass between checkpoint and step changes nothing.
+    Under DDP a checkpoint holds rank 0's states and every rank gets them back: ``seed_everything`` gives all
+    ranks one seed, so those are the states every rank had.
     """
 
     def __init__(self) -> None:

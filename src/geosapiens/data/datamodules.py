@@ -24,6 +24,7 @@ from typing import Any, Literal
 import cv2
 import lightning.pytorch as L
 import numpy as np
+import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -202,8 +203,8 @@ class PoseDataModule(L.LightningDataModule):
             worker_init_fn=_worker_init if workers > 0 else None,
             collate_fn=collate_fn,
         )
-        if not train:
-            return DataLoader(dataset, **options)
+        if not train:  # a private generator: validation mid-training leaves the global RNG where it was
+            return DataLoader(dataset, generator=torch.Generator(), **options)
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = self.data_seed if self.data_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["SampleKey", "key_rng", "KeyedSampler", "ResumableLoader"]
@@ -116,6 +117,8 @@ class ResumableLoader(DataLoader):
         **kwargs: Any,
     ) -> None:
         sampler = KeyedSampler(dataset, num_replicas, rank, shuffle=True, seed=seed)
+        # worker base seeds from a private generator: starting a pass never draws from the global RNG
+        kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(dataset, batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
         self._pass, self._batches = -1, 0  # before the first pass
