@@ -38,7 +38,8 @@ def test_resumable_loader_continues_mid_pass_and_after_a_finished_pass():
     list(interrupted)
     iterator = iter(interrupted)
     taken = [next(iterator), next(iterator)]
-    assert interrupted.state_dict() == {"pass": 1, "batches": 2, "seed": 5, "num_replicas": 1}
+    state = interrupted.state_dict()
+    assert state == {"pass": 1, "batches": 2, "seed": 5, "num_replicas": 1, "batch_size": 3}
     resumed = ResumableLoader(Keys(), batch_size=3, seed=5)
     resumed.load_state_dict(interrupted.state_dict())
     rest = list(resumed)
@@ -53,6 +54,8 @@ def test_resumable_loader_continues_mid_pass_and_after_a_finished_pass():
 
     with pytest.raises(ValueError, match="data seed is 5, this run's 6"):
         ResumableLoader(Keys(), batch_size=3, seed=6).load_state_dict(interrupted.state_dict())
+    with pytest.raises(ValueError, match="batch_size is 3, this run's 2"):
+        ResumableLoader(Keys(), batch_size=2, seed=5).load_state_dict(interrupted.state_dict())
 
 
 def test_ranks_split_each_pass_without_overlap():

@@ -91,9 +91,10 @@ class KeyedSampler(DistributedSampler):
 class ResumableLoader(DataLoader):
     """A training DataLoader over a :class:`KeyedSampler` whose position survives a checkpoint.
 
-    ``state_dict`` = ``{"pass": pass being iterated, "batches": batches handed out in it}``. Lightning's
-    training fetcher takes exactly one batch per step from a loader with a length (it prefetches only
-    unsized ones), so at a checkpoint the count equals the steps taken in the pass. After
+    ``state_dict`` = ``{"pass": pass being iterated, "batches": batches handed out in it}`` and the seed,
+    world size and batch size it holds for (a checkpoint from another data configuration is refused).
+    Lightning's training fetcher takes exactly one batch per step from a loader with a length (it prefetches
+    only unsized ones), so at a checkpoint the count equals the steps taken in the pass. After
     :meth:`load_state_dict`, the next iteration resumes that pass after those batches (a finished pass
     resumes as the next one).
 
@@ -138,10 +139,10 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         state = {"pass": self._pass, "batches": self._batches}
-        return state | {"seed": self.seed, "num_replicas": self.num_replicas}
+        return state | {"seed": self.seed, "num_replicas": self.num_replicas, "batch_size": self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        for name in ("seed", "num_replicas"):
+        for name in ("seed", "num_replicas", "batch_size"):
             if state_dict.get(name, getattr(self, name)) != getattr(self, name):
                 raise ValueError(
                     f"ResumableLoader: the checkpoint's data {name} is {state_dict[name]}, this run's "
