@@ -82,8 +82,8 @@ def _interrupt(args: list[str], run: Path, sig: signal.Signals, after_step: int)
     log, _ = proc.communicate(timeout=240)
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
-    else:
-        assert "SIGTERM: saved" in log, log
+    else:  # saved at the current step, then a clean stop with SIGTERM's conventional status
+        assert "SIGTERM: saved" in log and proc.returncode == 128 + signal.SIGTERM, log
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
