@@ -108,7 +108,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(syrip, tmp_path_factory
     batch = left["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"]  # batches taken
     assert left["epoch"] == 0 and 0 < batch < BATCHES_PER_EPOCH and left["global_step"] < STEPS  # mid-epoch
     source, target = left["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert source["batches"] == target["batches"] == batch  # the loaders' positions travel with it
+    # the loaders' positions travel with it; the target (8 real stills: 4 batches) cycles within the epoch
+    assert (source["pass"], source["batches"]) == (0, batch)
+    assert (target["pass"], target["batches"]) == ((batch - 1) // 4, batch - 4 * ((batch - 1) // 4))
 
     with warnings.catch_warnings(record=True) as caught:  # the resume itself runs in this process
         warnings.simplefilter("always")
