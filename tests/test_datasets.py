@@ -19,6 +19,7 @@ from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.occlude import CutOcclude
+from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError
 
 TRAIN = "annotations/200R/person_keypoints_train_infant.json"
@@ -106,18 +107,18 @@ def test_mask_moves_with_the_image_under_elastic(tmp_path):
     assert moved >= 4
 
 
-def test_workers_draw_different_reproducible_augmentations(records):
+def test_augmentations_are_keyed_by_seed_pass_and_index_whatever_the_workers(records):
     dataset = PoseDataset([records[0]] * 4, (32, 24), geometry=ViewAugment(rotation_prob=1.0))
 
-    def epoch_affines(loader):
-        return torch.cat([batch["affine"] for batch in loader])
+    def two_passes(workers, seed=7):
+        loader = ResumableLoader(dataset, batch_size=1, seed=seed, num_workers=workers)
+        return [torch.cat([batch["affine"] for batch in loader]) for _ in range(2)]
 
-    torch.manual_seed(7)
-    loader = DataLoader(dataset, batch_size=1, num_workers=2)
-    first, second = epoch_affines(loader), epoch_affines(loader)
-    torch.manual_seed(7)
-    again = epoch_affines(DataLoader(dataset, batch_size=1, num_workers=2))
-    # the same record four times: every item gets its own view, in both workers and both epochs
+    first, second = two_passes(workers=2)
+    # the same record four times: every item gets its own view, in both workers and both passes
     views = torch.cat([first, second]).flatten(1)
     assert torch.cdist(views, views).add(torch.eye(8) * 1e9).min() > 1e-3
-    torch.testing.assert_close(first, again)  # seeded runs are reproducible
+    for again in (two_passes(workers=0), two_passes(workers=1)):  # any worker count: the same batches
+        torch.testing.assert_close(torch.cat(again), torch.cat([first, second]), rtol=0, atol=0)
+    other = torch.cat(two_passes(workers=0, seed=8))
+    assert not torch.allclose(other, torch.cat([first, second]))

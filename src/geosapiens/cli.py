@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
@@ -80,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "predict" and len(argv) > 1 and not argv[1].startswith("-"):
         return int(importlib.import_module(DEPLOY_PREDICT).main(argv[1:]) or 0)
     if argv[0] in TRAINER_VERBS:
-        trainer_cli(argv)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            trainer_cli(argv)
+        except SIGTERMException:  # CheckpointOnSigterm has saved last.ckpt: a stop, not a crash
+            print("geosapiens: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+            return 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
         return 0
     for n in (2, 1):
         verb = " ".join(argv[:n])

@@ -156,7 +156,7 @@ def cutmix_batch(
     images: torch.Tensor,
     prob: float = 0.5,
     area_range: tuple[float, float] = (0.1, 0.3),
-    generator: torch.Generator | None = None,
+    draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a random rectangle from the next image of the batch into each image (CutMix between targets).
 
@@ -164,7 +164,8 @@ def cutmix_batch(
         images: (B, C, H, W) views (e.g. the strong views of a pair batch).
         prob: per-image probability of a paste.
         area_range: rectangle area as a fraction of the image (aspect ratio log-uniform in [1/2, 2]).
-        generator: torch RNG (default: the global one, seeded per DataLoader worker by torch).
+        draws: (B, 5) uniforms in [0, 1) deciding each image's paste (whether, area, aspect, x, y); the
+            pair dataset draws them per sample from its keyed generator. Default: torch's global RNG.
 
     Returns:
         mixed (B, C, H, W) and mask (B, H, W) bool, True where pixels came from another image. ``images``
@@ -175,7 +176,7 @@ def cutmix_batch(
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     if b < 2:
         return images, mask
-    rand = torch.rand(b, 5, generator=generator, dtype=torch.float64)
+    rand = torch.rand(b, 5, dtype=torch.float64) if draws is None else draws.to(torch.float64)
     pastes = []
     for i in range(b):
         if rand[i, 0] >= prob:
@@ -197,6 +198,9 @@ def cutmix_batch(
 class PairCollate:
     """Collate unlabelled pair samples, then CutMix the strong views between the batch's images.
 
+    The paste of each image is decided by its sample's ``cutmix_draw`` (consumed here), so it is reproducible
+    and resumable like every other augmentation.
+
     Adds ``cutmix_mask`` (B, H, W) bool in the strong frame. Its use is the consistency loss's choice: the
     teacher target comes from the un-mixed weak view, so under the mask it still says where the joint is
     (the pasted patch acts as an occluder, training robustness to occlusion as cut-occlude does); a loss that
@@ -214,6 +218,7 @@ class PairCollate:
 
     def __call__(self, samples: Sequence[dict]) -> dict:
         batch = default_collate(list(samples))
-        strong, mask = cutmix_batch(batch["strong"], self.cutmix_prob, self.cutmix_area)
+        draws = batch.pop("cutmix_draw")
+        strong, mask = cutmix_batch(batch["strong"], self.cutmix_prob, self.cutmix_area, draws)
         batch["strong"], batch["cutmix_mask"] = strong, mask
         return batch

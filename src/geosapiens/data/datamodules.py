@@ -24,6 +24,7 @@ from typing import Any, Literal
 import cv2
 import lightning.pytorch as L
 import numpy as np
+import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -37,6 +38,7 @@ from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.occlude import CutOcclude
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.robust import SkipBadSamples
+from geosapiens.data.sampling import ResumableLoader
 
 __all__ = [
     "PoseDataModule",
@@ -106,6 +108,8 @@ class PoseDataModule(L.LightningDataModule):
         skip_bad_samples: replace a sample whose files are bad by the next good one, counted and reported at
             the end of the epoch (:class:`~geosapiens.data.robust.BadSampleReport`); off = stop with the
             error naming the file.
+        data_seed: seed of the training order and of every augmentation (each sample's randomness is keyed
+            by (seed, pass, index): :mod:`geosapiens.data.sampling`); None = the run's ``seed_everything``.
     """
 
     def __init__(
@@ -132,9 +136,11 @@ class PoseDataModule(L.LightningDataModule):
         cutmix_prob: float = 0.5,
         cutmix_area: tuple[float, float] = (0.1, 0.3),
         skip_bad_samples: bool = False,
+        data_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.skip_bad_samples = skip_bad_samples
+        self.data_seed = data_seed
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -182,21 +188,29 @@ class PoseDataModule(L.LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------------------
 
     def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
+        """Training: a :class:`ResumableLoader` (keyed order and augmentation, sharded over DDP ranks, its
+        position saved in checkpoints); evaluation: a plain sequential loader."""
         if len(dataset) == 0:
             raise ValueError(f"{type(self).__name__}: an empty {'training' if train else 'evaluation'} split")
         # Bad files raise a DataError naming them (from workers too); opted in, they are replaced and counted.
         dataset = SkipBadSamples(dataset, enabled=self.skip_bad_samples)
         workers = self.num_workers
-        return DataLoader(
-            dataset,
+        options = dict(
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=_worker_init if workers > 0 else None,
             collate_fn=collate_fn,
+        )
+        if not train:  # a private generator: validation mid-training leaves the global RNG where it was
+            return DataLoader(dataset, generator=torch.Generator(), **options)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = self.data_seed if self.data_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return ResumableLoader(
+            dataset, seed=seed, num_replicas=replicas, rank=rank,
+            drop_last=len(dataset) // replicas > self.batch_size, **options,
         )
 
     def labelled_train_loader(self) -> DataLoader:

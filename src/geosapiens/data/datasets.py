@@ -1,13 +1,14 @@
 """Torch datasets over :class:`~geosapiens.data.records.PoseRecord` lists: labelled crops, unlabelled pairs.
 
 Every sample is made with ONE warp of the original image per view (affine, or affine + elastic as one
-remap), carries the 2x3 affine image -> crop, and is normalised with Sapiens' mean/std. Randomness comes
-from a per-item numpy generator seeded from torch's RNG, which torch seeds differently in every DataLoader
-worker and every epoch (and ``seed_everything`` makes reproducible), so workers never share augmentations.
+remap), carries the 2x3 affine image -> crop, and is normalised with Sapiens' mean/std. All randomness of a
+sample comes from one numpy generator keyed by its :class:`~geosapiens.data.sampling.SampleKey` (index, pass,
+seed), so a sample is the same whichever worker makes it, however many workers there are, and after a resume.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from geosapiens.data.crop import compose_affine, invert_affine, transform_points
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
+from geosapiens.data.sampling import SampleKey, key_rng
 from geosapiens.errors import DataError
 
 __all__ = [
@@ -72,11 +74,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.addcmul(_BIAS, planes, _SCALE)
 
 
-def _item_rng(index: int) -> np.random.Generator:
-    """A numpy generator for one item, drawn from torch's (per-worker, per-epoch seeded) RNG."""
-    return np.random.default_rng([index, int(torch.randint(0, 2**62, ()).item())])
-
-
 def _visible_in_view(keypoints: np.ndarray, visible: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """A joint outside the crop is not visible in it."""
     h, w = size_hw
@@ -99,7 +96,8 @@ class PoseDataset(Dataset):
         padding: box padding factor of the crop.
         geometry: random view geometry; None = the canonical crop (evaluation).
         elastic: elastic scale augmentation (source only), applied with ``elastic.prob``.
-        occlude: cut-occlude augmentation; its texture bank is filled from the images this dataset reads.
+        occlude: cut-occlude augmentation; its textures are procedural or the background of another record
+            of this dataset (see :meth:`textures`).
         photometric: pixel augmentation of the crop.
         with_mask: also return the record's infant mask, warped like the image (nearest neighbour).
     """
@@ -123,19 +121,44 @@ class PoseDataset(Dataset):
         self.occlude = occlude
         self.photometric = photometric
         self.with_mask = with_mask
-        self.bank = TextureBank() if occlude is not None else None
+        self.backgrounds: OrderedDict[int, tuple[str, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def textures(self, index: int, rng: np.random.Generator) -> TextureBank:
+        """A texture bank holding the background crop of one other record (the donor, drawn from ``rng``).
+
+        A donor's crop depends on the donor alone, so it is cached (least recently used first out, at the
+        bank's capacity) and a sample never depends on which images its worker happened to read before; a
+        cache miss costs one more image read.
+        """
+        bank = TextureBank()
+        if len(self.records) < 2:
+            return bank
+        donor = int(rng.integers(len(self.records) - 1))
+        donor += donor >= index
+        if donor not in self.backgrounds:
+            record = self.records[donor]
+            crop = TextureBank(capacity=1)
+            crop.add_background(read_image(record.image_path, record.image_id), record.bbox,
+                                key_rng(donor, stream=2)[1], source=str(record.image_path))
+            self.backgrounds[donor] = crop.crops[0] if crop.crops else (str(record.image_path), None)
+            while len(self.backgrounds) > bank.crops.maxlen:
+                self.backgrounds.popitem(last=False)
+        self.backgrounds.move_to_end(donor)
+        source, background = self.backgrounds[donor]
+        if background is not None:
+            bank.crops.append((source, background))
+        return bank
+
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        index, rng = key_rng(key, stream=0)
         record = self.records[index]
-        rng = _item_rng(index)
         source = str(record.image_path)
         image = read_image(record.image_path, record.image_id)
         mask = read_mask(record) if self.with_mask else None
-        if self.bank is not None:
-            self.bank.add_background(image, record.bbox, rng, source=source)
+        bank = self.textures(index, rng) if self.occlude is not None else None
 
         params = self.geometry.sample(rng) if self.geometry is not None else None
         affine = view_affine(record.bbox, self.input_size, params, self.padding)
@@ -159,7 +182,7 @@ class PoseDataset(Dataset):
         visible = _visible_in_view(keypoints, visible, self.input_size)
 
         if self.occlude is not None:
-            crop, visible, _ = self.occlude(crop, keypoints, labelled, visible, rng, self.bank, source)
+            crop, visible, _ = self.occlude(crop, keypoints, labelled, visible, rng, bank, source)
         if self.photometric is not None:
             crop = self.photometric(crop, rng)
 
@@ -187,8 +210,9 @@ class PairDataset(Dataset):
     Sample dict (API.md): ``weak``, ``strong`` (3, H, W) float normalised; ``weak_affine``, ``strong_affine``
     (2, 3) float32 image -> view; ``canonical_affine`` (2, 3) image -> unaugmented crop (the frame critic
     caches live in); ``weak_to_strong`` (2, 3) = strong_affine @ inv(weak_affine); ``flipped`` bool;
-    ``image_path``, ``index``; with ``return_labels`` also ``keypoints`` (K, 2) and ``weights`` (K,) in the
-    weak frame (validation only, never a training signal).
+    ``cutmix_draw`` (5,) float64 uniforms for this sample's CutMix paste (:func:`~.augment.cutmix_batch`, so
+    batch-level CutMix is keyed like the rest); ``image_path``, ``index``; with ``return_labels`` also
+    ``keypoints`` (K, 2) and ``weights`` (K,) in the weak frame (validation only, never a training signal).
 
     Both views share one mirror state (drawn with ``weak.flip_prob``), so ``weak_to_strong`` has a positive
     determinant and heatmap channel k of one view is channel k of the other: warping the teacher's weak
@@ -226,9 +250,9 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        index, rng = key_rng(key, stream=1)
         record = self.records[index]
-        rng = _item_rng(index)
         image = read_image(record.image_path, record.image_id)
         flip = bool(rng.random() < self.weak.flip_prob)
         size, padding = self.input_size, self.padding
@@ -250,6 +274,7 @@ class PairDataset(Dataset):
             "canonical_affine": f32(canonical),
             "weak_to_strong": f32(compose_affine(strong_affine, invert_affine(weak_affine))),
             "flipped": flip,
+            "cutmix_draw": torch.from_numpy(rng.random(5)),
             "image_path": str(record.image_path),
             "image_id": record.image_id,
             "index": index,

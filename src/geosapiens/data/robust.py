@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from geosapiens.data.sampling import SampleKey
 from geosapiens.errors import DataError
 
 __all__ = ["SkipBadSamples", "BadSampleReport", "SKIPPED_KEY", "SKIPPED_ERROR_KEY"]
@@ -61,7 +62,7 @@ class SkipBadSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | SampleKey) -> Any:
         try:
             return self._replaced(index) if self.enabled else self.dataset[index]
         except DataError as error:
@@ -70,15 +71,17 @@ class SkipBadSamples(Dataset):
                 raise
             raise _DataErrorFromWorker.wrap(error, worker.id, index) from None
 
-    def _replaced(self, index: int) -> dict:
-        """The sample at ``index``, or at the next index that loads, marked with what was skipped."""
+    def _replaced(self, key: int | SampleKey) -> dict:
+        """The sample at ``key``, or at the next index that loads (same pass), marked as skipped."""
+        index = key.index if isinstance(key, SampleKey) else key
         n = len(self.dataset)
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for a dataset of {n} samples")
         first: DataError | None = None
         for step in range(min(self.max_consecutive, n)):
             try:
-                sample = self.dataset[(index + step) % n]
+                shifted = (index + step) % n
+                sample = self.dataset[key._replace(index=shifted) if isinstance(key, SampleKey) else shifted]
             except DataError as error:
                 first = first or error
                 continue

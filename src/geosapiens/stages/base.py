@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from geosapiens.callbacks.guards import CheckpointOnSigterm
+from geosapiens.callbacks.rng import RestoreRNG
 from geosapiens.callbacks.teardown import DestroyProcessGroup
 from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
@@ -262,7 +263,7 @@ class PoseStage(L.LightningModule):
             )
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [DestroyProcessGroup(), BadSampleReport(), CheckpointOnSigterm()]
+        return [DestroyProcessGroup(), BadSampleReport(), CheckpointOnSigterm(), RestoreRNG()]
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):
