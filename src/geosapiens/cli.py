@@ -23,6 +23,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
     "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
     "report": ("geosapiens.metrics.report", "builds one table and plots across finished runs"),
+    "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
     "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }
 
