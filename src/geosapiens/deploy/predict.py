@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _adaptation(args: argparse.Namespace) -> HeadAdaptation | None:
+def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation | None:
     if args.tta_steps <= 0:
         return None
     critic = None
@@ -315,7 +315,8 @@ def _adaptation(args: argparse.Namespace) -> HeadAdaptation | None:
         normal_priors=args.tta_normal_priors,
         pose_prior=args.pose_prior,
     )
-    if not adaptation.active:
+    usable = [t for t in adaptation.active if t != "temporal" or any(c.sequence for c in clips)]
+    if not usable:
         raise ValueError(
             "--tta.steps needs an objective: --pose_prior (manifold), video input (temporal) or --tta.critic"
         )
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             boxes,
             batch_size=args.batch_size,
             flip=args.flip,
-            adaptation=_adaptation(args),
+            adaptation=_adaptation(args, clips),
             smoothing=smoothing,
             quality=QualityCheck(args.min_score, prior, args.max_pose_error),
         )
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     out = Path(args.out)
-    predictions = []
+    predictions, overlays = [], []
     for clip in clips:
         with tqdm(
             total=len(clip), unit="frame", desc=clip.sequence or clip.path.name, disable=not args.progress
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         predictions.append(pred)
         if args.overlay:
-            write_overlays(pred, out / "overlays")
+            overlays += write_overlays(pred, out / "overlays")
         flagged = int(np.sum(pred.quality["low_confidence"] | pred.quality["implausible"]))
         log.info("%s: %d frames, %d flagged", clip.path, len(pred.paths), flagged)
 
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = boxes.initial.image_ids
     rows, images = _rows(predictions, image_ids)
     written = write_predictions(out, rows, keypoint_names=COCO17.names)
-    written.append(atomic_write_file(out / "images.json", json.dumps({"images": images})))
+    written += [atomic_write_file(out / "images.json", json.dumps({"images": images})), *overlays]
     print(f"geosapiens predict: {len(rows)} frames from {len(clips)} input(s) -> {out}")
     for path in written:
         print(f"  {path}")

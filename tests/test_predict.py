@@ -1,0 +1,160 @@
+"""``geosapiens predict`` end to end: a generated infant sequence written as a (lossless) video gives the same
+tracks, and the same PCK against the generator's ground truth, as predicting its frames as images; outputs
+(COCO results, tracks, flags, overlays) round-trip; test-time adaptation lowers its objective per video and
+resets; SyRIP images boxed by their annotation file evaluate as-is; bad input is refused by name."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from geosapiens.cli import main
+from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
+from geosapiens.deploy.boxes import WholeFrame
+from geosapiens.deploy.predict import Predictor
+from geosapiens.deploy.runtime import open_runner
+from geosapiens.deploy.sources import open_clips
+from geosapiens.metrics.coco import coco_keypoint_ap
+from geosapiens.metrics.pck import PCK
+from geosapiens.models.prior import PoseVAE
+from geosapiens.stages import SupervisedPose
+from geosapiens.stages.tta import HeadAdaptation
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A pose stage checkpoint as Lightning writes it (hyperparameters + state dict), tiny CNN at 64x64."""
+    torch.manual_seed(0)
+    module = SupervisedPose(backbone="timm:resnet10t", input_size=(64, 64), flip_test=False)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    """A generated MINI-RGBD-style sequence (real-like style), its frames as a lossless FFV1 video, and its
+    ground truth."""
+    root = tmp_path_factory.mktemp("seq")
+    assert main(["data", "synth", "--out", str(root / "data"), "--preset", "tiny", "--seed", "0"]) == 0
+    mini = root / "data" / "mini_rgbd"
+    frames = sorted((mini / "02" / "rgb").glob("*.png"))
+    first = cv2.imread(str(frames[0]))
+    video = root / "infant02.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 25, first.shape[1::-1])
+    for f in frames:
+        writer.write(cv2.imread(str(f)))
+    writer.release()
+    return {"video": video, "frames": mini / "02" / "rgb", "truth": read_mini_rgbd(mini, ["02"])}
+
+
+def _pck(track: dict, truth) -> float:
+    metric = PCK(thresholds=(0.2,), norm="bbox")
+    metric.update(
+        torch.as_tensor(track["keypoints"]),
+        torch.as_tensor(np.stack([r.keypoints for r in truth])).double(),
+        torch.as_tensor(np.stack([r.labelled for r in truth])),
+        bbox=torch.as_tensor(np.stack([r.bbox for r in truth])).double(),
+    )
+    return float(metric.compute()["pck@0.2"])
+
+
+def test_video_tracks_equal_image_mode_and_score_the_same_pck(checkpoint, sequence, tmp_path):
+    common = ["--model", str(checkpoint), "--box", "tracked", "--batch_size", "1", "--no-progress"]
+    assert main(["predict", str(sequence["video"]), "--out", str(tmp_path / "video"), *common]) == 0
+    assert (
+        main(["predict", str(sequence["frames"]), "--sequence", "--out", str(tmp_path / "img"), *common]) == 0
+    )
+    video = np.load(tmp_path / "video" / "tracks" / "infant02.npz")
+    images = np.load(tmp_path / "img" / "tracks" / "rgb.npz")
+    assert video["keypoints"].shape == (len(sequence["truth"]), 17, 2)
+    np.testing.assert_allclose(video["keypoints"], images["keypoints"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(video["bboxes"], images["bboxes"], rtol=0, atol=1e-6)  # the tracker agrees
+    assert _pck(video, sequence["truth"]) == _pck(images, sequence["truth"])
+
+
+def test_outputs_round_trip_with_smoothing_flags_and_overlay(checkpoint, sequence, tmp_path):
+    vae = tmp_path / "vae.safetensors"
+    PoseVAE(num_keypoints=17).save(vae)
+    out = tmp_path / "out"
+    args = ["predict", str(sequence["video"]), "--model", str(checkpoint), "--out", str(out), "--no-progress"]
+    assert main([*args, "--smooth", "--pose_prior", str(vae), "--overlay", "--batch_size", "2"]) == 0
+
+    track = np.load(out / "tracks" / "infant02.npz")
+    n = len(sequence["truth"])
+    assert track["keypoints"].shape == track["keypoints_raw"].shape == (n, 17, 2)
+    assert not np.allclose(track["keypoints"][1:], track["keypoints_raw"][1:])  # smoothing changed the track
+    np.testing.assert_array_equal(track["keypoints"][0], track["keypoints_raw"][0])  # ... not its start
+    assert np.isfinite(track["pose_error"]).all() and track["implausible"].dtype == bool
+
+    with open(out / "tracks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and rows[0]["sequence"] == "infant02"
+    assert {"mean_score", "pose_error", "low_confidence", "implausible"} <= set(rows[0])
+    np.testing.assert_allclose(float(rows[2]["nose_x"]), track["keypoints"][2, 0, 0], rtol=1e-12)
+    np.testing.assert_allclose(float(rows[2]["pose_error"]), track["pose_error"][2], rtol=1e-12)
+
+    results = json.loads((out / "coco_results.json").read_text())
+    images = json.loads((out / "images.json").read_text())["images"]
+    assert [r["image_id"] for r in results] == [im["id"] for im in images]
+    assert [im["frame"] for im in images] == list(range(n))
+    np.testing.assert_allclose(np.reshape(results[3]["keypoints"], (17, 3))[:, :2], track["keypoints"][3])
+    assert results[3]["pose_error"] == pytest.approx(float(track["pose_error"][3]))
+
+    overlay = cv2.VideoCapture(str(out / "overlays" / "infant02.mp4"))
+    assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+    ok, frame = overlay.read()
+    assert ok and frame.shape == (480, 640, 3)
+
+
+def test_tta_lowers_its_objective_per_video_and_resets_between_videos(checkpoint, sequence, tmp_path):
+    vae = tmp_path / "vae.safetensors"
+    torch.manual_seed(1)
+    PoseVAE(num_keypoints=17).save(vae)
+    runner = open_runner(checkpoint, runtime="torch")
+    trained = {k: v.clone() for k, v in runner.model.head.state_dict().items()}
+    clip = open_clips([sequence["video"]])[0]
+    plain = Predictor(runner, WholeFrame(), batch_size=4).predict_clip(clip)
+
+    adaptation = HeadAdaptation(steps=5, lr=1e-3, pose_prior=str(vae))
+    predictor = Predictor(runner, WholeFrame(), batch_size=4, adaptation=adaptation)
+    adapted = predictor.predict_clip(clip)
+    assert len(adaptation.history) == 1 and all(after < before for before, after in adaptation.history)
+    assert not np.allclose(adapted.keypoints, plain.keypoints)
+    for k, v in runner.model.head.state_dict().items():  # reset after the video
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
+    again = predictor.predict_clip(clip)  # a second video starts from the trained head, not the adapted one
+    np.testing.assert_allclose(again.keypoints, adapted.keypoints, rtol=0, atol=1e-9)
+
+
+def test_syrip_images_boxed_by_their_annotations_evaluate_as_is(checkpoint, syrip_sample, tmp_path):
+    annotation = syrip_sample / "annotations" / "200R" / "person_keypoints_train_infant.json"
+    out = tmp_path / "syrip"
+    folder = syrip_sample / "images" / "train_infant"
+    args = ["predict", str(folder), "--model", str(checkpoint), "--box", str(annotation), "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    results = json.loads((out / "coco_results.json").read_text())
+    gt = json.loads(annotation.read_text())
+    ids = {im["file_name"].split("/")[-1]: im["id"] for im in gt["images"]}
+    images = json.loads((out / "images.json").read_text())["images"]
+    assert {im["id"] for im in images} == set(ids.values())
+    assert all(ids[im["file_name"].split("/")[-1]] == im["id"] for im in images)
+    stats = coco_keypoint_ap(annotation, out / "coco_results.json")
+    assert 0.0 <= stats["AP"] <= 1.0
+    assert len(results) == len(gt["images"])
+
+
+def test_bad_input_is_refused_by_name(checkpoint, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "missing.mp4"), "--model", str(checkpoint)]) == 2
+    assert "missing.mp4: no such file or folder" in capsys.readouterr().err
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    assert main(["predict", str(image), "--model", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
+    assert main(["predict", str(image), "--model", str(checkpoint), "--tta.steps", "3"]) == 2
+    assert "--tta.steps needs an objective" in capsys.readouterr().err
