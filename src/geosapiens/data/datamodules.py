@@ -25,6 +25,7 @@ import cv2
 import lightning.pytorch as L
 import numpy as np
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
@@ -191,12 +192,23 @@ class PoseDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else self._eval_sampler(dataset),
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=_worker_init if workers > 0 else None,
             collate_fn=collate_fn,
+        )
+
+    def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP/FSDP, each evaluation sample on exactly one rank. Lightning's default sampler pads the
+        split with repeats to a multiple of the world size, which would count them twice in the metrics."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
     def labelled_train_loader(self) -> DataLoader:
