@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from geosapiens.cli import main, trainer_cli
+from geosapiens.metrics.pck import PCK
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -267,25 +270,82 @@ def test_fidip_baseline_runs(prepared, tmp_path):
     assert len(ckpt["optimizer_states"]) == 2
 
 
-def test_mean_teacher_runs_under_ddp_with_two_cpu_processes(prepared, tmp_path):
+def _odd_val_split(prepared, count: int = 3) -> Path:
+    """The first ``count`` real validation images: an odd split, which Lightning's default distributed sampler
+    would pad with a repeat."""
+    syrip = prepared["syrip"]
+    full = json.loads((syrip / "annotations/val_real/person_keypoints_val_infant.json").read_text())
+    keep = {im["id"] for im in full["images"][:count]}
+    part = {
+        **full,
+        "images": [im for im in full["images"] if im["id"] in keep],
+        "annotations": [a for a in full["annotations"] if a["image_id"] in keep],
+    }
+    path = syrip / f"annotations/val{count}/person_keypoints_val_infant.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(part))
+    return path
+
+
+def _distributed_fit(out: Path, args: list[str]) -> list[dict]:
+    """``tests/distributed_fit.py`` in a subprocess (Lightning's ddp launcher re-executes it for rank 1);
+    the state each rank ended training with."""
+    cmd = [sys.executable, str(REPO / "tests/distributed_fit.py"), str(out), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stderr + done.stdout
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_mean_teacher_under_ddp_keeps_ranks_identical_and_reduces_metrics(prepared, tmp_path):
+    """Two gloo ranks, 3 steps, validation after step 2 only. Both ranks end with bit-identical student and
+    teacher, BatchNorm statistics included (each rank's last forward updates them from its own batch, and no
+    validation forward re-broadcasts them: EMATeacher must average them). The logged PCK is that of the whole
+    (odd-sized) validation split: the ranks' local counts add up to every labelled joint once, and a
+    single-process validation of the same checkpoint gives the same value."""
     init = _warmup(prepared, tmp_path / "warmup")
+    val = _odd_val_split(prepared)
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "geosapiens.cli",
-        "fit",
-        *_uda_args(prepared, run, init, steps=2),
+    args = [
+        *_uda_args(prepared, run, init, steps=3),
+        "--data.init_args.target.init_args.val_file",
+        str(val),
+        "--trainer.val_check_interval",
+        "2",
         "--trainer.strategy",
         "ddp",
         "--trainer.devices",
         "2",
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Starting with 2 processes" in done.stderr + done.stdout
-    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] >= 1 and any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    ranks = _distributed_fit(tmp_path / "ranks", args)
+    assert [r["global_step"] for r in ranks] == [3, 3]
+    first, second = (r["state"] for r in ranks)
+    assert first.keys() == second.keys()
+    assert any(k.startswith("teacher.") and "running_var" in k for k in first)  # BatchNorm buffers too
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert any(
+        not torch.equal(first[k], first["teacher." + k[6:]]) for k in first if k.startswith("model.")
+    )  # the teacher is an average, not a copy
+
+    labelled = sum(
+        v > 0 for a in json.loads(val.read_text())["annotations"] for v in a["keypoints"][2::3]
+    )
+    counts = [r["val_counts"] for r in ranks]
+    assert all(c["count"].sum() > 0 for c in counts)  # each rank evaluated part of the split
+    assert int(sum(c["count"].sum() for c in counts)) == labelled  # ... and no image twice
+    pooled = PCK()
+    for name in ("correct", "count", "excluded"):
+        setattr(pooled, name, sum(c[name] for c in counts))
+    logged = [r["metrics"]["val/pck@0.1"] for r in ranks]
+    assert logged[0] == logged[1] == pytest.approx(float(pooled.compute()["pck@0.1"]), abs=1e-7)
+
+    best = run / "checkpoints" / "best.ckpt"  # the weights validated at step 2
+    assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == 2
+    cli = trainer_cli(args[:-4], run=False)  # the same configuration on one process
+    (metrics,) = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(best), verbose=False)
+    assert metrics["val/pck@0.1"] == pytest.approx(logged[0], abs=1e-7)
 
 
 def test_test_time_adaptation_lowers_the_geometric_objective_and_resets(prepared, tmp_path):

@@ -121,7 +121,11 @@ class EMATeacher(L.Callback):
 
     @torch.no_grad()
     def update_teacher(
-        self, student: nn.Module, teacher: nn.Module, step: int | None = None, strategy: Strategy | None = None
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        step: int | None = None,
+        strategy: Strategy | None = None,
     ) -> bool:
         """One EMA update; returns False (and counts it) when skipped for non-finite student weights.
 
