@@ -26,6 +26,7 @@ import lightning.pytorch as L
 import numpy as np
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
@@ -202,10 +203,15 @@ class PoseDataModule(L.LightningDataModule):
         )
 
     def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
-        """Under DDP/FSDP, each evaluation sample on exactly one rank. Lightning's default sampler pads the
-        split with repeats to a multiple of the world size, which would count them twice in the metrics."""
+        """Under DDP, each evaluation sample on exactly one rank: Lightning's default sampler pads the split
+        with repeats to a multiple of the world size, which the metrics would count twice. Ranks may then run
+        one batch more or less, which only DDP tolerates (its evaluation forward has no collective after the
+        first one, which every rank runs when each has a sample); FSDP gathers weights in every forward, so
+        it keeps Lightning's padded sampler."""
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
+        if trainer is None or trainer.world_size <= 1 or len(dataset) < trainer.world_size:
+            return None
+        if not isinstance(trainer.strategy, DDPStrategy):
             return None
         return UnrepeatedDistributedSampler(
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
