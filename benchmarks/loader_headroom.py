@@ -12,6 +12,7 @@ Headroom = supply / demand; below 1 the GPU (or CPU) waits for data: add workers
 and the step compete for the same cores, so CPU headroom understates a GPU node's. Usage::
 
     python benchmarks/loader_headroom.py                       # demo warm-up config on generated tiny data
+    python benchmarks/loader_headroom.py --threads 1               # a CPU shared with other jobs
     python benchmarks/loader_headroom.py --workers 0 2 4 -- --config configs/demo/uda.yaml ...
 
 Without CLI arguments after ``--``, ``geosapiens data synth --preset tiny`` data is generated in a temporary
@@ -108,9 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--batches", type=int, default=10, help="timed loader batches per worker count")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the step (default: torch's); use 1 on a CPU shared with other "
+                        "jobs: OpenMP threads spin there (16 s vs 0.45 s a step on a loaded 2-core CPU)")
     parser.add_argument("cli", nargs=argparse.REMAINDER, help="-- then `geosapiens fit` arguments")
     args = parser.parse_args(argv)
     cli_args = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         config = cli_args or demo_args(Path(tmp))
