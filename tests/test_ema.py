@@ -190,3 +190,57 @@ def test_state_and_teacher_weights_survive_a_resume(tmp_path):
     assert torch.equal(seen["teacher"], saved_teacher["teacher.0.weight"])
     assert resumed.last_step == 6 and resumed.num_updates == 6
     assert math.isfinite(float(fresh.teacher[0].weight.sum()))
+
+
+class PoisonRankOne(L.Callback):
+    """Placed before EMATeacher: after the second step rank 1 alone holds a non-finite student weight (what a
+    rank sees when only its FSDP shard diverged)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == 2:
+            with torch.no_grad():
+                pl_module.student[2].bias[0] = float("nan")
+
+
+class SaveRank(L.Callback):
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        ema = next(c for c in trainer.callbacks if isinstance(c, EMATeacher))
+        torch.save(
+            {
+                "teacher": pl_module.teacher.state_dict(),
+                "updates": ema.num_updates,
+                "skipped": ema.skipped_updates,
+            },
+            self.out / f"rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow
+def test_ranks_share_buffers_and_skip_together(tmp_path):
+    """Two gloo ranks (ddp_spawn) with different batches. Step 1: the BatchNorm statistics the teacher copies
+    are the ranks' average, identical on both. Step 2: a non-finite student on rank 1 only makes BOTH ranks
+    skip the update, so the teachers stay identical."""
+    from geosapiens.callbacks.teardown import DestroyProcessGroup
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[PoisonRankOne(), EMATeacher(decay=0.5), SaveRank(tmp_path), DestroyProcessGroup()],
+    )
+    trainer.fit(MeanTeacherToy(), loader())  # the ranks' warnings stay in the spawned processes
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [(r["updates"], r["skipped"]) for r in ranks] == [(1, 1), (1, 1)]
+    first, second = ranks[0]["teacher"], ranks[1]["teacher"]
+    assert first["1.running_mean"].abs().max() > 0  # statistics were taken
+    for name in first:
+        assert torch.equal(first[name], second[name]), name

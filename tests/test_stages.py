@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,10 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
+import yaml
 
 from geosapiens.cli import main, trainer_cli
+from geosapiens.metrics.pck import PCK
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -267,25 +271,137 @@ def test_fidip_baseline_runs(prepared, tmp_path):
     assert len(ckpt["optimizer_states"]) == 2
 
 
-def test_mean_teacher_runs_under_ddp_with_two_cpu_processes(prepared, tmp_path):
+def _odd_val_split(prepared, count: int = 3) -> Path:
+    """The first ``count`` real validation images: an odd split, which Lightning's default distributed sampler
+    would pad with a repeat."""
+    syrip = prepared["syrip"]
+    full = json.loads((syrip / "annotations/val_real/person_keypoints_val_infant.json").read_text())
+    keep = {im["id"] for im in full["images"][:count]}
+    part = {
+        **full,
+        "images": [im for im in full["images"] if im["id"] in keep],
+        "annotations": [a for a in full["annotations"] if a["image_id"] in keep],
+    }
+    path = syrip / f"annotations/val{count}/person_keypoints_val_infant.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(part))
+    return path
+
+
+def _distributed_fit(out: Path, args: list[str], pythonpath: list[Path] = ()) -> list[dict]:
+    """``tests/distributed_fit.py`` in a subprocess (Lightning's ddp launcher re-executes it for rank 1);
+    what each rank ended training with."""
+    cmd = [sys.executable, str(REPO / "tests/distributed_fit.py"), str(out), *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [REPO / "src", *pythonpath]))}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stderr + done.stdout
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_mean_teacher_under_ddp_keeps_ranks_identical_and_reduces_metrics(prepared, tmp_path):
+    """Two gloo ranks, 3 steps, validation after step 2 only. Both ranks end with bit-identical student and
+    teacher, BatchNorm statistics included (each rank's last forward updates them from its own batch, and no
+    validation forward re-broadcasts them: EMATeacher must average them). The logged PCK is that of the whole
+    (odd-sized) validation split: the ranks' local counts add up to every labelled joint once, and a
+    single-process validation of the same checkpoint gives the same value."""
     init = _warmup(prepared, tmp_path / "warmup")
+    val = _odd_val_split(prepared)
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "geosapiens.cli",
-        "fit",
-        *_uda_args(prepared, run, init, steps=2),
+    args = [
+        *_uda_args(prepared, run, init, steps=3),
+        "--data.init_args.target.init_args.val_file",
+        str(val),
+        "--trainer.val_check_interval",
+        "2",
         "--trainer.strategy",
         "ddp",
         "--trainer.devices",
         "2",
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Starting with 2 processes" in done.stderr + done.stdout
-    ckpt = torch.load(next(run.rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] >= 1 and any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    ranks = _distributed_fit(tmp_path / "ranks", args)
+    assert [r["global_step"] for r in ranks] == [3, 3]
+    first, second = (r["state"] for r in ranks)
+    assert first.keys() == second.keys()
+    assert any(k.startswith("teacher.") and "running_var" in k for k in first)  # BatchNorm buffers too
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert any(
+        not torch.equal(first[k], first["teacher." + k[6:]]) for k in first if k.startswith("model.")
+    )  # the teacher is an average, not a copy
+
+    labelled = sum(
+        v > 0 for a in json.loads(val.read_text())["annotations"] for v in a["keypoints"][2::3]
+    )
+    counts = [r["val_counts"] for r in ranks]
+    assert all(c["count"].sum() > 0 for c in counts)  # each rank evaluated part of the split
+    assert int(sum(c["count"].sum() for c in counts)) == labelled  # ... and no image twice
+    pooled = PCK()
+    for name in ("correct", "count", "excluded"):
+        setattr(pooled, name, sum(c[name] for c in counts))
+    logged = [r["metrics"]["val/pck@0.1"] for r in ranks]
+    assert logged[0] == logged[1] == pytest.approx(float(pooled.compute()["pck@0.1"]), abs=1e-7)
+
+    best = run / "checkpoints" / "best.ckpt"  # the weights validated at step 2
+    assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == 2
+    cli = trainer_cli(args[:-4], run=False)  # the same configuration on one process
+    (metrics,) = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(best), verbose=False)
+    assert metrics["val/pck@0.1"] == pytest.approx(logged[0], abs=1e-7)
+
+
+def test_mean_teacher_under_fsdp_on_two_cpu_processes(prepared, tmp_path):
+    """The fsdp_2b preset's strategy (ViT-block and PoseModel wrap units, per-block activation checkpointing,
+    full state dict) through Lightning's FSDPStrategy on two gloo ranks, a tiny ViT, 3 steps. After every
+    step the gathered teacher is exactly the EMA of the gathered student (buffers copied); ranks agree;
+    weight decay reaches the 2-D weights, which FSDP shows the optimiser as 1-D shard views; the checkpoint
+    keeps the plain ``model.*``/``teacher.*`` keys."""
+    from geosapiens.stages.base import pose_model_from_checkpoint
+
+    preset = yaml.safe_load((REPO / "configs/cluster/fsdp_2b.yaml").read_text())["trainer"]["strategy"]
+    strategy = {**preset, "class_path": "distributed_fit.CPUFSDPStrategy"}  # tests/distributed_fit.py
+    config = tmp_path / "fsdp_cpu.yaml"
+    config.write_text(yaml.safe_dump({"trainer": {"strategy": strategy, "devices": 2}}))
+    run = tmp_path / "fsdp"
+    args = [
+        *_uda_args(prepared, run, prepared["vae"], steps=3),
+        "--model.init_args.init_checkpoint",
+        "null",
+        "--model.init_args.backbone",
+        "sapiens_nano",
+        "--model.init_args.backbone_kwargs",
+        "{}",
+        "--trainer.val_check_interval",
+        "2",
+        "--config",
+        str(config),
+    ]
+    ranks = _distributed_fit(tmp_path / "ranks", args, pythonpath=[REPO / "tests"])
+    decay = 0.99  # configs/demo/uda.yaml ema_decay
+    for rank in ranks:
+        assert rank["global_step"] == 3 and len(rank["history"]) == 3
+        assert rank["weight_decays"] == [0.0, 1e-4]
+        assert any(".blocks.1.attn.qkv.weight" in k for k in rank["state"])  # the wrappers' names are gone
+        prev = None
+        for state in rank["history"]:
+            student = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+            teacher = {k[8:]: v for k, v in state.items() if k.startswith("teacher.")}
+            assert student.keys() == teacher.keys()
+            for k, s in student.items():
+                if prev is None or not s.is_floating_point() or "running_" in k:
+                    assert torch.equal(teacher[k], s), k  # step 1 copies; buffers are always copied
+                else:
+                    ema = torch.lerp(prev[k], s, 1 - decay)
+                    torch.testing.assert_close(teacher[k], ema, rtol=0, atol=1e-6)
+            prev = teacher
+        assert max(float((prev[k] - student[k]).abs().max()) for k in student) > 1e-4  # not a copy
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name
+
+    best = run / "checkpoints" / "best.ckpt"
+    keys = torch.load(best, map_location="cpu", weights_only=True)["state_dict"].keys()
+    assert not any("_wrapped_module" in k for k in keys)
+    teacher, _, _ = pose_model_from_checkpoint(best, weights="teacher")
+    assert any(k.startswith("backbone.blocks.") for k in teacher.state_dict())
 
 
 def test_test_time_adaptation_lowers_the_geometric_objective_and_resets(prepared, tmp_path):

@@ -11,6 +11,12 @@ Maths follow timm's ``ModelEmaV3``: :meth:`EMATeacher.get_decay` (optional warm-
 (BatchNorm running statistics, counters) are copied from the student. Updates follow Lightning's
 ``WeightAveraging`` discipline: one per optimiser step, detected by ``trainer.global_step`` advancing, so
 gradient-accumulation micro-batches never update the teacher.
+
+Across ranks (DDP, FSDP) parameters agree after each optimiser step, but buffers do not: DDP broadcasts rank
+0's buffers at the START of each forward, and the forward then updates BatchNorm statistics from the rank's
+own batch (FSDP never syncs buffers). Copied as they are, the teachers of different ranks would differ and
+the checkpoint would hold rank 0's. So the callback averages the student's floating-point buffers over ranks
+before each update, and takes the non-finite skip decision jointly, so that every rank skips together.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -98,16 +105,46 @@ class EMATeacher(L.Callback):
         warm = 1.0 - (1.0 + s / self.warmup_gamma) ** -self.warmup_power
         return max(min(warm, self.decay), self.min_decay)
 
+    @staticmethod
     @torch.no_grad()
-    def update_teacher(self, student: nn.Module, teacher: nn.Module, step: int | None = None) -> bool:
-        """One EMA update; returns False (and counts it) when skipped for non-finite student weights."""
+    def average_buffers(module: nn.Module, strategy: Strategy) -> None:
+        """Replace ``module``'s floating-point buffers by their mean over ranks (one collective per dtype)."""
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                by_dtype.setdefault(buf.dtype, []).append(buf)
+        for bufs in by_dtype.values():
+            flat = torch.cat([b.reshape(-1) for b in bufs])
+            mean = strategy.reduce(flat, reduce_op="mean")
+            for buf, value in zip(bufs, mean.split([b.numel() for b in bufs]), strict=True):
+                buf.copy_(value.view_as(buf))
+
+    @torch.no_grad()
+    def update_teacher(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        step: int | None = None,
+        strategy: Strategy | None = None,
+    ) -> bool:
+        """One EMA update; returns False (and counts it) when skipped for non-finite student weights.
+
+        With a multi-process ``strategy``, the student's buffers are first averaged over ranks and the skip is
+        decided for all ranks at once (a sharded rank sees only its slice of the weights).
+        """
         s_params, t_params = dict(student.named_parameters()), dict(teacher.named_parameters())
         s_bufs, t_bufs = dict(student.named_buffers()), dict(teacher.named_buffers())
         if s_params.keys() != t_params.keys() or s_bufs.keys() != t_bufs.keys():
             missing = sorted((s_params.keys() ^ t_params.keys()) | (s_bufs.keys() ^ t_bufs.keys()))
             raise ValueError(f"student and teacher differ in structure: {missing[:10]}")
+        distributed = strategy is not None and strategy.world_size > 1
+        if distributed:
+            self.average_buffers(student, strategy)
         floats = [t for t in (*s_params.values(), *s_bufs.values()) if t.is_floating_point()]
-        if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+        finite = not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())
+        if distributed:
+            finite = strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             self.skipped_updates += 1
             rank_zero_warn(
                 f"EMATeacher: student has non-finite weights at step {step}; teacher update skipped "
@@ -151,7 +188,7 @@ class EMATeacher(L.Callback):
     ) -> None:
         step = trainer.global_step  # optimiser steps taken so far: 1 after the first one
         if step > self.last_step:
-            self.update_teacher(*self.modules(pl_module), step=step)
+            self.update_teacher(*self.modules(pl_module), step=step, strategy=trainer.strategy)
             self.last_step = step
         pl_module.log("ema/decay", self.get_decay(step), on_step=True, on_epoch=False)
         pl_module.log("ema/skipped", float(self.skipped_updates), on_step=True, on_epoch=False)

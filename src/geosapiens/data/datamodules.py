@@ -26,6 +26,8 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
@@ -204,13 +206,30 @@ class PoseDataModule(L.LightningDataModule):
             collate_fn=collate_fn,
         )
         if not train:  # a private generator: validation mid-training leaves the global RNG where it was
-            return DataLoader(dataset, generator=torch.Generator(), **options)
+            return DataLoader(
+                dataset, sampler=self._eval_sampler(dataset), generator=torch.Generator(), **options
+            )
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = self.data_seed if self.data_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         return ResumableLoader(
             dataset, seed=seed, num_replicas=replicas, rank=rank,
             drop_last=len(dataset) // replicas > self.batch_size, **options,
+        )
+
+    def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each evaluation sample on exactly one rank: Lightning's default sampler pads the split
+        with repeats to a multiple of the world size, which the metrics would count twice. Ranks may then run
+        one batch more or less, which only DDP tolerates (its evaluation forward has no collective after the
+        first one, which every rank runs when each has a sample); FSDP gathers weights in every forward, so
+        it keeps Lightning's padded sampler."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1 or len(dataset) < trainer.world_size:
+            return None
+        if not isinstance(trainer.strategy, DDPStrategy):
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
     def labelled_train_loader(self) -> DataLoader:

@@ -71,6 +71,11 @@ class AdversarialAdaptation(PoseStage):
     def configure_optimizers(self):
         pose = super().configure_optimizers()
         domain = torch.optim.AdamW(
-            param_groups(self.domain_classifier, self.hparams.classifier_lr, self.hparams.weight_decay)
+            param_groups(
+                self.domain_classifier,
+                self.hparams.classifier_lr,
+                self.hparams.weight_decay,
+                ndims=self.param_ndims,
+            )
         )
         return [pose["optimizer"], domain], [pose["lr_scheduler"]]

@@ -170,6 +170,7 @@ class PoseStage(L.LightningModule):
             self.model.backbone.set_grad_checkpointing(True)
         self.codec = UDPHeatmapCodec((h, w), (h // 4, w // 4), sigma=sigma)
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
+        self.param_ndims: dict[int, int] = {}
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
 
@@ -223,16 +224,20 @@ class PoseStage(L.LightningModule):
         return out
 
     # -- optimisation ----------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # FSDP (use_orig_params) wraps the module after this hook and hands the optimiser 1-D shard views of
+        # the same parameter objects; their true ranks, which decide weight decay, are read here
+        self.param_ndims = {id(p): p.ndim for p in self.parameters()}
+
     def decoder_modules(self) -> list[nn.Module]:
         """Modules trained at the decoder LR (the head; stages add their own new modules)."""
         return [self.model.head]
 
     def configure_optimizers(self):
-        groups = param_groups(
-            self.model.backbone, self.hparams.encoder_lr, self.hparams.weight_decay, self.hparams.layer_decay
-        )
+        hp, ndims = self.hparams, self.param_ndims
+        groups = param_groups(self.model.backbone, hp.encoder_lr, hp.weight_decay, hp.layer_decay, ndims)
         for module in self.decoder_modules():
-            groups += param_groups(module, self.hparams.decoder_lr, self.hparams.weight_decay)
+            groups += param_groups(module, hp.decoder_lr, hp.weight_decay, ndims=ndims)
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.hparams.cosine else None
         schedule = lr_lambda(self.hparams.warmup_steps, total)
@@ -282,9 +287,15 @@ def lr_lambda(warmup_steps: int, total_steps: int | None):
 
 
 def param_groups(
-    module: nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    ndims: dict[int, int] | None = None,
 ) -> list[dict]:
     """AdamW groups: no decay for 1-D params and position embeddings; optional layer-wise LR decay.
+
+    ``ndims`` maps ``id(parameter)`` to its rank before FSDP flattened it (a shard view is always 1-D).
 
     Layer ids follow Sapiens' LayerDecayOptimWrapperConstructor: 0 = patch/pos embedding,
     ``blocks.i`` = i + 1, the rest = L + 1; LR scale = decay ** (L + 1 - id).
@@ -294,7 +305,8 @@ def param_groups(
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        decay = 0.0 if p.ndim <= 1 or "pos_embed" in name else weight_decay
+        ndim = (ndims or {}).get(id(p), p.ndim)
+        decay = 0.0 if ndim <= 1 or "pos_embed" in name else weight_decay
         scale = 1.0
         if num_blocks:
             layer = _layer_id(name, num_blocks)
