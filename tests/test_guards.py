@@ -143,3 +143,42 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert "SIGTERM: saved" in out, out[-2000:]
     assert ckpt["global_step"] >= 5 and any(k.startswith("model.") for k in ckpt["state_dict"])
+
+
+class _Worsening(L.LightningModule):
+    """Its validation metric never improves, so Lightning 2.6 saves neither a best nor a last checkpoint
+    after the first validation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("score", -float(self.global_step))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("at_end", [True, False])
+def test_last_checkpoint_holds_the_final_step(tmp_path, at_end):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from geosapiens.callbacks.guards import LastCheckpointAtEnd
+
+    data = DataLoader(torch.randn(8, 2), batch_size=2)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="score", mode="max", save_last=True)
+    trainer = L.Trainer(
+        max_steps=6,
+        val_check_interval=2,
+        callbacks=[best, *([LastCheckpointAtEnd()] if at_end else [])],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Worsening(), data, data)
+    step = torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"]
+    assert step == 6 if at_end else step < 6  # without it, Lightning leaves last.ckpt behind

@@ -27,3 +27,24 @@ class CheckpointOnSigterm(L.Callback):
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_warn(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+
+
+class LastCheckpointAtEnd(L.Callback):
+    """When training ends normally, every ``save_last`` checkpoint callback's ``last.ckpt`` holds the final
+    state.
+
+    Lightning 2.6 writes ``last.ckpt`` only in a step where it also saves a top-k checkpoint (a monitored
+    metric that improved, or a step/epoch interval), so a run that ends between those leaves ``last.ckpt``
+    behind the final step and ``--ckpt_path last`` would silently resume from older weights.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        written: set[Path] = set()
+        for callback in trainer.checkpoint_callbacks:
+            if not getattr(callback, "save_last", False) or not callback.dirpath:
+                continue
+            path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            if path not in written:
+                trainer.save_checkpoint(path)  # collective: every rank calls it, rank 0 writes
+                written.add(path)
+            callback.last_model_path = str(path)

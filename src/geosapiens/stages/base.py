@@ -14,7 +14,7 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from geosapiens.callbacks.guards import CheckpointOnSigterm
+from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
 from geosapiens.callbacks.rng import RestoreRNG
 from geosapiens.callbacks.teardown import DestroyProcessGroup
 from geosapiens.data.robust import BadSampleReport
@@ -268,7 +268,13 @@ class PoseStage(L.LightningModule):
             )
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [DestroyProcessGroup(), BadSampleReport(), CheckpointOnSigterm(), RestoreRNG()]
+        return [
+            DestroyProcessGroup(),
+            BadSampleReport(),
+            CheckpointOnSigterm(),
+            LastCheckpointAtEnd(),
+            RestoreRNG(),
+        ]
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):
