@@ -7,7 +7,9 @@ normalisation to a tensor, the network, heatmap decoding (UDP + DARK refinement)
 keypoints back to image pixels. It excludes reading/decoding the image (they are read into memory first, as
 a video decoder would hand them over) and finding the box (each frame's ground-truth box is given, the
 ``predict`` box option (a)). Threads: ``torch.set_num_threads(2)`` and ONNX Runtime
-``intra_op_num_threads=2``; the process is otherwise quiet, but the machine may not be.
+``intra_op_num_threads=2``. On cores shared with other busy processes, two threads of torch's small
+per-frame ops (the decoding's blur and argmax, torch's own network) can be many times slower than one:
+their OpenMP threads wait for each other; compare ``--threads 1`` before blaming the network.
 
 The ONNX models are exported from the checkpoints into a temporary folder (``--onnx-dir`` keeps them) and
 checked against PyTorch first. PCK@0.1 (normalised by the ground-truth box's longer side, no flip test, as
