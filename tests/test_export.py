@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -27,6 +31,7 @@ CNN = {"backbone": "timm:regnetx_002", "input_size": [96, 96], "backbone_kwargs"
        "head_kwargs": {"channels": [64, 32]}}
 VIT_SIZE = (128, 96)  # a fixed, non-square ViT input: the position embeddings are laid out for it
 SAMPLE_TRAIN = "annotations/200R/person_keypoints_train_infant.json"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _trained_like(model: nn.Module, seed: int) -> nn.Module:
@@ -187,3 +192,14 @@ def test_export_replaces_the_file_atomically_and_keeps_the_model_mode(vit):
     went back to training mode after the export."""
     assert vit["was_training"]
     assert [p.name for p in vit["onnx"].parent.iterdir()] == ["vit.onnx"]
+
+
+def test_benchmark_names_missing_files_and_how_to_make_them(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "infer.py"), "--data", str(tmp_path),
+         "--teacher", str(tmp_path / "t.ckpt"), "--student", str(tmp_path / "s.ckpt")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert result.returncode == 2
+    for name in ("t.ckpt", "s.ckpt", "validate100/person_keypoints_validate_infant.json"):
+        assert re.search(rf"missing \S*{re.escape(name)}: run `geosapiens demo`", result.stderr)
