@@ -2,7 +2,9 @@
 
 Takes the demo's trained Geo-Sapiens model (``geosapiens demo`` first), writes each real-like MINI-RGBD-style
 sequence of the demo data as an mp4 (mp4v, lossy: what a phone or camera gives) and as a lossless FFV1 avi,
-predicts every variant through :class:`geosapiens.deploy.predict.Predictor` and prints, per variant and
+predicts every variant through :class:`geosapiens.deploy.predict.Predictor` (with one box per video around the
+infant's whole motion, as a clinician would draw it, unless the variant says otherwise) and prints, per
+variant and
 averaged over the sequences, PCK@0.1/0.2 (bbox max side) against the generator's ground truth, G-Error
 (bone-length CV; ground truth's own value alongside), jitter (px/frame^2) and frames/s.
 
@@ -24,7 +26,7 @@ import torch
 
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.synth.presets import PRESETS
-from geosapiens.deploy.boxes import TrackedBox, WholeFrame
+from geosapiens.deploy.boxes import FixedBox, TrackedBox, WholeFrame
 from geosapiens.deploy.predict import Predictor
 from geosapiens.deploy.runtime import open_runner
 from geosapiens.deploy.sources import open_clips
@@ -82,33 +84,35 @@ def main() -> int:
     sequences = [f"{i + 1:02d}" for i, style in enumerate(styles) if style == "real-like"]
     runner = open_runner(model, runtime="torch")
 
-    def tta() -> HeadAdaptation:
-        return HeadAdaptation(steps=args.tta_steps, lr=args.tta_lr, pose_prior=str(prior))
+    def variants(box: FixedBox) -> dict[str, tuple[str, Predictor]]:
+        """Every variant with a clinician's one box per video (``box``), plus whole-frame and tracking."""
+        b = args.batch_size
 
-    variants = {
-        "images, whole frame": (
-            "images",
-            lambda: Predictor(runner, WholeFrame(), batch_size=args.batch_size),
-        ),
-        "ffv1 video, whole": ("ffv1", lambda: Predictor(runner, WholeFrame(), batch_size=args.batch_size)),
-        "mp4 video, whole": ("mp4", lambda: Predictor(runner, WholeFrame(), batch_size=args.batch_size)),
-        "mp4 video, tracked (batch 1)": ("mp4", lambda: Predictor(runner, TrackedBox(), batch_size=1)),
-        "mp4 video, whole, One-Euro": (
-            "mp4",
-            lambda: Predictor(runner, WholeFrame(), batch_size=args.batch_size, smoothing={}),
-        ),
-        f"mp4 video, whole, TTA k={args.tta_steps}": (
-            "mp4",
-            lambda: Predictor(runner, WholeFrame(), batch_size=args.batch_size, adaptation=tta()),
-        ),
-        f"mp4 video, whole, TTA k={args.tta_steps} + One-Euro": (
-            "mp4",
-            lambda: Predictor(
-                runner, WholeFrame(), batch_size=args.batch_size, adaptation=tta(), smoothing={}
+        def tta() -> HeadAdaptation:
+            return HeadAdaptation(steps=args.tta_steps, lr=args.tta_lr, pose_prior=str(prior))
+
+        k = args.tta_steps
+        return {
+            "images, given box": ("images", Predictor(runner, box, batch_size=b)),
+            "ffv1 video, given box": ("ffv1", Predictor(runner, box, batch_size=b)),
+            "mp4 video, given box": ("mp4", Predictor(runner, box, batch_size=b)),
+            "mp4 video, whole frame": ("mp4", Predictor(runner, WholeFrame(), batch_size=b)),
+            "mp4 video, tracked from the box (batch 1)": (
+                "mp4",
+                Predictor(runner, TrackedBox(box), batch_size=1),
             ),
-        ),
-    }
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+            "mp4 video, given box, One-Euro": ("mp4", Predictor(runner, box, batch_size=b, smoothing={})),
+            f"mp4 video, given box, TTA k={k}": (
+                "mp4",
+                Predictor(runner, box, batch_size=b, adaptation=tta()),
+            ),
+            f"mp4 video, given box, TTA k={k} + One-Euro": (
+                "mp4",
+                Predictor(runner, box, batch_size=b, adaptation=tta(), smoothing={}),
+            ),
+        }
+
+    rows: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seq in sequences:
             frames = sorted((mini / seq / "rgb").glob("*.png"))
@@ -118,23 +122,25 @@ def main() -> int:
                 "ffv1": open_clips([write_video(frames, Path(tmp) / f"{seq}.avi", "FFV1")])[0],
                 "mp4": open_clips([write_video(frames, Path(tmp) / f"{seq}.mp4", "mp4v")])[0],
             }
-            for name, (source, make) in variants.items():
-                predictor = make()
+            boxes = np.stack([r.bbox for r in truth]).astype(np.float64)
+            lo, hi = boxes[:, :2].min(0), (boxes[:, :2] + boxes[:, 2:]).max(0)
+            box = FixedBox((*lo, *(hi - lo)))  # one box around the infant's whole motion, drawn once
+            for name, (source, predictor) in variants(box).items():
                 start = time.perf_counter()
                 pred = predictor.predict_clip(inputs[source])
                 fps = len(frames) / (time.perf_counter() - start)
-                rows[name].append(scores(pred.keypoints, truth) | {"fps": fps})
+                rows.setdefault(name, []).append(scores(pred.keypoints, truth) | {"fps": fps})
     print(f"model {model}, prior {prior}, sequences {sequences} ({len(frames)} frames each)")
     print(f"{args.threads} torch threads, batch {args.batch_size}, metrics averaged over the sequences")
     header = (
-        f"{'variant':<44} {'PCK@0.1':>8} {'PCK@0.2':>8} {'G-Error':>8} {'G(gt)':>7} {'jitter':>7} {'fps':>7}"
+        f"{'variant':<48} {'PCK@0.1':>8} {'PCK@0.2':>8} {'G-Error':>8} {'G(gt)':>7} {'jitter':>7} {'fps':>7}"
     )
     print(header)
     print("-" * len(header))
     for name, values in rows.items():
         m = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
         print(
-            f"{name:<44} {m['pck@0.1']:8.1f} {m['pck@0.2']:8.1f} {m['g_error']:8.4f} {m['g_error_gt']:7.4f} "
+            f"{name:<48} {m['pck@0.1']:8.1f} {m['pck@0.2']:8.1f} {m['g_error']:8.4f} {m['g_error_gt']:7.4f} "
             f"{m['jitter']:7.2f} {m['fps']:7.1f}"
         )
     return 0
