@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from geosapiens.cli import main
 from geosapiens.data.crop import udp_affine, warp_image
@@ -126,9 +127,10 @@ def _student(teacher_ckpt: Path | str) -> Distillation:
     )
 
 
-def _trainer(root: Path, steps: int) -> L.Trainer:
+def _trainer(root: Path, steps: int, logger: bool = False) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root, logger=False,
+        accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root,
+        logger=L.loggers.CSVLogger(root, name="", version="") if logger else False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
     )
 
@@ -161,9 +163,12 @@ def test_student_learns_the_teacher_which_stays_frozen_and_checkpoints_alone(tea
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = _trainer(tmp_path, steps=30)
+    trainer = _trainer(tmp_path, steps=30, logger=True)
     trainer.callbacks.append(Record())
     trainer.fit(stage, datamodule=dm)
+    # the student's and the DataModule's input sizes differ: both logged, the DataModule's under data/
+    logged = yaml.unsafe_load((tmp_path / "hparams.yaml").read_text())  # Lightning writes tuples
+    assert list(logged["input_size"]) == list(STUDENT_SIZE) and list(logged["data/input_size"]) == [64, 64]
     after = _distance(stage, images)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
     assert after < 0.5 * before, (before, after)

@@ -88,6 +88,21 @@ class Distillation(PoseStage):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.load_teacher()
+        self._log_data_hparams_apart()
+
+    def _log_data_hparams_apart(self) -> None:
+        """The DataModule crops at the teacher's size and the student has its own ``input_size``: Lightning
+        refuses to merge two hyperparameter sets that give one key two values, so when they differ the
+        DataModule's are logged under ``data/`` (its checkpoint entry is unchanged)."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not datamodule._log_hyperparams:
+            return
+        ours, theirs = self.hparams_initial, datamodule.hparams_initial
+        if all(ours[k] == theirs[k] for k in ours.keys() & theirs.keys() if k != "_class_path"):
+            return
+        datamodule._log_hyperparams = False
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({f"data/{k}": v for k, v in theirs.items() if k != "_class_path"})
 
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
