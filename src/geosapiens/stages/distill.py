@@ -86,6 +86,7 @@ class Distillation(PoseStage):
         return self.teacher
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage == "fit":
             self.load_teacher()
         self._log_data_hparams_apart()
