@@ -228,7 +228,6 @@ def plan(out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Pat
             [
                 *real_data,
                 f"--model.init_args.teacher_checkpoint={p.best('uda')}",
-                f"--model.init_args.init_checkpoint={p.best('uda')}",
                 *fast_args(3, [""], 4),
             ],
             about="64 px student distilled from the Geo-Sapiens teacher's heatmaps (unlabelled real-like)",

@@ -53,6 +53,9 @@ class Distillation(PoseStage):
             step; the same flip test that usually adds a point or so of PCK, for cleaner targets).
         confidence_weighted: weight each joint's loss by the teacher's heatmap peak
             (:func:`~geosapiens.losses.distillation_loss`).
+        init_from_teacher: start the student from the teacher's weights (same backbone and head, e.g. the
+            teacher's network on a smaller crop); a mean-teacher run's EMA network is usually better than its
+            ``model.*`` weights, which ``init_checkpoint`` would load.
         **kwargs: :class:`PoseStage` arguments of the STUDENT (``backbone``, ``input_size``...).
     """
 
@@ -62,6 +65,7 @@ class Distillation(PoseStage):
         teacher_weights: Literal["model", "teacher"] = "teacher",
         teacher_flip: bool = False,
         confidence_weighted: bool = False,
+        init_from_teacher: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -83,6 +87,14 @@ class Distillation(PoseStage):
                 raise CheckpointError(f"Distillation teacher_checkpoint: {err}") from err
             self.__dict__["_teacher"] = teacher.requires_grad_(False).eval()
             self.teacher_input_size = size
+            if self.hparams.init_from_teacher:
+                try:
+                    self.model.load_state_dict(teacher.state_dict())
+                except RuntimeError as err:
+                    raise CheckpointError(
+                        f"Distillation init_from_teacher: {path} holds another network than the student "
+                        f"({self.hparams.backbone}, head {self.hparams.head_kwargs}): {err}"
+                    ) from err
         return self.teacher
 
     def setup(self, stage: str) -> None:
