@@ -13,6 +13,7 @@ STACKS = [
     ["warmup.yaml"],
     ["uda.yaml"],
     ["fewshot.yaml"],
+    ["distill.yaml"],
     ["warmup.yaml", "oracle.yaml"],
     *[["uda.yaml", f"baselines/{n}"] for n in ("source_only.yaml", "shift_style.yaml", "fidip.yaml")],
     ["baselines/zero_shot_sapiens.yaml"],

@@ -14,7 +14,8 @@ runs every stage and baseline on it through the same commands a user runs on rea
    ``val/pck@0.1``) then ``test`` of its best checkpoint on the real-like test split (validate100):
    warm-up on "synthetic" stills (= the source-only baseline), the oracle (labelled real-like images),
    AdaBN, a plain mean teacher, SHIFT-style (mean teacher + prior), Geo-Sapiens (mean teacher + prior +
-   geometry) and few-shot refinement of it on N labelled real-like images;
+   geometry), few-shot refinement of it on N labelled real-like images, and a light student (the CPU
+   deployment model) distilled from the Geo-Sapiens teacher's heatmaps on the unlabelled real-like images;
 5. ``report`` over those runs, source-only and oracle named, so the table shows the gap reduction.
 
 Every run gets the same augmentation (geometry, elastic scale, cut-occlude, strong photometric). Every number
@@ -49,6 +50,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYNTH_ANNOTATION = "annotations/1000S/person_keypoints_train_infant.json"
 CACHE_ANNOTATION = "annotations/200R_1000S/person_keypoints_train_infant.json"
 SOURCE_ONLY, ORACLE = "source-only", "oracle"
+DISTILLED = "Geo-Sapiens student (distilled)"
 _LONG_INFO = 240  # characters of a Lightning info line kept (seeded id lists run to thousands)
 
 
@@ -219,6 +221,17 @@ def plan(out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Pat
             ],
             about=f"Geo-Sapiens refined on {p.num_shots} labelled real-like images (seeded choice)",
         ),
+        Run(
+            "distill",
+            DISTILLED,
+            ["demo/distill.yaml"],
+            [
+                *real_data,
+                f"--model.init_args.teacher_checkpoint={p.best('uda')}",
+                *fast_args(3, [""], 4),
+            ],
+            about="64 px student distilled from the Geo-Sapiens teacher's heatmaps (unlabelled real-like)",
+        ),
     ]
     for run in p.runs:
         run.overrides = [*seed_arg, *run.overrides]
@@ -316,8 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geosapiens demo",
         description="Generate infant data, build the oracle critic cache and the priors, train the warm-up "
-        "(source-only), oracle, AdaBN, mean-teacher, SHIFT-style, Geo-Sapiens and few-shot runs, test each "
-        "on the real-like test split and report one table with the sim-to-real gap reduction.",
+        "(source-only), oracle, AdaBN, mean-teacher, SHIFT-style, Geo-Sapiens, few-shot and distilled "
+        "student runs, test each on the real-like test split and report one table with the sim-to-real gap "
+        "reduction.",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="run folders and report (default: runs/demo)"
@@ -502,13 +516,13 @@ def _summary(p: DemoPlan, run: Runner, wall: float, cpu: float) -> None:
     print(f"  {'TOTAL':<{min(width, 90)}}  {wall:7.1f} s wall  {cpu:7.1f} s CPU  ({wall / 60:.1f} min)\n")
     rows = list(csv.DictReader((p.out / "report" / "results.csv").open(encoding="utf-8")))
     columns = ["PCK@0.05", "PCK@0.1", "PCK@0.2", "gap PCK@0.1"]
-    print(f"  {'method':<26}" + "".join(f"{c:>13}" for c in columns))
+    print(f"  {'method':<32}" + "".join(f"{c:>13}" for c in columns))
     for row in rows:
         cells = []
         for c in columns:
             value = float(row[c]) if row.get(c) else math.nan
             cells.append(f"{value:13.3f}" if c.startswith("gap") else f"{100 * value:13.1f}")
-        print(f"  {row['method']:<26}" + "".join(cells))
+        print(f"  {row['method']:<32}" + "".join(cells))
     print(
         f"\n  PCK in % on the real-like test split (validate100 of {p.syrip}), bbox-normalised; gap = (x - "
         f"{SOURCE_ONLY}) / ({ORACLE} - {SOURCE_ONLY}).\n"
@@ -522,4 +536,4 @@ def _summary(p: DemoPlan, run: Runner, wall: float, cpu: float) -> None:
         "overlays.png)"
     )
     for r in p.runs:
-        print(f"    {r.method:<26} {r.about}")
+        print(f"    {r.method:<32} {r.about}")

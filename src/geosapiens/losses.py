@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosapiens.models.codec import resize_aligned
 from geosapiens.models.prior import masked_pose_error, normalize_pose
 from geosapiens.skeleton import COCO17, SYMMETRIC_BONES
 
 __all__ = [
     "heatmap_mse",
+    "distillation_loss",
     "consistency_loss",
     "bone_symmetry_loss",
     "normal_prior_loss",
@@ -66,6 +68,33 @@ def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor)
     """
     per_joint = (pred - target).pow(2).mean(dim=(-2, -1))
     return _masked_mean(per_joint, weights.to(per_joint.dtype))
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, confidence_weighted: bool = False
+) -> torch.Tensor:
+    """``L_distill``: heatmap MSE between the student and the teacher's heatmaps (Hinton-style soft targets).
+
+    The teacher's full heatmaps, not its decoded keypoints, are the target: they carry its uncertainty (a
+    flat map where it cannot see a joint, two modes where it hesitates between left and right), which a
+    Gaussian at its argmax would throw away. The teacher's maps are resampled to the student's heatmap size
+    with :func:`~geosapiens.models.codec.resize_aligned` (the same UDP pixel centres at both sizes).
+
+    Args:
+        student: (B, K, h, w) student heatmaps.
+        teacher: (B, K, h', w') teacher heatmaps (no gradient flows into them).
+        confidence_weighted: weight each joint by the teacher's heatmap peak clamped to [0, 1], so joints it
+            does not find (occluded, out of the crop) teach less; off, every joint counts the same.
+
+    Returns:
+        () loss.
+    """
+    target = resize_aligned(teacher.detach(), student.shape[-2:]).to(student.dtype)
+    if confidence_weighted:
+        weights = target.amax(dim=(-2, -1)).clamp(0.0, 1.0)
+    else:
+        weights = target.new_ones(target.shape[:2])
+    return heatmap_mse(student, target, weights)
 
 
 def _pixel_to_normalized(size_hw: Sequence[int], like: torch.Tensor) -> torch.Tensor:

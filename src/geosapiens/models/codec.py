@@ -20,7 +20,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UDPHeatmapCodec", "apply_affine", "invert_affine_torch", "flip_heatmaps", "flip_keypoints"]
+__all__ = [
+    "UDPHeatmapCodec",
+    "apply_affine",
+    "invert_affine_torch",
+    "flip_heatmaps",
+    "flip_keypoints",
+    "resize_aligned",
+]
 
 
 def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
@@ -43,6 +50,20 @@ def invert_affine_torch(affine: torch.Tensor) -> torch.Tensor:
     linear, shift = affine[..., :2], affine[..., 2:]
     inv = torch.linalg.inv(linear)
     return torch.cat([inv, -inv @ shift], dim=-1)
+
+
+def resize_aligned(maps: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
+    """Resample (B, C, H, W) crops or heatmaps to ``size_hw`` keeping the UDP pixel-centre convention.
+
+    Under UDP the first and last pixel centres span the crop, so a crop resized to W' has ``x' = x (W' - 1) /
+    (W - 1)``: exactly bilinear ``align_corners=True``. A crop at one size and its heatmaps resized this way
+    agree with a crop taken at the other size directly (the student/teacher resolutions of distillation).
+    Returns ``maps`` itself when it already has that size.
+    """
+    size = (int(size_hw[0]), int(size_hw[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
 
 
 def flip_heatmaps(heatmaps: torch.Tensor, flip_indices: Sequence[int]) -> torch.Tensor:
