@@ -16,7 +16,9 @@ runs every stage and baseline on it through the same commands a user runs on rea
    AdaBN, a plain mean teacher, SHIFT-style (mean teacher + prior), Geo-Sapiens (mean teacher + prior +
    geometry), few-shot refinement of it on N labelled real-like images, and a light student (the CPU
    deployment model) distilled from the Geo-Sapiens teacher's heatmaps on the unlabelled real-like images;
-5. ``report`` over those runs, source-only and oracle named, so the table shows the gap reduction.
+5. ``report`` over those runs, source-only and oracle named, so the table shows the gap reduction;
+6. deployment: ``export`` of the distilled student to ONNX, and ``predict`` of a real-like sequence written
+   as an mp4 video (ONNX Runtime, tracked box, One-Euro smoothing, quality flags, overlay video).
 
 Every run gets the same augmentation (geometry, elastic scale, cut-occlude, strong photometric). Every number
 in the table comes from this invocation: each run's folder is emptied before it trains. ``--fast`` runs the
@@ -109,6 +111,10 @@ class DemoPlan:
     @property
     def pose_vae(self) -> Path:
         return self.out / "pose_vae"
+
+    @property
+    def deploy(self) -> Path:
+        return self.out / "deploy"
 
     def best(self, run: str) -> Path:
         return self.out / run / "checkpoints" / "best.ckpt"
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("tiny" if args.fast else "demo")
     p = plan(args.out, args.data, preset, args.seed, args.fast)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
-    run = Runner(total=5 + 2 * len(p.runs))
+    run = Runner(total=5 + 2 * len(p.runs) + 3)
     h, w = p.input_size
     print(
         f"Geo-Sapiens demo: preset {preset!r}, seed {args.seed}, data {p.data}, runs {p.out}, "
@@ -411,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(report),
             ],
         )
+        _deploy(p, run)
     except DemoError as err:
         print(f"\ngeosapiens demo: {err}", file=sys.stderr)
         return 1
@@ -507,6 +514,55 @@ def _prepare(p: DemoPlan, run: Runner) -> None:
     )
 
 
+def _deploy(p: DemoPlan, run: Runner) -> None:
+    """The clinic's end: the distilled student exported to ONNX (checked against PyTorch), then keypoint
+    tracks of a real-like sequence written as an mp4 video, predicted on ONNX Runtime in one box around the
+    infant's motion (as a clinician draws it), with One-Euro smoothing, quality flags from the pose prior and
+    an overlay video."""
+    import cv2
+
+    from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
+
+    folder = p.deploy
+    _clean(folder)
+    onnx = folder / "student.onnx"
+    run("export the distilled student to ONNX", ["export", str(p.best("distill")), "--out", str(onnx)])
+    manifest = json.loads((p.data / "manifest.json").read_text())
+    sequence = next(k for k, style in manifest["mini_rgbd"]["sequences"].items() if style == "real-like")
+    frames = sorted((p.data / "mini_rgbd" / sequence / "rgb").glob("*.png"))
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    video = folder / f"infant_{sequence}.mp4"
+    first = cv2.imread(str(frames[0]))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, first.shape[1::-1])
+    for frame in frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+    run.index += 1
+    print(f"\n==> [{run.index}/{run.total}] video: real-like sequence {sequence} -> {video}")
+    boxes = [r.bbox for r in read_mini_rgbd(p.data / "mini_rgbd", [sequence], check_projection=False)]
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    run.record("write a real-like sequence as an mp4 video", time.perf_counter() - wall, _cpu_seconds() - cpu)
+    run(
+        "predict the video on ONNX Runtime (one box, One-Euro, quality flags, overlay)",
+        [
+            "predict",
+            str(video),
+            "--model",
+            str(onnx),
+            "--box",
+            f"{x0:.0f},{y0:.0f},{x1 - x0:.0f},{y1 - y0:.0f}",
+            "--smooth",
+            "--pose_prior",
+            str(p.pose_vae / "checkpoints" / "last.ckpt"),
+            "--overlay",
+            "--no-progress",
+            "--out",
+            str(folder / "predictions"),
+        ],
+    )
+
+
 def _summary(p: DemoPlan, run: Runner, wall: float, cpu: float) -> None:
     """Step times, the headline table again (from results.csv), and what the numbers are."""
     print("\n" + "=" * 100 + "\nGeo-Sapiens demo: summary\n")
@@ -537,3 +593,8 @@ def _summary(p: DemoPlan, run: Runner, wall: float, cpu: float) -> None:
     )
     for r in p.runs:
         print(f"    {r.method:<32} {r.about}")
+    print(
+        f"\n  Deployment: {p.deploy / 'student.onnx'} (the distilled student, ONNX) and its tracks of a "
+        f"real-like video\n  in {p.deploy / 'predictions'} (tracks.csv, tracks/*.npz with quality flags, "
+        "overlays/*.mp4)."
+    )
