@@ -65,9 +65,9 @@ HEADER = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", type=Path, default=Path("runs/demo/uda/checkpoints/best.ckpt"))
-    p.add_argument("--teacher-weights", choices=("model", "teacher"), default="model")
+    p.add_argument("--teacher-weights", choices=("model", "teacher"), default=None)
     p.add_argument("--student", type=Path, default=Path("runs/demo/distill/checkpoints/best.ckpt"))
-    p.add_argument("--student-weights", choices=("model", "teacher"), default="model")
+    p.add_argument("--student-weights", choices=("model", "teacher"), default=None)
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo data (default: demo_data)")
     p.add_argument("--annotation", type=Path, help=f"test annotation file (default: DATA/{VALIDATE100})")
     p.add_argument("--frames", type=int, default=200, help="timed frames per row (default 200)")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
     from geosapiens.deploy.runtime import OnnxRunner, TorchRunner
     from geosapiens.models.codec import UDPHeatmapCodec
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
 
     torch.set_num_threads(args.threads)
     root = args.annotation.parent.parent.parent  # <root>/annotations/<split>/<file>.json
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, ckpt, weights in (("student", args.student, args.student_weights),
                                     ("teacher", args.teacher, args.teacher_weights)):
             model, size, hparams = pose_model_from_checkpoint(ckpt, weights)
+            weights = weights or evaluated_weights(hparams)
             path = export_onnx(model, size, onnx_dir / f"{name}.onnx",
                                metadata={"source_checkpoint": str(ckpt.resolve()), "weights": weights})
             diff = max(check_onnx(model, path, torch.randn(b, 3, *size)) for b in (1, 3))

@@ -120,8 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="a Lightning checkpoint of a pose stage (best.ckpt...)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p.add_argument(
-        "--weights", choices=("model", "teacher"), default="model",
-        help="which network: the trained model, or a mean teacher's EMA teacher (default: model)",
+        "--weights", choices=("model", "teacher"), default=None,
+        help="which network: the trained model or a mean teacher's EMA teacher (default: the one the stage "
+        "evaluated, i.e. the EMA teacher of a mean-teacher run)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
@@ -131,17 +132,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
 
     if args.out.suffix != ".onnx":
         print(f"geosapiens export: --out {args.out} must end in .onnx", file=sys.stderr)
         return 2
     try:
-        model, input_size, _ = pose_model_from_checkpoint(args.checkpoint, args.weights)
+        model, input_size, hparams = pose_model_from_checkpoint(args.checkpoint, args.weights)
     except GeoSapiensError as err:
         print(f"geosapiens export: {err}", file=sys.stderr)
         return 2
-    meta = {"source_checkpoint": str(args.checkpoint.resolve()), "weights": args.weights}
+    weights = args.weights or evaluated_weights(hparams)
+    meta = {"source_checkpoint": str(args.checkpoint.resolve()), "weights": weights}
     export_onnx(model, input_size, args.out, opset=args.opset, metadata=meta)
     h, w = input_size
     size = args.out.stat().st_size / 2**20

@@ -271,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
     p.add_argument("--model", required=True, help="a stage checkpoint (.ckpt) or an exported .onnx")
-    p.add_argument("--weights", default="model", choices=("model", "teacher"), help="network of a .ckpt")
+    p.add_argument(
+        "--weights",
+        default=None,
+        choices=("model", "teacher"),
+        help="network of a .ckpt (default: the one its stage evaluated, a mean teacher's EMA teacher)",
+    )
     p.add_argument("--runtime", default=None, choices=("torch", "onnx"), help="default: by file type")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument(

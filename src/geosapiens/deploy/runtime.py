@@ -165,15 +165,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def open_runner(
-    path: str | Path, runtime: str = "torch", weights: str = "model", threads: int | None = None
+    path: str | Path, runtime: str = "torch", weights: str | None = None, threads: int | None = None
 ) -> PoseRunner:
     """The runner of a model file: a stage checkpoint (``.ckpt``) on ``torch``, an export (``.onnx``) on onnx.
 
     Args:
         path: the model file.
         runtime: ``torch`` or ``onnx``.
-        weights: the checkpoint's network, ``model`` or ``teacher``; for an ONNX file it must be the one it
-            was exported from, when the file records it.
+        weights: the checkpoint's network, ``model`` or ``teacher``, None = the one the stage evaluated; for
+            an ONNX file, if given, it must be the one it was exported from, when the file records it.
         threads: CPU threads: ONNX Runtime's intra-op threads, or torch's (``torch.set_num_threads``, which
             is process-wide); None leaves the default.
 
@@ -198,6 +198,6 @@ def open_runner(
         return TorchRunner(model, input_size, source=str(path))
     runner = OnnxRunner(path, threads=threads)
     recorded = runner.metadata.get("weights")
-    if recorded is not None and recorded != weights:
+    if recorded is not None and weights is not None and recorded != weights:
         raise ModelFileError(f"{path}: holds the '{recorded}' network, '{weights}' was asked for")
     return runner

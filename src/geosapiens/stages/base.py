@@ -73,8 +73,14 @@ def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.
     _load_prefixed(model, _read_checkpoint(Path(path)), Path(path), prefix)
 
 
+def evaluated_weights(hparams: dict[str, Any]) -> str:
+    """The state-dict prefix of the network a stage validated and tested: ``teacher`` for a mean teacher
+    evaluated by its EMA network, else ``model``."""
+    return "teacher" if hparams.get("evaluate") == "teacher" else "model"
+
+
 def pose_model_from_checkpoint(
-    path: str | Path, weights: str = "model"
+    path: str | Path, weights: str | None = None
 ) -> tuple[PoseModel, tuple[int, int], dict[str, Any]]:
     """The trained pose network of a stage checkpoint, rebuilt from its hyperparameters, in eval mode.
 
@@ -83,7 +89,8 @@ def pose_model_from_checkpoint(
 
     Args:
         path: a Lightning checkpoint written by a :class:`PoseStage` (``best.ckpt``, ``last.ckpt``).
-        weights: which network: ``model`` (the student) or ``teacher`` (the mean teacher's EMA network).
+        weights: which network: ``model`` (the student) or ``teacher`` (the mean teacher's EMA network);
+            None = the one the stage evaluated (:func:`evaluated_weights`).
 
     Returns:
         The model, its crop size (H, W) and the checkpoint's hyperparameters.
@@ -107,7 +114,7 @@ def pose_model_from_checkpoint(
         backbone_kwargs["family"] = load_checkpoint(pretrained).family
     input_size = tuple(int(v) for v in hparams["input_size"])
     model = build_pose_model(hparams["backbone"], input_size, backbone_kwargs, hparams.get("head_kwargs"))
-    _load_prefixed(model, ckpt, path, f"{weights}.")
+    _load_prefixed(model, ckpt, path, f"{weights or evaluated_weights(hparams)}.")
     return model.eval(), input_size, hparams
 
 
@@ -178,6 +185,11 @@ class PoseStage(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    @property
+    def evaluated_network(self) -> nn.Module:
+        """The network validation, test and predict score (and test-time adaptation adapts)."""
+        return self.model
+
     def predict_heatmaps(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Heatmaps (B, K, h, w), averaged with the mirrored image's when ``flip_test`` is on."""
         heatmaps = model(images)
@@ -190,7 +202,7 @@ class PoseStage(L.LightningModule):
         self, images: torch.Tensor, affine: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keypoints (B, K, 2) in IMAGE pixels and scores (B, K), through the crop affine (B, 2, 3)."""
-        keypoints, scores = self.codec.decode(self.predict_heatmaps(self.model, images))
+        keypoints, scores = self.codec.decode(self.predict_heatmaps(self.evaluated_network, images))
         return apply_affine(keypoints, invert_affine_torch(affine)), scores
 
     # -- evaluation ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import copy
 
 import lightning.pytorch as L
 import torch
+from torch import nn
 
 from geosapiens import losses
 from geosapiens.callbacks.ema import EMATeacher
@@ -34,6 +35,9 @@ class MeanTeacherAdaptation(PoseStage):
             ``manifold``), over the plan's layout (:data:`~geosapiens.callbacks.schedule.PLAN_LOSS_TERMS`).
         ema_decay: teacher EMA decay (per optimiser step).
         ema_warmup: ramp the decay up over the first steps (timm ModelEmaV3 warm-up).
+        evaluate: the network validation (model selection), test and predict score: ``teacher`` (the EMA
+            network, the usual mean-teacher choice: it averages out the student's step-to-step noise) or
+            ``student``.
         confidence_threshold: mask teacher joints whose heatmap peak is below this value.
         confidence_quantile: or mask the joints below this quantile of the batch's peaks (one of the two).
         soft_argmax_temperature: temperature of the differentiable keypoints used by geometry and prior.
@@ -51,6 +55,7 @@ class MeanTeacherAdaptation(PoseStage):
         loss_terms: dict[str, LossTerm] | None = None,
         ema_decay: float = 0.999,
         ema_warmup: bool = False,
+        evaluate: str = "teacher",
         confidence_threshold: float | None = None,
         confidence_quantile: float | None = 0.3,
         soft_argmax_temperature: float = 0.05,
@@ -62,6 +67,8 @@ class MeanTeacherAdaptation(PoseStage):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if evaluate not in ("teacher", "student"):
+            raise ValueError(f"evaluate must be 'teacher' or 'student', got {evaluate!r}")
         self.save_hyperparameters(ignore=["critic"])
         self.schedule = LossSchedule(loss_terms)
         terms = self.schedule.terms
@@ -85,6 +92,10 @@ class MeanTeacherAdaptation(PoseStage):
         self.register_buffer(
             "prior_kappa", None if priors is None else torch.as_tensor(priors.kappa).float(), persistent=False
         )
+
+    @property
+    def evaluated_network(self) -> nn.Module:
+        return self.teacher if self.hparams.evaluate == "teacher" else self.model
 
     def train(self, mode: bool = True) -> MeanTeacherAdaptation:
         super().train(mode)

@@ -183,7 +183,7 @@ class HeadAdaptation:
 
 
 class TestTimeAdaptation(HeadAdaptation, L.Callback):
-    """Adapt ``pl_module.model.head`` on each test/predict batch before it is predicted.
+    """Adapt the head of ``pl_module.evaluated_network`` on each test/predict batch before it is predicted.
 
     Batches must be canonical test crops (as every DataModule's test/predict loader gives), in frame order
     for video (a batch whose ``sequence`` differs from the previous batch's starts a new video). The head is
@@ -198,11 +198,11 @@ class TestTimeAdaptation(HeadAdaptation, L.Callback):
             raise RuntimeError(
                 "TestTimeAdaptation takes gradient steps at test time: set `trainer.inference_mode: false`"
             )
-        self.remember(pl_module.model.head)
+        self.remember(pl_module.evaluated_network.head)
         self._sequence: object = object()
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.reset(pl_module.model.head)
+        self.reset(pl_module.evaluated_network.head)
 
     on_test_start = on_predict_start = _start
     on_test_end = on_predict_end = _end
@@ -210,10 +210,10 @@ class TestTimeAdaptation(HeadAdaptation, L.Callback):
     def _adapt(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, *args) -> None:
         sequence = batch["sequence"][0] if "sequence" in batch else None
         if sequence is None or sequence != self._sequence:  # a new video (or a group of stills): reset
-            self.reset(pl_module.model.head)
+            self.reset(pl_module.evaluated_network.head)
             self._sequence = sequence
         self.adapt(
-            pl_module.model,
+            pl_module.evaluated_network,
             pl_module.codec,
             batch["image"],
             image_paths=list(batch["image_path"]),
