@@ -238,20 +238,14 @@ class UDPHeatmapCodec:
         return self.to_input(keypoints_hm), scores
 
     def soft_argmax(self, heatmaps: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-        """Differentiable keypoints: the expected position under the spatial softmax of the heatmaps, each
-        channel scaled to a unit value range, at temperature ``T``.
+        """Differentiable keypoints: the expected position under the spatial softmax of ``heatmaps / T``.
 
-        The scale (each channel's max - min, detached) makes ``T`` mean the same for unit-peak targets and
-        for a trained network's heatmaps, whose peaks on a shifted domain are often 0.2 over a 0.02-0.04
-        background: at raw scale T = 0.05 the hundreds of background pixels then outweigh the peak
-        (576 * e^0.4 against e^5.2 on a 24x24 map) and pull every joint towards the crop centre, a shrunken
-        pose the geometry and pose-prior losses would score instead of the decoded one. Scaled, the peak
-        outweighs a 64x48 background by ~1e5 at T = 0.05 and the estimate stays within a heatmap pixel or
-        so of the argmax; raise ``T`` for smoother gradients.
+        With unit-peak Gaussian heatmaps, ``temperature`` 0.05 makes the background's pull towards the centre
+        negligible (the peak outweighs a 64x48 background by ~1e5); raise it for smoother gradients.
 
         Args:
             heatmaps: (B, K, h, w).
-            temperature: softmax temperature T (> 0), as a fraction of each channel's value range.
+            temperature: softmax temperature T (> 0), in heatmap units.
 
         Returns:
             (B, K, 2) input px.
@@ -259,9 +253,7 @@ class UDPHeatmapCodec:
         if temperature <= 0:
             raise ValueError(f"{type(self).__name__}.soft_argmax: temperature must be > 0, got {temperature}")
         B, K, h, w = heatmaps.shape
-        flat = heatmaps.reshape(B, K, -1).float()
-        span = (flat.amax(-1, keepdim=True) - flat.amin(-1, keepdim=True)).detach().clamp_min(1e-6)
-        prob = torch.softmax(flat / (span * temperature), dim=-1).reshape(B, K, h, w)
+        prob = torch.softmax(heatmaps.reshape(B, K, -1).float() / temperature, dim=-1).reshape(B, K, h, w)
         xs = torch.arange(w, device=heatmaps.device, dtype=prob.dtype)
         ys = torch.arange(h, device=heatmaps.device, dtype=prob.dtype)
         x = (prob.sum(dim=2) * xs).sum(-1)
