@@ -342,6 +342,27 @@ def test_manifold_loss_reaches_keypoints_not_the_vae():
     assert again.item() == pytest.approx(loss.item(), rel=1e-4)
 
 
+def test_manifold_margin_is_a_hinge_on_each_pose():
+    torch.manual_seed(0)
+    vae = PoseVAE().freeze()
+    base = symmetric_pose_px()
+    kp = torch.stack([base, base.flip(0), base * torch.tensor([1.0, 0.3])]).requires_grad_(True)
+    labelled = torch.ones(17, dtype=torch.bool)
+    per_pose = torch.stack([manifold_loss(kp[i : i + 1], vae, labelled) for i in range(3)]).detach()
+    low, high = per_pose.sort().values[1:]
+    margin = float(low + high) / 2  # two poses under it, one over
+    expected = (per_pose - margin).clamp_min(0).mean()
+    loss = manifold_loss(kp, vae, labelled, margin=margin)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    (grad,) = torch.autograd.grad(loss, kp)
+    # poses at or under the margin get no gradient; the one above it does
+    below = per_pose <= margin
+    assert grad[below].abs().max() == 0 and grad[~below].abs().sum() > 0
+    assert manifold_loss(kp, vae, labelled, margin=float(per_pose.max()) + 1e-3).item() == 0.0
+    with pytest.raises(ValueError, match="margin"):
+        manifold_loss(kp, vae, labelled, margin=-0.1)
+
+
 # FiDIP -----------------------------------------------------------------------------------------------------
 
 

@@ -288,6 +288,29 @@ def test_plausible_poses_score_lower_than_broken_ones(trained_prior):
     assert limbs.mean() > 4.0 * good.mean() and (limbs > good).float().mean() > 0.95
 
 
+def test_margin_frees_plausible_poses_and_still_charges_broken_ones(trained_prior):
+    """With the margin at the 95th percentile of the prior's errors on plausible poses, plausible poses cost
+    nothing and get no gradient (the prior leaves them where they are) while swapped limbs still cost."""
+    vae, _, _ = trained_prior
+    lab = torch.ones(17, dtype=torch.bool)
+    rng = np.random.default_rng(9)
+    calib = torch.from_numpy(to_pixels(sample_infant_poses(500, rng), rng))
+    margin = float(vae.reconstruction_error(normalize_pose(calib, lab), lab.expand(500, 17)).quantile(0.95))
+    canon = sample_infant_poses(200, np.random.default_rng(10))
+    good = torch.from_numpy(to_pixels(canon, np.random.default_rng(11)))
+    broken = torch.from_numpy(to_pixels(swap_limbs(canon), np.random.default_rng(11)))
+
+    def per_pose(px: torch.Tensor) -> torch.Tensor:
+        return torch.stack([manifold_loss(px[i : i + 1], vae, lab, margin=margin) for i in range(len(px))])
+
+    free = per_pose(good) == 0
+    assert free.float().mean() > 0.85
+    assert (per_pose(broken) > 0).float().mean() > 0.9
+    kp = good.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(manifold_loss(kp, vae, lab, margin=margin), kp)
+    assert grad[free].abs().max() == 0
+
+
 def test_prior_checkpoint_loads_frozen(trained_prior, tmp_path):
     vae, ckpt, _ = trained_prior
     rng = np.random.default_rng(8)

@@ -46,6 +46,8 @@ class MeanTeacherAdaptation(PoseStage):
         critic_cache: directory written by ``geosapiens critics cache`` (maps in the canonical crop frame).
         critic: a critic run online on the strong view instead of the cache (costs a forward per step).
         pose_prior: pose VAE checkpoint (``PosePriorTask``); required when ``manifold`` has weight.
+        manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``); a high
+            quantile (e.g. the 95th percentile) of the prior's errors on its own training poses.
         normal_priors: per-keypoint normal priors file (``geosapiens priors fit``); required for ``geo_norm``.
         **kwargs: :class:`PoseStage` arguments.
     """
@@ -63,6 +65,7 @@ class MeanTeacherAdaptation(PoseStage):
         critic_cache: str | None = None,
         critic: GeometricCritic | None = None,
         pose_prior: str | None = None,
+        manifold_margin: float = 0.0,
         normal_priors: str | None = None,
         **kwargs,
     ) -> None:
@@ -165,7 +168,10 @@ class MeanTeacherAdaptation(PoseStage):
                     )
             if w["manifold"] > 0:
                 terms["manifold"] = losses.manifold_loss(
-                    keypoints, self.vae, keypoints.new_ones(keypoints.shape[1], dtype=torch.bool)
+                    keypoints,
+                    self.vae,
+                    keypoints.new_ones(keypoints.shape[1], dtype=torch.bool),
+                    margin=self.hparams.manifold_margin,
                 )
         total = sum(w[name] * value for name, value in terms.items())
         self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=n_src)

@@ -43,6 +43,7 @@ class HeadAdaptation:
         critic: a frozen critic run on the crops when there is no cache.
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
+        manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``).
         weights: loss weights (``geo_depth``, ``geo_norm``, ``manifold``, ``temporal``).
         soft_argmax_temperature: temperature of the differentiable keypoints.
         depth_lambda_z: depth weight of the 2.5D bone length.
@@ -56,6 +57,7 @@ class HeadAdaptation:
         critic: GeometricCritic | None = None,
         normal_priors: str | None = None,
         pose_prior: str | None = None,
+        manifold_margin: float = 0.0,
         weights: dict[str, float] | None = None,
         soft_argmax_temperature: float = 0.05,
         depth_lambda_z: float = 1e-3,
@@ -75,6 +77,7 @@ class HeadAdaptation:
         if self.vae is None:
             self.weights["manifold"] = 0.0
         self.temperature, self.lambda_z = soft_argmax_temperature, depth_lambda_z
+        self.manifold_margin = manifold_margin
         self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted group
         self._trained: dict | None = None
 
@@ -135,7 +138,7 @@ class HeadAdaptation:
         if self.weights["manifold"] > 0:
             labelled = torch.ones(keypoints.shape[1], dtype=torch.bool, device=keypoints.device)
             total = total + self.weights["manifold"] * losses.manifold_loss(
-                keypoints, self.vae.to(uv), labelled
+                keypoints, self.vae.to(uv), labelled, margin=self.manifold_margin
             )
         if self.weights["temporal"] > 0 and crop_to_image is not None and keypoints.shape[0] > 1:
             total = total + self.weights["temporal"] * losses.bone_length_consistency(
