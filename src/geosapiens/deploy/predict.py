@@ -293,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose_prior", default=None, help="pose VAE: TTA manifold term, implausibility")
     p.add_argument("--tta.steps", dest="tta_steps", type=int, default=0, help="TTA steps per batch (0 = off)")
     p.add_argument("--tta.lr", dest="tta_lr", type=float, default=1e-4, help="TTA Adam learning rate")
+    p.add_argument(
+        "--tta.manifold_margin",
+        dest="tta_manifold_margin",
+        type=float,
+        default=0.0,
+        help="prior error that costs nothing (e.g. the prior's 95th percentile on its training poses)",
+    )
     p.add_argument("--tta.critic", dest="tta_critic", default=None, help="small-critic file: geometry terms")
     p.add_argument("--tta.normal_priors", dest="tta_normal_priors", default=None, help="normal priors JSON")
     p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of video tracks")
@@ -319,6 +326,7 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation |
         critic=critic,
         normal_priors=args.tta_normal_priors,
         pose_prior=args.pose_prior,
+        manifold_margin=args.tta_manifold_margin,
     )
     usable = [t for t in adaptation.active if t != "temporal" or any(c.sequence for c in clips)]
     if not usable:
