@@ -30,6 +30,16 @@ trainer:
 """
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Float sums depend on the thread count: the in-process runs and the killed subprocess use one thread
+    each (another test, e.g. the demo, may have changed this process's count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def syrip(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("resume") / "data"
@@ -64,7 +74,7 @@ def _args(syrip: Path, run: Path, workers: int) -> list[str]:
 
 
 def _cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "geosapiens.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
