@@ -67,15 +67,9 @@ def loader(n: int = 16) -> DataLoader:
 
 
 def fit(module: L.LightningModule, callbacks: list, tmp_path, **kwargs) -> L.Trainer:
+    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_model_summary": False}
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        **kwargs,
+        **(defaults | kwargs), enable_progress_bar=False, default_root_dir=tmp_path, callbacks=callbacks
     )
     trainer.fit(module, loader())
     return trainer
@@ -225,19 +219,17 @@ def test_ranks_share_buffers_and_skip_together(tmp_path):
     skip the update, so the teachers stay identical."""
     from geosapiens.callbacks.teardown import DestroyProcessGroup
 
-    trainer = L.Trainer(
-        accelerator="cpu",
+    callbacks = [PoisonRankOne(), EMATeacher(decay=0.5), SaveRank(tmp_path), DestroyProcessGroup()]
+    # the ranks' warnings stay in the spawned processes
+    fit(
+        MeanTeacherToy(),
+        callbacks,
+        tmp_path,
         devices=2,
         strategy="ddp_spawn",
         max_steps=2,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[PoisonRankOne(), EMATeacher(decay=0.5), SaveRank(tmp_path), DestroyProcessGroup()],
     )
-    trainer.fit(MeanTeacherToy(), loader())  # the ranks' warnings stay in the spawned processes
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [(r["updates"], r["skipped"]) for r in ranks] == [(1, 1), (1, 1)]
     first, second = ranks[0]["teacher"], ranks[1]["teacher"]
