@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,17 @@ from geosapiens.errors import DataError
 __all__ = ["BoxSource", "WholeFrame", "FixedBox", "BoxFile", "TrackedBox", "parse_box_source"]
 
 
-class BoxSource:
+class BoxSource(ABC):
     """Box (x, y, w, h) in image pixels for a frame; ``observe`` sees each frame's prediction afterwards."""
 
-    def start(self, sequence: str | None) -> None:
+    def start(self, sequence: str | None) -> None:  # noqa: B027 - a no-op hook unless a source tracks
         """A new clip begins (tracking state is dropped)."""
 
+    @abstractmethod
     def box(self, image_shape: tuple[int, ...], index: int, path: str) -> np.ndarray:
-        raise NotImplementedError
+        """The box of frame ``index`` (its image's shape and path, for lookups)."""
 
-    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:  # noqa: B027 - as start()
         """The prediction of the frame last boxed; (K, 2) image px and (K,) scores."""
 
 
@@ -118,7 +120,7 @@ class TrackedBox(BoxSource):
         self._last: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
 
-    def start(self, sequence: str | None) -> None:
+    def start(self, sequence: str | None) -> None:  # noqa: B027 - a no-op hook unless a source tracks
         self._last = None
         self.initial.start(sequence)
 
@@ -126,7 +128,7 @@ class TrackedBox(BoxSource):
         self._shape = image_shape
         return self._last.copy() if self._last is not None else self.initial.box(image_shape, index, path)
 
-    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:  # noqa: B027 - as start()
         confident = keypoints[np.isfinite(keypoints).all(-1) & (scores >= self.min_score)]
         if len(confident) < self.min_joints:
             self._last = None  # lost: the next frame starts again from the initial box
