@@ -120,7 +120,7 @@ class TrackedBox(BoxSource):
         self._last: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
 
-    def start(self, sequence: str | None) -> None:  # noqa: B027 - a no-op hook unless a source tracks
+    def start(self, sequence: str | None) -> None:
         self._last = None
         self.initial.start(sequence)
 
@@ -128,7 +128,7 @@ class TrackedBox(BoxSource):
         self._shape = image_shape
         return self._last.copy() if self._last is not None else self.initial.box(image_shape, index, path)
 
-    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:  # noqa: B027 - as start()
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
         confident = keypoints[np.isfinite(keypoints).all(-1) & (scores >= self.min_score)]
         if len(confident) < self.min_joints:
             self._last = None  # lost: the next frame starts again from the initial box
