@@ -236,7 +236,7 @@ def plan(out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Pat
                 f"--model.init_args.teacher_checkpoint={p.best('uda')}",
                 *fast_args(3, [""], 4),
             ],
-            about="64 px student distilled from the Geo-Sapiens teacher's heatmaps (unlabelled real-like)",
+            about="slim-head student distilled from the Geo-Sapiens teacher's heatmaps (unlabelled)",
         ),
     ]
     for run in p.runs:

@@ -53,9 +53,10 @@ class Distillation(PoseStage):
             step; the same flip test that usually adds a point or so of PCK, for cleaner targets).
         confidence_weighted: weight each joint's loss by the teacher's heatmap peak
             (:func:`~geosapiens.losses.distillation_loss`).
-        init_from_teacher: start the student from the teacher's weights (same backbone and head, e.g. the
-            teacher's network on a smaller crop); a mean-teacher run's EMA network is usually better than its
-            ``model.*`` weights, which ``init_checkpoint`` would load.
+        init_from_teacher: start the student from the teacher's weights: ``True`` (or ``"all"``) the whole
+            network (same backbone and head, e.g. the teacher's network on a smaller crop), ``"backbone"``
+            its backbone only (a student with a slimmer head); a mean-teacher run's EMA network is usually
+            better than its ``model.*`` weights, which ``init_checkpoint`` would load.
         **kwargs: :class:`PoseStage` arguments of the STUDENT (``backbone``, ``input_size``...).
     """
 
@@ -65,7 +66,7 @@ class Distillation(PoseStage):
         teacher_weights: Literal["model", "teacher"] = "teacher",
         teacher_flip: bool = False,
         confidence_weighted: bool = False,
-        init_from_teacher: bool = False,
+        init_from_teacher: bool | Literal["all", "backbone"] = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,9 +88,13 @@ class Distillation(PoseStage):
                 raise CheckpointError(f"Distillation teacher_checkpoint: {err}") from err
             self.__dict__["_teacher"] = teacher.requires_grad_(False).eval()
             self.teacher_input_size = size
-            if self.hparams.init_from_teacher:
+            mode = self.hparams.init_from_teacher
+            if mode:
+                source, target = (
+                    (teacher.backbone, self.model.backbone) if mode == "backbone" else (teacher, self.model)
+                )
                 try:
-                    self.model.load_state_dict(teacher.state_dict())
+                    target.load_state_dict(source.state_dict())
                 except RuntimeError as err:
                     raise CheckpointError(
                         f"Distillation init_from_teacher: {path} holds another network than the student "
