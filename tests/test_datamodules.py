@@ -16,6 +16,7 @@ from fixtures_mini_rgbd import write_mini_rgbd
 from geosapiens.data.datamodules import (
     AdaptationDataModule,
     MiniRGBDDataModule,
+    MultiSourceDataModule,
     SyRIPRealDataModule,
     SyRIPSynthDataModule,
 )
@@ -181,6 +182,21 @@ def test_adaptation_yields_source_and_target(syrip, mini_rgbd):
     assert sources[3:] == sources[:3] or len({tuple(s) for s in sources}) > 3  # the short loader cycles
     val = next(iter(dm.val_dataloader()))
     assert val["image_path"][0].endswith(".jpg")  # the target's (SyRIP) labelled validation
+
+
+def test_multi_source_batches_mix_frames_and_stills(syrip, mini_rgbd):
+    """uda.yaml's source: MINI-RGBD frames (with sequence/frame) and SyRIP stills (without) in one batch."""
+    frames = MiniRGBDDataModule(mini_rgbd, train_sequences=["01"], val_sequences=["02"], test_sequences=[],
+                                val_frame_stride=1, **SMALL)
+    stills = SyRIPSynthDataModule(syrip, train_file=TRAIN, **SMALL)
+    dm = MultiSourceDataModule([frames, stills], **{**SMALL, "batch_size": 64})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    paths = batch["image_path"]
+    assert any(p.endswith(".jpg") for p in paths) and any("/01/" in p for p in paths)  # both sources
+    assert batch["image"].shape[0] == len(dm.train_records) and "sequence" not in batch
+    val = next(iter(dm.val_dataloader()))  # the union of the sources' validation splits
+    assert val["image"].shape[0] == len(dm.val_records) == 4 + len(stills.val_records)
 
 
 class _TinyStage(L.LightningModule):

@@ -30,7 +30,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment
 from geosapiens.data.datasets import PairDataset, PoseDataset
@@ -481,6 +481,13 @@ class SyRIPRealDataModule(PoseDataModule):
                 self.train_records = self._choose_fewshot()
 
 
+def collate_shared_keys(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` over the keys every sample has: MINI-RGBD frames carry ``sequence``/``frame`` (and
+    sources differ in ``mask``), so a batch mixing frames and stills would fail with a KeyError."""
+    shared = set.intersection(*(set(s) for s in samples))
+    return default_collate([{k: v for k, v in s.items() if k in shared} for s in samples])
+
+
 class MultiSourceDataModule(PoseDataModule):
     """Several labelled sources as one (stage 1 warms up on MINI-RGBD + SyRIP-Synth together).
 
@@ -496,6 +503,9 @@ class MultiSourceDataModule(PoseDataModule):
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["sources"])
         self.sources = sources
+
+    def _loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
+        return super()._loader(dataset, train, collate_fn or collate_shared_keys)
 
     def setup(self, stage: str | None = None) -> None:
         for source in self.sources:
