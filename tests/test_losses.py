@@ -146,6 +146,22 @@ def test_consistency_zero_when_aligned_and_rising_with_shift():
     assert rotated < 0.05 * consistency_case(25.0, 2.0)[0].item()
 
 
+def test_consistency_of_bf16_heatmaps_is_computed_in_float32():
+    """bf16-mixed training hands the loss bf16 heatmaps: it warps and compares them in float32 (half-precision
+    det/inv do not exist; a bf16 warp would be off by pixels) and the gradient reaches the bf16 student."""
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(2, 5, 2, generator=g) * torch.tensor([110.0, 150.0]) + torch.tensor([40.0, 50.0])
+    A = affine_rt(25.0, (95.5, 127.5), SHIFT).expand(2, 2, 3)
+    teacher = gaussians(pts * HM_SCALE, *HM_HW).bfloat16()
+    student = gaussians((pts + 3.0) * HM_SCALE, *HM_HW).bfloat16().requires_grad_(True)
+    loss, kept = consistency_loss(student, teacher, A, INPUT_HW)
+    reference, _ = consistency_loss(student.detach().float(), teacher.float(), A, INPUT_HW)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    loss.backward()
+    assert student.grad.dtype == torch.bfloat16 and torch.isfinite(student.grad).all()
+    assert student.grad.abs().sum() > 0
+
+
 def test_consistency_uses_udp_heatmap_stride():
     """The same warp read with a wrong stride (affine applied in heatmap pixels) no longer aligns."""
     right = consistency_case(0.0, 0.0)[0].item()

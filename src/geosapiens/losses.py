@@ -155,6 +155,9 @@ def consistency_loss(
         kept), and () the fraction of the B*K joints kept.
     """
     B, K, h, w = student_strong.shape
+    # bf16/fp16 heatmaps (autocast) are warped and compared in float32: det/inv have no half-precision
+    # kernels, and a bf16 warp of a 1024 px crop would be off by pixels.
+    student_strong = student_strong.to(torch.promote_types(student_strong.dtype, torch.float32))
     teacher = teacher_weak.detach().to(student_strong.dtype)
     if quantile is not None and not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
