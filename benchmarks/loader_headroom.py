@@ -50,7 +50,8 @@ def batch_samples(batch) -> int:
 
 
 class StepTimer(L.Callback):
-    """Compute time per step (batch start to batch end) after ``warmup`` steps."""
+    """Compute time per step (batch start to batch end) after ``warmup`` steps; on a GPU both ends wait for
+    the queued kernels, so the step's device time is what is measured, not its launch."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
@@ -58,12 +59,18 @@ class StepTimer(L.Callback):
         self.seconds: list[float] = []
         self.samples: list[int] = []
 
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.start = time.perf_counter()
+        self.start = self._now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > self.warmup:
-            self.seconds.append(time.perf_counter() - self.start)
+            self.seconds.append(self._now(pl_module) - self.start)
             self.samples.append(batch_samples(batch))
 
 
