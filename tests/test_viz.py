@@ -192,3 +192,34 @@ def test_draw_on_a_real_syrip_image(syrip_sample, tmp_path):
     x, y, w, h = ann["bbox"]
     x0, y0, x1, y1 = max(0, int(x) - 6), max(0, int(y) - 6), int(x + w) + 6, int(y + h) + 6
     assert 0 < changed[y0:y1, x0:x1].sum() == changed.sum()  # the drawing stays on the infant's box
+
+
+def test_drawing_and_the_drawing_callback_need_no_matplotlib():
+    """Training and config parsing run where matplotlib is missing (the GPU machine's image); plots say why
+    they cannot."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "import lightning.pytorch\n"  # it imports matplotlib itself when installed
+        "for name in [m for m in sys.modules if m.split('.')[0] == 'matplotlib']:\n"
+        "    del sys.modules[name]\n"
+        "sys.modules['matplotlib'] = None\n"  # from here on, import matplotlib -> ImportError
+        "import numpy as np\n"
+        "import geosapiens.callbacks.visualize\n"
+        "from geosapiens import viz\n"
+        "out = viz.draw_skeleton(np.zeros((40, 40, 3), np.uint8), np.full((17, 2), 20.0))\n"
+        "assert out.any()\n"
+        "try:\n"
+        "    viz.plot_pck_curves({})\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plots need matplotlib" in done.stdout

@@ -6,7 +6,9 @@ file boundary in :func:`save_png`). Keypoints are ``(K, 2)`` pixel coordinates w
 coordinates, the project convention, drawn with sub-pixel precision.
 
 Matplotlib is used through :class:`~matplotlib.figure.Figure` and the Agg canvas directly (no ``pyplot``
-global state), so plotting is safe inside a training process and never opens a window.
+global state), so plotting is safe inside a training process and never opens a window. It is imported by
+the plotting functions only: drawing needs just OpenCV, so training (and a config naming a drawing
+callback) works where matplotlib is not installed.
 
 Note:
     K: keypoints, H x W: image size, B: batch.
@@ -17,15 +19,17 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.skeleton import COCO17
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "LEFT_COLOR",
@@ -322,16 +326,26 @@ def read_png(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _matplotlib():
+    """matplotlib's ``Figure`` and Agg canvas classes, imported on first use."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(f"geosapiens.viz: plots need matplotlib, which is not installed ({err})") from err
+    return Figure, FigureCanvasAgg
+
+
 def figure_to_rgb(fig: Figure) -> np.ndarray:
     """Render a Matplotlib figure with Agg to ``(H, W, 3)`` uint8 RGB."""
-    canvas = FigureCanvasAgg(fig)
+    canvas = _matplotlib()[1](fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def figure_to_png_bytes(fig: Figure, dpi: int = 120) -> bytes:
     """A Matplotlib figure as PNG bytes (for atomic file writes)."""
-    FigureCanvasAgg(fig)
+    _matplotlib()[1](fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
@@ -339,7 +353,7 @@ def figure_to_png_bytes(fig: Figure, dpi: int = 120) -> bytes:
 
 def plot_pck_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
     """PCK-vs-threshold lines, one per name: ``{name: (thresholds (T,), pck (T,) as fractions)}``; y in %."""
-    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    fig = _matplotlib()[0](figsize=(5.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for name, (thr, values) in curves.items():
         ax.plot(np.asarray(thr, float), 100 * np.asarray(values, float), label=name, linewidth=1.6)
@@ -359,7 +373,7 @@ def plot_per_joint_bars(
     values: Mapping[str, Sequence[float]], joint_names: Sequence[str] = COCO17.names, title: str = ""
 ) -> Figure:
     """Grouped bars of one per-joint value (fractions, NaN = no bar) per run: ``{run: (K,)}``; y in %."""
-    fig = Figure(
+    fig = _matplotlib()[0](
         figsize=(max(7.0, 0.5 * len(joint_names) * (1 + 0.25 * len(values))), 4.2), layout="constrained"
     )
     ax = fig.add_subplot()
