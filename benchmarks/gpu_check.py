@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from geosapiens.cli import trainer_cli  # noqa: E402
 from geosapiens.data.formats.syrip import read_syrip  # noqa: E402
-from geosapiens.models.backbone import create_backbone  # noqa: E402
+from geosapiens.models.backbone import SAPIENS_ARCHS, create_backbone  # noqa: E402
 from geosapiens.models.critic_cache import build_cache  # noqa: E402
 from geosapiens.stages.base import build_pose_model  # noqa: E402
 
@@ -208,6 +208,17 @@ def largest_batch_that_fits(first: int, run: Callable[[int], dict]) -> dict:
         free(torch.device("cuda"))
 
 
+def vit_train_flops(name: str, size: int) -> float:
+    """Analytic FLOPs of one fwd+bwd of a Sapiens encoder on one square image, to check the counter's sum (an
+    attention kernel it does not know would leave a third of the FLOPs at 1024 px uncounted): per block the
+    qkv/proj/MLP matmuls 24 N D^2 and attention 4 N^2 D, 3x for forward + backward; the patch projection 2x
+    (its input needs no gradient)."""
+    arch = SAPIENS_ARCHS[name]
+    n, d = (size // 16) ** 2, arch.embed_dim
+    block = 8 * n * d * d + 4 * arch.mlp_ratio * n * d * d + 4 * n * n * d
+    return 2 * (2 * n * 3 * 16 * 16 * d) + 3 * arch.depth * block
+
+
 # -- (a) backbones -------------------------------------------------------------------------------------------
 def section_backbone(p: Preset, device: torch.device) -> dict:
     peak = matmul_peak_flops(p.matmul_sizes, device)
@@ -239,6 +250,7 @@ def section_backbone(p: Preset, device: torch.device) -> dict:
             row = largest_batch_that_fits(p.batch, run)
             if not ckpt:
                 model_flops_per_image = row["flops"] / row["batch"]
+                row["counted_vs_analytic"] = model_flops_per_image / vit_train_flops(name, p.size)
             seconds = row["ms_per_step"] / 1000
             row["tflops"] = row["flops"] / seconds / 1e12
             row["mfu"] = model_flops_per_image * row["batch"] / seconds / peak_flops
@@ -485,9 +497,10 @@ def table(report: dict) -> str:
         row("backbone", "bf16 matmul peak", f"{s['backbone']['peak_bf16']['tflops']:.3g} TFLOP/s")
         for what, r in s["backbone"]["configs"].items():
             oom = f" (batch {r['did_not_fit']} did not fit)" if r["did_not_fit"] else ""
+            count = f"  counted/analytic {r['counted_vs_analytic']:.2f}" if "counted_vs_analytic" in r else ""
             row("backbone", f"{what} B={r['batch']}{oom}",
                 f"{r['ms_per_step']:.1f} ms/step  {r['tflops']:.3g} TFLOP/s  MFU {100 * r['mfu']:.1f}%  "
-                f"peak {fmt(r['peak_mem_gib'], '.1f')} GiB")
+                f"peak {fmt(r['peak_mem_gib'], '.1f')} GiB{count}")
     for r in s.get("step_cost", {}).get("stages", {}).values():
         row("step_cost", r["label"],
             f"{r['s_per_step']:.3f} s/step  {r['gflop_per_step']:.1f} GFLOP  time x{r['time_ratio']:.2f}  "

@@ -53,6 +53,7 @@ def test_dry_run_measures_every_section(tmp_path):
         assert min(off["ms_per_step"], off["tflops"], off["mfu"], on["mfu"]) > 0
         # checkpointing recomputes the blocks' forwards in the backward: counted, but not in the MFU
         assert 1.1 < on["flops"] / off["flops"] < 1.5
+        assert 0.85 < off["counted_vs_analytic"] < 1.1  # the counter's sum matches the ViT's arithmetic
 
     stages = s["step_cost"]["stages"]
     assert list(stages) == ["a", "b", "c", "d"] and all(r["s_per_step"] > 0 for r in stages.values())
