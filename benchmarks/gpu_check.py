@@ -521,38 +521,51 @@ def table(report: dict) -> str:
             f"{rate:.1f} images/s")
     for what, r in s.get("inference", {}).get("networks", {}).items():
         row("inference", what, f"{r['frames_per_s']:.1f} frames/s  peak {fmt(r['peak_mem_gib'], '.2f')} GiB")
-    lines += ["", "targets:"]
+    lines += ["", "targets" + (" (dry run: CPU numbers, not comparable):" if report["dry_run"] else ":")]
     for t in report["targets"]:
         lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.3f}")
     lines.append(f"\nwall {report['wall_s']:.0f} s; failed sections: {report['failed'] or 'none'}")
     return "\n".join(lines)
 
 
-def run_sections(runs: dict[str, Callable[[], dict]], device: torch.device) -> dict[str, dict]:
+def run_sections(
+    runs: dict[str, Callable[[], dict]],
+    device: torch.device,
+    deadline: float = math.inf,
+    done: Callable[[dict[str, dict]], None] = lambda sections: None,
+) -> dict[str, dict]:
     """Each section's result with its ``seconds``; a section that raises is recorded as ``{"error": ...}``
-    (traceback on stderr) and the next one still runs, so one GPU run shows everything that breaks."""
+    (traceback on stderr) and the next one still runs, so one GPU run shows everything that breaks. Sections
+    not started by ``deadline`` (``time.perf_counter()``) are recorded as skipped; ``done`` gets the results
+    after each section (the report is written as it grows: a run killed at its time limit keeps them)."""
     sections: dict[str, dict] = {}
     for name, run in runs.items():
         print(f"\n== {name}", flush=True)
         start = time.perf_counter()
-        try:
-            sections[name] = run()
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - one section's failure must not hide another's
-            traceback.print_exc()
-            sections[name] = {"error": f"{type(err).__name__}: {err}"}
+        if start > deadline:
+            sections[name] = {"error": "skipped: the time budget (--budget-s) was spent"}
+        else:
+            try:
+                sections[name] = run()
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - one failure must not hide another's
+                traceback.print_exc()
+                sections[name] = {"error": f"{type(err).__name__}: {err}"}
         sections[name]["seconds"] = time.perf_counter() - start
         free(device)
+        done(sections)
     return sections
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--json", type=Path, help="write the report here (after every section)")
     parser.add_argument("--dry-run", action="store_true", help="tiny presets on CPU (the test's rehearsal)")
     parser.add_argument("--work", type=Path, help="folder for generated data and caches (default: temporary)")
     parser.add_argument("--sections", nargs="+", choices=("backbone", "step_cost", "fit", "critic_cache",
                                                           "inference"),
                         help="run only these (default: all)")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="start no section after this many seconds (default 480: the run's 8 minutes)")
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared CPU)")
     args = parser.parse_args(argv)
     p = DRY if args.dry_run else GPU
@@ -563,6 +576,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(p.device)
     torch.manual_seed(0)
     began = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if p.device == "cuda" else platform.processor() or "cpu"
+    report = {
+        "dry_run": args.dry_run, "device": p.device, "device_name": name,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": L.__version__,
+        "python": platform.python_version(), "cores": CORES, "preset": asdict(p),
+    }
+
+    def write(sections: dict[str, dict]) -> None:
+        report.update(sections=sections, failed=[n for n, s in sections.items() if "error" in s],
+                      targets=targets(sections), wall_s=time.perf_counter() - began)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -579,21 +606,9 @@ def main(argv: list[str] | None = None) -> int:
             "critic_cache": lambda: section_critic_cache(p, paths(), work, device),
             "inference": lambda: section_inference(p, device),
         }
-        chosen = {name: run for name, run in runs.items() if not args.sections or name in args.sections}
-        sections = run_sections(chosen, device)
-    name = torch.cuda.get_device_name(device) if p.device == "cuda" else platform.processor() or "cpu"
-    report = {
-        "dry_run": args.dry_run, "device": p.device, "device_name": name,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": L.__version__,
-        "python": platform.python_version(), "cores": CORES, "preset": asdict(p), "sections": sections,
-        "failed": [name for name, s in sections.items() if "error" in s],
-    }
-    report["targets"] = targets(sections)
-    report["wall_s"] = time.perf_counter() - began
+        chosen = {n: run for n, run in runs.items() if not args.sections or n in args.sections}
+        write(run_sections(chosen, device, began + args.budget_s, write))
     print("\n" + table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
     return 1 if report["failed"] else 0
 
 

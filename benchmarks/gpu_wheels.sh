@@ -13,6 +13,10 @@
 #   pydantic, pydantic-core, annotated-types,          imports scipy and pydantic when imported, albucore imports
 #   typing-inspection, scipy                           stringzilla and simsimd
 #   typing-extensions                                  pydantic-core 2.50 needs >= 4.16; the image's may be older
+#   lightning(-utilities), timm, torchmetrics          pure Python, 4.5 MB: the project's pins win over the
+#                                                      image's (unknown patch versions; `lightning.pytorch` is
+#                                                      there even if the image has pytorch-lightning only), so
+#                                                      torch 2.11 is the one thing that differs from the tests
 # Not carried: wandb (gpu_check logs with CSVLogger; nothing imports wandb on its path), pycocotools and
 # matplotlib (only `evaluate`/TestResultsWriter and the visualisations import them, not gpu_check's path).
 set -euo pipefail
@@ -26,7 +30,9 @@ python3 -m pip download --quiet --python-version 3.12 --only-binary=:all: --no-d
     jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
     albumentations==2.0.8 albucore==0.0.24 stringzilla==5.3.2 simsimd==6.5.16 \
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    typing-extensions==4.16.0 scipy==1.17.1 2>wheels/pip.log || { cat wheels/pip.log >&2; exit 1; }
+    typing-extensions==4.16.0 scipy==1.17.1 \
+    lightning==2.6.6 lightning-utilities==0.15.3 timm==1.0.31 torchmetrics==1.9.0 \
+    2>wheels/pip.log || { cat wheels/pip.log >&2; exit 1; }
 rm wheels/pip.log
 ls -l wheels/
 wheels=$(du -cb wheels/*.whl | tail -1 | cut -f1)

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def test_dry_run_measures_every_section(tmp_path):
                "--work", str(tmp_path / "work"), "--json", str(out)]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "targets:" in done.stdout and "failed sections: none" in done.stdout
+    assert "targets (dry run" in done.stdout and "failed sections: none" in done.stdout
 
     report = json.loads(out.read_text())
     s = report["sections"]
@@ -78,8 +79,12 @@ def test_a_failing_section_is_recorded_and_the_rest_still_run(capsys):
 
     runs = {"first": lambda: {"value": 1.0}, "broken": lambda: {"value": 1 / 0},
             "last": lambda: {"value": 2.0}}
-    sections = gpu_check.run_sections(runs, torch.device("cpu"))
+    written = []  # what the report file held after each section
+    sections = gpu_check.run_sections(runs, torch.device("cpu"), done=lambda s: written.append(list(s)))
     assert sections["broken"]["error"] == "ZeroDivisionError: division by zero"
     assert sections["first"]["value"] == 1.0 and sections["last"]["value"] == 2.0
     assert all(section["seconds"] >= 0 for section in sections.values())
+    assert written == [["first"], ["first", "broken"], ["first", "broken", "last"]]
     assert "ZeroDivisionError" in capsys.readouterr().err  # the traceback, for the log of a GPU run
+    late = gpu_check.run_sections(runs, torch.device("cpu"), deadline=time.perf_counter() - 1)
+    assert all(section["error"].startswith("skipped") for section in late.values())
