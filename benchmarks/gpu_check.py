@@ -1,5 +1,5 @@
 # The device run (one line; carry ["wheels"], timeout_s 560), after `bash benchmarks/gpu_wheels.sh` here:
-# python3 -m pip install -q --no-deps --target /tmp/wh wheels/*.whl || python3 -c "import glob,zipfile; [zipfile.ZipFile(w).extractall('/tmp/wh') for w in glob.glob('wheels/*.whl')]"; PYTHONPATH=src:/tmp/wh python3 benchmarks/gpu_check.py --json $OUT/gpu_check.json  # noqa: E501
+# python3 -m pip install -q --no-index --no-deps --disable-pip-version-check --target /tmp/wh wheels/*.whl || python3 -c "import glob,zipfile; [zipfile.ZipFile(w).extractall('/tmp/wh') for w in glob.glob('wheels/*.whl')]"; PYTHONPATH=src:/tmp/wh python3 benchmarks/gpu_check.py --json $OUT/gpu_check.json  # noqa: E501
 """The paper setting on one GPU, measured in one go: one table on stdout and one JSON file (issue 17).
 
 On the GPU machine (Python 3.12, torch 2.11, no albumentations/jsonargparse/wandb/pycocotools): run
@@ -36,8 +36,8 @@ and the exit status is 1 if any failed):
     (sapiens_0.6b + head) at 1024 with bf16 autocast and of configs/distill.yaml's student at 256 (float32),
     at batch 1 and 16.
 
-``--dry-run`` runs the same code on CPU with tiny presets (sapiens nano/tiny/small, 64 px, a few steps, the
-tiny generated data) in about a minute; ``tests/test_gpu_check.py`` runs it. It has never run on a GPU yet.
+``--dry-run`` runs the same code on CPU with tiny presets (sapiens nano/tiny, 64 px, a few steps, the tiny
+generated data; about a minute of CPU time); ``tests/test_gpu_check.py`` runs it. It has never run on a GPU.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def section_backbone(p: Preset, device: torch.device) -> dict:
             rows[f"{name} ckpt={'on' if ckpt else 'off'}"] = row
             model.zero_grad(set_to_none=True)
             free(device)
-        del model
+        del model, run  # run holds the model too: free it before the next, larger one is built
         free(device)
     return {"peak_bf16": peak, "size": p.size, "configs": rows}
 
@@ -445,7 +445,7 @@ def section_inference(p: Preset, device: torch.device) -> dict:
             seconds = seconds_per_call(forward, p.steps, device)
             rows[f"{name} batch {batch}"] = {"frames_per_s": batch / seconds, "ms_per_batch": 1000 * seconds,
                                              "peak_mem_gib": peak_gib(device)}
-        del model
+        del model, forward, x
         free(device)
     return {"networks": rows}
 

@@ -2,7 +2,7 @@
 # Downloads, here, the cp312 manylinux wheels that benchmarks/gpu_check.py needs on the GPU machine and that
 # its image lacks (Python 3.12, torch 2.11, Lightning 2.6, timm, torchmetrics, OpenCV, ONNX Runtime, einops;
 # no albumentations, jsonargparse, wandb, pycocotools). There they install without a registry:
-#   python3 -m pip install -q --no-deps --target /tmp/wh wheels/*.whl
+#   python3 -m pip install -q --no-index --no-deps --disable-pip-version-check --target /tmp/wh wheels/*.whl
 # and run with PYTHONPATH=src:/tmp/wh (see the top of gpu_check.py). Everything sent there (the work tree
 # plus wheels/) must stay under 64 MiB; the total is printed.
 #
