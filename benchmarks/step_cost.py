@@ -67,7 +67,7 @@ def prepare(root: Path, size: int) -> dict[str, Path]:
     """Generated data, an oracle critic cache at ``size``, normal priors and a pose VAE file."""
     data = root / "data"
     assert geosapiens_main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
-    syrip, cache = data / "syrip", root / "cache"
+    syrip, cache = data / "SyRIP", root / "cache"
     args = ["critics", "cache", "--critic", "oracle", "--data", str(syrip), "--annotation", TRAIN]
     assert (
         geosapiens_main([*args, "--out", str(cache), "--input-size", str(size), str(size), "--no-progress"])

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from geosapiens.data.records import MAPS_DIRNAME
-from geosapiens.data.synth.generate import generate
+from geosapiens.data.synth.generate import MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.data.synth.preview import write_contact_sheet
 
 # What ``--overwrite`` may delete: only what this command writes.
-_OUTPUTS = ("mini_rgbd", "syrip", "manifest.json", "preview.png")
+_OUTPUTS = (MINI_RGBD_DIRNAME, SYRIP_DIRNAME, "manifest.json", "preview.png")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.preview:
         write_contact_sheet(out / "preview.png", args.seed)
     print(
-        f"wrote {preset.num_stills} stills to {out / 'syrip'} and {len(preset.sequence_styles)} sequences x "
-        f"{preset.sequence_frames} frames to {out / 'mini_rgbd'} (maps in {MAPS_DIRNAME}/) "
+        f"wrote {preset.num_stills} stills to {out / SYRIP_DIRNAME} and {len(preset.sequence_styles)} "
+        f"sequences x {preset.sequence_frames} frames to {out / MINI_RGBD_DIRNAME} (maps in {MAPS_DIRNAME}/) "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0
