@@ -1,4 +1,4 @@
-"""``geosapiens predict``: keypoint tracks of an infant from images, folders of images and video files.
+"""``geosapiens infer``: keypoint tracks of an infant from images, folders of images and video files.
 
 Everything runs on the local machine (recordings never leave the site). Per frame: a box (:mod:`.boxes`),
 the UDP crop affine, the network (PyTorch checkpoint or ONNX, :mod:`.runtime`), the heatmap codec, and the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,10 +230,28 @@ def _draw(
     return canvas
 
 
-def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
-    """Overlay video (sequences; decoded a second time, so no frame is kept in memory) or images (stills)."""
+# Overlay video codecs, best first: H.264 plays in browsers; mp4v (MPEG-4 part 2) is what every OpenCV
+# build can write (pip's opencv-python-headless has no H.264 encoder).
+VIDEO_CODECS = ("avc1", "mp4v")
+MP4V_NOTE = "mp4v (this OpenCV has no H.264 encoder; browsers may not play it: ffmpeg -i IN -c:v libx264 OUT)"
+
+
+def _video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """An open MP4 writer with the first codec of :data:`VIDEO_CODECS` this OpenCV encodes, and its name."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # a codec probe that fails is not an error
+    for fourcc in VIDEO_CODECS:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, fourcc
+        writer.release()
+    raise DataError(path, f"OpenCV can write none of the video codecs {VIDEO_CODECS} here")
+
+
+def write_overlays(pred: ClipPrediction, folder: Path) -> tuple[list[Path], str | None]:
+    """Overlay video (sequences; decoded a second time, so no frame is kept in memory) or images (stills);
+    returns the files and the video codec (None for stills)."""
     folder.mkdir(parents=True, exist_ok=True)
-    written, writer = [], None
+    written, writer, codec = [], None, None
     target = folder / f"{pred.clip.sequence}.mp4" if pred.clip.sequence is not None else None
     partial = target.with_name(f".{target.name}.part.mp4") if target is not None else None
     try:
@@ -249,9 +268,7 @@ def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
                 continue
             if writer is None:
                 h, w = bgr.shape[:2]
-                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), pred.clip.fps, (w, h))
-                if not writer.isOpened():
-                    raise DataError(target, "OpenCV cannot write an mp4v video here")
+                writer, codec = _video_writer(partial, pred.clip.fps, (w, h))
             writer.write(bgr)
     finally:
         if writer is not None:
@@ -259,13 +276,13 @@ def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
     if target is not None and partial.exists():
         partial.replace(target)  # a killed run never leaves a half-written video under the real name
         written.append(target)
-    return written
+    return written, codec
 
 
 # -- command line --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="geosapiens predict",
+        prog="geosapiens infer",
         description="Predict infant keypoints on images, folders of images and videos "
         "(for dataset-level prediction with a config, use `geosapiens predict --config ...`).",
     )
@@ -357,11 +374,11 @@ def main(argv: list[str] | None = None) -> int:
             quality=QualityCheck(args.min_score, prior, args.max_pose_error),
         )
     except (DataError, CheckpointError, ValueError) as err:
-        print(f"geosapiens predict: {err}", file=sys.stderr)
+        print(f"geosapiens infer: {err}", file=sys.stderr)
         return 2
 
     out = Path(args.out)
-    predictions, overlays = [], []
+    predictions, overlays, codecs = [], [], set()
     for clip in clips:
         with tqdm(
             total=len(clip), unit="frame", desc=clip.sequence or clip.path.name, disable=not args.progress
@@ -369,11 +386,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pred = predictor.predict_clip(clip, bar)
             except DataError as err:
-                print(f"geosapiens predict: {err}", file=sys.stderr)
+                print(f"geosapiens infer: {err}", file=sys.stderr)
                 return 1
         predictions.append(pred)
         if args.overlay:
-            overlays += write_overlays(pred, out / "overlays")
+            files, codec = write_overlays(pred, out / "overlays")
+            overlays += files
+            codecs |= {codec} - {None}
         flagged = int(np.sum(pred.quality["low_confidence"] | pred.quality["implausible"]))
         log.info("%s: %d frames, %d flagged", clip.path, len(pred.paths), flagged)
 
@@ -381,9 +400,23 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(boxes, TrackedBox) and isinstance(boxes.initial, BoxFile):
         image_ids = boxes.initial.image_ids
     rows, images = _rows(predictions, image_ids)
-    written = write_predictions(out, rows, keypoint_names=COCO17.names)
-    written += [atomic_write_file(out / "images.json", json.dumps({"images": images})), *overlays]
-    print(f"geosapiens predict: {len(rows)} frames from {len(clips)} input(s) -> {out}")
-    for path in written:
-        print(f"  {path}")
+    write_predictions(out, rows, keypoint_names=COCO17.names)
+    atomic_write_file(out / "images.json", json.dumps({"images": images}))
+    print(_summary(predictions, len(clips), out, overlays, codecs))
     return 0
+
+
+def _summary(predictions: list[ClipPrediction], inputs: int, out: Path, overlays: list, codecs: set) -> str:
+    """What was predicted and written, in a few lines (not one per file)."""
+    frames = sum(len(p.paths) for p in predictions)
+    flagged = sum(int(np.sum(p.quality["low_confidence"] | p.quality["implausible"])) for p in predictions)
+    videos = sum(p.clip.sequence is not None for p in predictions)
+    lines = [
+        f"geosapiens infer: {frames} frames from {inputs} input(s), {flagged} flagged (low confidence or "
+        "implausible pose)",
+        f"  {out}/: coco_results.json, images.json" + (f", tracks.csv, tracks/ ({videos})" if videos else ""),
+    ]
+    if overlays:
+        names = ", ".join("H.264" if c == "avc1" else MP4V_NOTE for c in sorted(codecs)) or "JPEG stills"
+        lines.append(f"  {out}/overlays/: {len(overlays)} files; {names}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""What ``geosapiens predict`` reads: still images, folders of images, video files (decoded by OpenCV).
+"""What ``geosapiens infer`` reads: still images, folders of images, video files (decoded by OpenCV).
 
 Each input becomes a :class:`Clip`: a video is one sequence (tracks, smoothing, TTA per video); a folder is a
 group of stills unless it is read as one sequence of frames (``as_sequence``); a single image is a still.
