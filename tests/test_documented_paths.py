@@ -285,3 +285,19 @@ def test_old_file_predict_form_still_works_with_a_deprecation(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "none.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "deprecated" in err and "geosapiens infer" in err and "missing.mp4" in err
+
+
+def test_one_flag_style_with_the_other_accepted():
+    from geosapiens.cli_style import both_styles
+    from geosapiens.deploy.predict import build_parser
+    from geosapiens.metrics.evaluate import _parser
+
+    parser = both_styles(build_parser())
+    for flag in ("--no_progress", "--no-progress"):
+        assert parser.parse_args(["a.mp4", "--model", "m.onnx", flag]).progress is False
+    assert parser.parse_args(["a.mp4", "--model", "m", "--initial-box", "1,2,3,4"]).initial_box == "1,2,3,4"
+    evaluate = both_styles(_parser())
+    for flag in ("--pck_norm", "--pck-norm"):
+        assert evaluate.parse_args(["--gt", "g", "--pred", "p", flag, "torso"]).pck_norm == "torso"
+    text = evaluate.format_help()
+    assert 0 < text.index("--pck_norm {") < text.index("--pck-norm {")  # snake case first, as LightningCLI

@@ -161,3 +161,22 @@ def test_bad_input_is_refused_by_name(checkpoint, tmp_path, capsys):
     assert "none.ckpt" in capsys.readouterr().err
     assert main(["infer", str(image), "--model", str(checkpoint), "--tta.steps", "3"]) == 2
     assert "--tta.steps needs an objective" in capsys.readouterr().err
+
+
+def test_python_api_matches_the_command_on_files_and_on_frames_in_memory(checkpoint, sequence, tmp_path):
+    """``Predictor.from_file`` (the README's Python API): a video, its frames as files and the same frames as
+    arrays in memory give the command's track."""
+    out = tmp_path / "cli"
+    args = ["infer", str(sequence["video"]), "--model", str(checkpoint), "--box", "tracked"]
+    assert main([*args, "--batch_size", "1", "--out", str(out), "--no-progress"]) == 0
+    expected = np.load(out / "tracks" / "infant02.npz")["keypoints"]
+    predictor = Predictor.from_file(checkpoint, box="tracked", batch_size=1)
+    (video,) = predictor.predict(sequence["video"])
+    np.testing.assert_allclose(video.keypoints, expected, atol=1e-9)
+    frames = sorted(sequence["frames"].glob("*.png"))
+    arrays = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in frames]
+    in_memory = predictor.predict_frames(arrays, fps=25.0)
+    assert in_memory.clip.sequence == "frames" and in_memory.keypoints.shape == expected.shape
+    np.testing.assert_allclose(in_memory.keypoints, expected, atol=1e-9)  # FFV1 is lossless
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predictor.predict_frames([arrays[0].astype(np.float32)])

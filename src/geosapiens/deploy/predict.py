@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +31,13 @@ import torch
 from tqdm import tqdm
 
 from geosapiens.callbacks.prediction_writer import write_predictions
+from geosapiens.cli_style import both_styles
 from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
 from geosapiens.data.datasets import to_tensor
 from geosapiens.deploy.boxes import BoxFile, BoxSource, TrackedBox, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import smooth_track
-from geosapiens.deploy.sources import Clip, Frame, open_clips
+from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
 from geosapiens.errors import CheckpointError, DataError
 from geosapiens.io import atomic_write_file
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
@@ -67,7 +68,16 @@ class ClipPrediction:
 
 
 class Predictor:
-    """Frames -> keypoints in image pixels, batch by batch, clip by clip.
+    """Frames -> keypoints in image pixels, batch by batch, clip by clip (the Python API of ``infer``).
+
+    Example::
+
+        from geosapiens.deploy.predict import Predictor
+
+        predictor = Predictor.from_file("student.onnx", box="tracked")  # or a stage checkpoint (.ckpt)
+        (video,) = predictor.predict("infant.mp4")          # images, folders of images, videos
+        video.keypoints, video.scores                        # (T, 17, 2) image px, (T, 17)
+        frames = predictor.predict_frames(rgb_arrays, fps=25)  # frames in memory, as one sequence
 
     Args:
         runner: the network (:func:`geosapiens.deploy.runtime.open_runner`): normalised crops -> heatmaps.
@@ -108,6 +118,46 @@ class Predictor:
         self.smoothing = smoothing
         self.quality = quality or QualityCheck()
         self.padding = padding
+
+    @classmethod
+    def from_file(
+        cls,
+        model: str | Path,
+        *,
+        box: str = "whole",
+        initial_box: str | None = None,
+        runtime: str | None = None,
+        weights: str | None = None,
+        threads: int | None = None,
+        **kwargs,
+    ) -> Predictor:
+        """A predictor of a stage checkpoint (``.ckpt``, PyTorch) or an ONNX export (``.onnx``, ONNX Runtime).
+
+        Args:
+            model: the model file.
+            box: ``whole`` | ``tracked`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
+            initial_box: the tracker's starting box (``--initial_box``).
+            runtime: ``torch`` or ``onnx``; by default from the file's suffix.
+            weights: a checkpoint's network, ``model`` or ``teacher`` (None: the one its stage evaluated).
+            threads: CPU threads of the runtime.
+            **kwargs: :class:`Predictor` arguments (``batch_size``, ``flip``, ``smoothing``, ``quality``...).
+        """
+        from geosapiens.deploy.runtime import open_runner
+
+        runtime = runtime or ("onnx" if str(model).endswith(".onnx") else "torch")
+        runner = open_runner(model, runtime=runtime, weights=weights, threads=threads)
+        return cls(runner, parse_box_source(box, initial_box), **kwargs)
+
+    def predict(self, *inputs: str | Path, as_sequence: bool = False, fps: float | None = None
+                ) -> list[ClipPrediction]:
+        """Predictions of image files, folders of images (``as_sequence``: one track) and video files."""
+        return [self.predict_clip(clip) for clip in open_clips(inputs, as_sequence=as_sequence, fps=fps)]
+
+    def predict_frames(self, frames: Sequence[np.ndarray], fps: float | None = None, name: str = "frames"
+                       ) -> ClipPrediction:
+        """Predictions of ``(H, W, 3)`` uint8 RGB frames in memory: one sequence (tracked boxes, smoothing)
+        when ``fps`` is given, else independent stills."""
+        return self.predict_clip(ArrayClip(frames, name, fps))
 
     def crop(self, frame: Frame, box: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The normalised crop (3, H, W) of ``box`` and its image -> crop affine (2, 3)."""
@@ -354,7 +404,7 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation |
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = both_styles(build_parser()).parse_args(argv)
     from geosapiens.deploy.runtime import open_runner
 
     smoothing = {"min_cutoff": args.smooth_min_cutoff, "beta": args.smooth_beta} if args.smooth else None

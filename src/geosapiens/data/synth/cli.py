@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.records import MAPS_DIRNAME
 from geosapiens.data.synth.generate import MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = both_styles(_parser()).parse_args(argv)
     out: Path = args.out
     if args.seed < 0:
         print(f"geosapiens data synth: --seed must be >= 0, got {args.seed}", file=sys.stderr)
