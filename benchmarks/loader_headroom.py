@@ -107,7 +107,7 @@ def demo_args(tmp: Path) -> list[str]:
     data = tmp / "data"
     if geosapiens_main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) != 0:
         raise SystemExit("data synth failed")
-    return ["--config", str(REPO / "configs/demo/warmup.yaml"), "--data.init_args.root", str(data / "syrip")]
+    return ["--config", str(REPO / "configs/demo/warmup.yaml"), "--data.init_args.root", str(data / "SyRIP")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = args.model or args.runs / "uda" / "checkpoints" / "best.ckpt"
     prior = args.pose_prior or args.runs / "pose_vae" / "checkpoints" / "last.ckpt"
-    mini = args.data / "mini_rgbd"
+    mini = args.data / "MINI-RGBD_web"
     for path in (model, prior, mini):
         if not path.exists():
             print(f"{path}: not found; run `geosapiens demo --out {args.runs} --data {args.data}` first")

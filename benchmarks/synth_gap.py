@@ -174,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.data or Path(tmp) / "gap"
         syn_split, test_split = STILL_SPLITS[0], STILL_SPLITS[3]
-        if not (out / "syrip" / test_split.annotation).is_file():
+        if not (out / "SyRIP" / test_split.annotation).is_file():
             preset = Preset("gap", args.train + args.test, 0, 0, args.test, (320, 240), (), 0)
             t0 = time.perf_counter()
             generate(out, preset, seed=args.seed, workers=1, progress=False)
             print(f"generated {preset.num_stills} stills in {time.perf_counter() - t0:.0f} s")
-        root = out / "syrip"
+        root = out / "SyRIP"
         first = syn_split.first_id
         train = load(root, syn_split.annotation, range(first, first + args.train))
         test_syn = load(root, syn_split.annotation, range(first + args.train, first + args.train + args.test))

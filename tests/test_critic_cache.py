@@ -441,7 +441,7 @@ def test_generator_mini_rgbd_cache_and_depth_derived_normals(tmp_path, capsys):
     from geosapiens.data.synth.presets import PRESETS
 
     generate(tmp_path / "synth", PRESETS["tiny"], seed=0, workers=1, progress=False)
-    root = tmp_path / "synth" / "mini_rgbd"
+    root = tmp_path / "synth" / "MINI-RGBD_web"
     records = read_mini_rgbd(root)
     assert len(records) == 8 and all(r.maps_path is not None and r.depth_path is not None for r in records)
     oracle = OracleCritic(MINI_RGBD_INTRINSICS)

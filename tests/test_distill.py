@@ -103,12 +103,12 @@ def teacher(tmp_path_factory) -> dict[str, Path]:
     assert main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
     run = root / "teacher"
     args = ["--config", str(REPO / "configs/demo/warmup.yaml"), "--model.init_args.input_size", "[64, 64]"]
-    args += ["--model.init_args.backbone", "timm:resnet10t", "--data.init_args.root", str(data / "syrip")]
+    args += ["--model.init_args.backbone", "timm:resnet10t", "--data.init_args.root", str(data / "SyRIP")]
     args += ["--data.init_args.input_size", "[64, 64]", "--data.init_args.batch_size", "4"]
     args += ["--data.init_args.num_workers", "0", "--trainer.max_steps", "3", "--trainer.default_root_dir"]
     args += [str(run), "--trainer.logger.init_args.save_dir", str(run), "--trainer.enable_progress_bar=false"]
     main(["fit", *args])
-    return {"syrip": data / "syrip", "ckpt": next(run.rglob("last.ckpt"))}
+    return {"syrip": data / "SyRIP", "ckpt": next(run.rglob("last.ckpt"))}
 
 
 def _datamodule(syrip: Path) -> SyRIPRealDataModule:

@@ -109,7 +109,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
         "--model.init_args.backbone",
         "timm:resnet10t",
         "--data.init_args.root",
-        str(data / "syrip"),
+        str(data / "SyRIP"),
         "--data.init_args.input_size",
         "[64, 64]",
         "--data.init_args.batch_size",

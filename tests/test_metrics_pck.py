@@ -40,14 +40,14 @@ IMAGE_HW = torch.tensor([[100.0, 200.0]])  # max side 200
 # bbox 40:        thresholds 2, 4, 8          -> {0,1}, {0,1,2}, {0,1,2,4,5,6,7}      = 2, 3, 7
 # bbox_diag 41.2: thresholds 2.06, 4.12, 8.25 -> {0,1,2}, {0,1,2,4}, {0..8} - {3}    = 3, 4, 8
 # torso 20:       thresholds 1, 2, 4          -> {0}, {0,1}, {0,1,2}                 = 1, 2, 3
-# head 8:         thresholds 0.4, 0.8, 1.6    -> {0}, {0}, {0,1}                     = 1, 1, 2
+# head_neck 8:         thresholds 0.4, 0.8, 1.6    -> {0}, {0}, {0,1}                     = 1, 1, 2
 # image 200:      thresholds 10, 20, 40       -> {0..9} - {3}, all 16, all 16        = 9, 16, 16
 # head_size 30:   thresholds 1.5, 3, 6        -> {0,1}, {0,1,2}, {0,1,2,4,5}         = 2, 3, 5
 CASES = {
     "bbox": ({"bbox": BBOX}, 40.0, (2, 3, 7)),
     "bbox_diag": ({"bbox": BBOX}, math.sqrt(1700.0), (3, 4, 8)),
     "torso": ({}, 20.0, (1, 2, 3)),
-    "head": ({}, 8.0, (1, 1, 2)),
+    "head_neck": ({}, 8.0, (1, 1, 2)),
     "image": ({"image_hw": IMAGE_HW}, 200.0, (9, 16, 16)),
     "head_explicit": ({"head_size": torch.tensor([30.0])}, 30.0, (2, 3, 5)),
 }
@@ -57,7 +57,7 @@ CASES = {
 def test_pck_each_normalisation_by_hand(case: str) -> None:
     preds, target, labelled = _person()
     extra, expected_norm, expected_correct = CASES[case]
-    kind = "head" if case == "head_explicit" else case
+    kind = "head_neck" if case == "head_explicit" else case
     norm = norm_factor(kind, target=target, labelled=labelled, **extra)
     assert norm.item() == pytest.approx(expected_norm)
     correct, count = pck_update(preds, target, labelled, norm, (0.05, 0.1, 0.2))

@@ -1,4 +1,4 @@
-"""``geosapiens predict`` end to end: a generated infant sequence written as a (lossless) video gives the same
+"""``geosapiens infer`` end to end: a generated infant sequence written as a (lossless) video gives the same
 tracks, and the same PCK against the generator's ground truth, as predicting its frames as images; outputs
 (COCO results, tracks, flags, overlays) round-trip; test-time adaptation lowers its objective per video and
 resets; SyRIP images boxed by their annotation file evaluate as-is; bad input is refused by name."""
@@ -42,7 +42,7 @@ def sequence(tmp_path_factory):
     ground truth."""
     root = tmp_path_factory.mktemp("seq")
     assert main(["data", "synth", "--out", str(root / "data"), "--preset", "tiny", "--seed", "0"]) == 0
-    mini = root / "data" / "mini_rgbd"
+    mini = root / "data" / "MINI-RGBD_web"
     frames = sorted((mini / "02" / "rgb").glob("*.png"))
     first = cv2.imread(str(frames[0]))
     video = root / "infant02.avi"
@@ -66,9 +66,9 @@ def _pck(track: dict, truth) -> float:
 
 def test_video_tracks_equal_image_mode_and_score_the_same_pck(checkpoint, sequence, tmp_path):
     common = ["--model", str(checkpoint), "--box", "tracked", "--batch_size", "1", "--no-progress"]
-    assert main(["predict", str(sequence["video"]), "--out", str(tmp_path / "video"), *common]) == 0
+    assert main(["infer", str(sequence["video"]), "--out", str(tmp_path / "video"), *common]) == 0
     assert (
-        main(["predict", str(sequence["frames"]), "--sequence", "--out", str(tmp_path / "img"), *common]) == 0
+        main(["infer", str(sequence["frames"]), "--sequence", "--out", str(tmp_path / "img"), *common]) == 0
     )
     video = np.load(tmp_path / "video" / "tracks" / "infant02.npz")
     images = np.load(tmp_path / "img" / "tracks" / "rgb.npz")
@@ -78,12 +78,15 @@ def test_video_tracks_equal_image_mode_and_score_the_same_pck(checkpoint, sequen
     assert _pck(video, sequence["truth"]) == _pck(images, sequence["truth"])
 
 
-def test_outputs_round_trip_with_smoothing_flags_and_overlay(checkpoint, sequence, tmp_path):
+def test_outputs_round_trip_with_smoothing_flags_and_overlay(checkpoint, sequence, tmp_path, capsys):
     vae = tmp_path / "vae.safetensors"
     PoseVAE(num_keypoints=17).save(vae)
     out = tmp_path / "out"
-    args = ["predict", str(sequence["video"]), "--model", str(checkpoint), "--out", str(out), "--no-progress"]
+    args = ["infer", str(sequence["video"]), "--model", str(checkpoint), "--out", str(out), "--no-progress"]
     assert main([*args, "--smooth", "--pose_prior", str(vae), "--overlay", "--batch_size", "2"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()  # a summary, not a line per file
+    assert len(summary) == 3 and summary[0].startswith(f"geosapiens infer: {len(sequence['truth'])} frames")
+    assert "H.264" in summary[2] or "mp4v (this OpenCV has no H.264 encoder" in summary[2]
 
     track = np.load(out / "tracks" / "infant02.npz")
     n = len(sequence["truth"])
@@ -136,7 +139,7 @@ def test_syrip_images_boxed_by_their_annotations_evaluate_as_is(checkpoint, syri
     annotation = syrip_sample / "annotations" / "200R" / "person_keypoints_train_infant.json"
     out = tmp_path / "syrip"
     folder = syrip_sample / "images" / "train_infant"
-    args = ["predict", str(folder), "--model", str(checkpoint), "--box", str(annotation), "--no-progress"]
+    args = ["infer", str(folder), "--model", str(checkpoint), "--box", str(annotation), "--no-progress"]
     assert main([*args, "--out", str(out)]) == 0
     results = json.loads((out / "coco_results.json").read_text())
     gt = json.loads(annotation.read_text())
@@ -150,11 +153,30 @@ def test_syrip_images_boxed_by_their_annotations_evaluate_as_is(checkpoint, syri
 
 
 def test_bad_input_is_refused_by_name(checkpoint, tmp_path, capsys):
-    assert main(["predict", str(tmp_path / "missing.mp4"), "--model", str(checkpoint)]) == 2
+    assert main(["infer", str(tmp_path / "missing.mp4"), "--model", str(checkpoint)]) == 2
     assert "missing.mp4: no such file or folder" in capsys.readouterr().err
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
-    assert main(["predict", str(image), "--model", str(tmp_path / "none.ckpt")]) == 2
+    assert main(["infer", str(image), "--model", str(tmp_path / "none.ckpt")]) == 2
     assert "none.ckpt" in capsys.readouterr().err
-    assert main(["predict", str(image), "--model", str(checkpoint), "--tta.steps", "3"]) == 2
+    assert main(["infer", str(image), "--model", str(checkpoint), "--tta.steps", "3"]) == 2
     assert "--tta.steps needs an objective" in capsys.readouterr().err
+
+
+def test_python_api_matches_the_command_on_files_and_on_frames_in_memory(checkpoint, sequence, tmp_path):
+    """``Predictor.from_file`` (the README's Python API): a video, its frames as files and the same frames as
+    arrays in memory give the command's track."""
+    out = tmp_path / "cli"
+    args = ["infer", str(sequence["video"]), "--model", str(checkpoint), "--box", "tracked"]
+    assert main([*args, "--batch_size", "1", "--out", str(out), "--no-progress"]) == 0
+    expected = np.load(out / "tracks" / "infant02.npz")["keypoints"]
+    predictor = Predictor.from_file(checkpoint, box="tracked", batch_size=1)
+    (video,) = predictor.predict(sequence["video"])
+    np.testing.assert_allclose(video.keypoints, expected, atol=1e-9)
+    frames = sorted(sequence["frames"].glob("*.png"))
+    arrays = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in frames]
+    in_memory = predictor.predict_frames(arrays, fps=25.0)
+    assert in_memory.clip.sequence == "frames" and in_memory.keypoints.shape == expected.shape
+    np.testing.assert_allclose(in_memory.keypoints, expected, atol=1e-9)  # FFV1 is lossless
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        predictor.predict_frames([arrays[0].astype(np.float32)])

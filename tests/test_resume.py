@@ -44,7 +44,7 @@ def one_thread():
 def syrip(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("resume") / "data"
     assert main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
-    return data / "syrip"
+    return data / "SyRIP"
 
 
 def _args(syrip: Path, run: Path, workers: int) -> list[str]:

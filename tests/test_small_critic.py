@@ -45,7 +45,7 @@ def rendered(tmp_path_factory) -> tuple[Path, Path]:
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, PRESETS["tiny"], seed=0, workers=1, progress=False)
-    root = out / "syrip"
+    root = out / "SyRIP"
     return root, root / "annotations" / "1000S" / "person_keypoints_train_infant.json"
 
 

@@ -27,7 +27,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stages")
     data = root / "data"
     assert main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
-    syrip = data / "syrip"
+    syrip = data / "SyRIP"
     cache, priors = root / "cache", root / "priors.json"
     assert (
         main(
@@ -80,7 +80,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
             "--data.init_args.syrip_root",
             str(syrip),
             "--data.init_args.mini_rgbd_root",
-            str(data / "mini_rgbd"),
+            str(data / "MINI-RGBD_web"),
             "--data.init_args.mini_rgbd_sequences",
             '["01"]',
             "--trainer.max_epochs",

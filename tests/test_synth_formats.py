@@ -37,7 +37,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_layout_is_the_official_one(tiny):
-    syrip = tiny / "syrip"
+    syrip = tiny / "SyRIP"
     assert (syrip / "images" / "train_infant" / "train10000.jpg").is_file()
     assert (syrip / "images" / "train_infant" / "train00001.jpg").is_file()
     assert (syrip / "images" / "validate_infant" / "test0.jpg").is_file()
@@ -45,7 +45,7 @@ def test_layout_is_the_official_one(tiny):
     for split in STILL_SPLITS:
         assert (syrip / split.annotation).is_file()
     assert (syrip / COMBINED_SPLIT[1]).is_file()
-    seq = tiny / "mini_rgbd" / "01"
+    seq = tiny / "MINI-RGBD_web" / "01"
     for sub, name in (
         ("rgb", "syn_00000.png"),
         ("depth", "syn_00000_depth.png"),
@@ -59,20 +59,20 @@ def test_layout_is_the_official_one(tiny):
 
 
 def test_data_check_passes(tiny):
-    assert check_dataset(tiny / "mini_rgbd", "mini-rgbd") == []
-    assert check_dataset(tiny / "syrip", "syrip") == []
-    assert check_main([str(tiny / "syrip")]) == 0 and check_main([str(tiny / "mini_rgbd")]) == 0
+    assert check_dataset(tiny / "MINI-RGBD_web", "mini-rgbd") == []
+    assert check_dataset(tiny / "SyRIP", "syrip") == []
+    assert check_main([str(tiny / "SyRIP")]) == 0 and check_main([str(tiny / "MINI-RGBD_web")]) == 0
 
 
 def test_mini_rgbd_reader_loads_sequences_with_exact_projection(tiny):
-    records = read_mini_rgbd(tiny / "mini_rgbd", max_reprojection_px=0.5)
+    records = read_mini_rgbd(tiny / "MINI-RGBD_web", max_reprojection_px=0.5)
     assert len(records) == TINY.num_frames
     for rec in records:
         assert rec.maps_path is not None and rec.maps_path.is_file()
         assert rec.width == 640 and rec.height == 480
     # The text files themselves: 3D joints projected with the intrinsics land on the 2D ones (< 0.5 px),
     # and the depth column is 1000 z.
-    for txt2d in sorted((tiny / "mini_rgbd").glob("*/joints_2Ddep/*.txt")):
+    for txt2d in sorted((tiny / "MINI-RGBD_web").glob("*/joints_2Ddep/*.txt")):
         j2 = np.loadtxt(txt2d)
         j3 = np.loadtxt(txt2d.parent.parent / "joints_3D" / txt2d.name.replace("2Ddep", "3D"))
         assert j2.shape == j3.shape == (25, 4) and (j2[:, 3] == np.arange(25)).all()
@@ -82,10 +82,10 @@ def test_mini_rgbd_reader_loads_sequences_with_exact_projection(tiny):
 
 
 def test_mini_rgbd_depth_mask_and_maps_agree(tiny):
-    frame = tiny / "mini_rgbd" / "02"
+    frame = tiny / "MINI-RGBD_web" / "02"
     depth = cv2.imread(str(frame / "depth" / "syn_00001_depth.png"), cv2.IMREAD_UNCHANGED)
     mask = cv2.imread(str(frame / "fg_mask" / "mask_00001.png"), cv2.IMREAD_UNCHANGED)
-    maps = np.load(tiny / "mini_rgbd" / "geosapiens_maps" / "02" / "rgb" / "syn_00001.npz")
+    maps = np.load(tiny / "MINI-RGBD_web" / "geosapiens_maps" / "02" / "rgb" / "syn_00001.npz")
     assert depth.dtype == np.uint16 and set(np.unique(mask)) <= {0, 255}
     assert (
         maps["depth"].dtype == np.float32
@@ -102,7 +102,7 @@ def test_mini_rgbd_depth_mask_and_maps_agree(tiny):
 
 @pytest.mark.parametrize("split", STILL_SPLITS, ids=lambda s: s.name)
 def test_syrip_reader_loads_every_split(tiny, split):
-    records = read_syrip(tiny / "syrip", split.annotation)
+    records = read_syrip(tiny / "SyRIP", split.annotation)
     count = getattr(TINY, split.count_field)
     assert len(records) == count
     assert {r.domain for r in records} == {"synthetic" if split.style == "synthetic" else "real"}
@@ -120,7 +120,7 @@ def test_syrip_reader_loads_every_split(tiny, split):
 
 
 def test_syrip_json_schema_and_visibility_codes(tiny):
-    doc = json.loads((tiny / "syrip" / COMBINED_SPLIT[1]).read_text())
+    doc = json.loads((tiny / "SyRIP" / COMBINED_SPLIT[1]).read_text())
     assert len(doc["images"]) == TINY.synthetic_train + TINY.real_train
     assert {im["is_synthetic"] for im in doc["images"]} == {True, False}
     assert doc["categories"][0]["keypoints"][0] == "nose" and len(doc["categories"][0]["skeleton"]) == 19
@@ -138,7 +138,7 @@ def test_syrip_json_schema_and_visibility_codes(tiny):
 
 
 def test_maps_of_stills_match_the_images(tiny):
-    rec = read_syrip(tiny / "syrip", STILL_SPLITS[0].annotation)[0]
+    rec = read_syrip(tiny / "SyRIP", STILL_SPLITS[0].annotation)[0]
     maps = np.load(rec.maps_path)
     image = cv2.imread(str(rec.image_path))
     assert (

@@ -149,9 +149,29 @@ def test_validation_sheet_png_with_csv_logger(tmp_path):
     assert (sheet[2 + H + 2 :, 2 + TILE_W + 2 :] == 0).all()  # the empty fourth cell
 
 
-def test_validation_sheet_goes_to_wandb_offline(tmp_path):
+def test_validation_sheet_stays_local_with_an_online_wandb_logger_unless_asked(tmp_path, monkeypatch):
+    """Infant photos never reach W&B by default: an online-mode logger receives no image (its log_image is
+    recorded, never run); the sheet is a local PNG. ``log_images="remote"`` sends it; ``"off"`` draws none."""
+    sent = []
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, **kw: sent.append(key))
+    for mode, expected in (("local", []), ("remote", ["val/predictions"]), ("off", [])):
+        sent.clear()
+        logger = WandbLogger(save_dir=tmp_path / mode, project="geosapiens-test", offline=False)
+        callback = LogValidationImages(num_images=3, log_images=mode)
+        try:
+            _trainer(tmp_path / mode, logger, [callback]).fit(ToyStage(), _loader(), _loader())
+        finally:
+            wandb.finish()
+        assert sent == expected, mode
+        pngs = sorted(p.name for p in (tmp_path / mode).rglob("images/epoch_*.png"))
+        assert pngs == (["epoch_000.png"] if mode == "local" else []), mode
+    with pytest.raises(ValueError, match="log_images"):
+        LogValidationImages(log_images="cloud")
+
+
+def test_validation_sheet_goes_to_wandb_offline_when_asked(tmp_path):
     logger = WandbLogger(save_dir=tmp_path, project="geosapiens-test", offline=True)
-    callback = LogValidationImages(num_images=3)
+    callback = LogValidationImages(num_images=3, log_images="remote")
     try:
         _trainer(tmp_path, logger, [callback]).fit(ToyStage(), _loader(), _loader())
         run_dir = logger.experiment.dir

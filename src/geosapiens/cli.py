@@ -1,8 +1,20 @@
-"""The ``geosapiens`` command.
+"""The ``geosapiens`` command: one tree, like git's.
 
 ``fit | validate | test | predict`` go to LightningCLI (subclass mode, stacked ``--config``,
-``--print_config``, ``--ckpt_path last``), exactly as torchgeo's entry point does. The other verbs are small
-tools, each a ``main(argv) -> int`` in the module that owns the work, listed in :data:`TOOLS`.
+``--print_config``, ``--ckpt_path last|best|FILE``), exactly as torchgeo's entry point does; ``predict``
+there is dataset-level prediction from a config. ``infer`` is prediction on files (images, folders, videos)
+from a checkpoint or an ONNX file. The other commands are small tools, each a ``main(argv) -> int`` in the
+module that owns the work, listed in :data:`COMMANDS`; groups (``data``, ``critics``, ``priors``) print
+their own help. Nothing heavy is imported before a command runs, so ``--help`` answers at once.
+
+Exit codes, everywhere: 0 ok, 1 problems found (``data check``, bad data met during a run), 2 usage error
+(unknown command or option, a missing argument, a named file that is missing or unusable). A
+:class:`~geosapiens.errors.GeoSapiensError` (or a ``ValueError`` this package raised) anywhere in a run is
+printed as one line naming the file, not a traceback.
+
+Checkpoints of ``fit`` go to ``<trainer.default_root_dir>/checkpoints`` (unless a ``ModelCheckpoint`` names
+its ``dirpath``), a folder that does not depend on a logger's run id, so ``--ckpt_path last`` and ``best``
+are found by a new process; a W&B logger continues the run recorded there (:mod:`.callbacks.wandb_resume`).
 """
 
 from __future__ import annotations
@@ -11,56 +23,105 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
+TRAINER_HELP = {
+    "fit": "trains a stage from a config (LightningCLI; --ckpt_path last resumes)",
+    "validate": "validates a checkpoint on a config's validation split",
+    "test": "tests a checkpoint on a config's test split (writes test_metrics.json)",
+    "predict": "predicts a config's test split with PredictionWriter (files: use infer)",
+}
 
-# "verb [subverb]" -> "module:function"; each function takes the remaining argv and returns an exit code.
-TOOLS: dict[str, tuple[str, str]] = {
-    "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
-    "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
-    "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
-    "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
-    "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
+# "group command" -> (module, help); each module's ``main`` takes the remaining argv, returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "infer": ("geosapiens.deploy.predict", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
     "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
     "report": ("geosapiens.metrics.report", "builds one table and plots across finished runs"),
     "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
+    "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
+    "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
+    "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
+    "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
+    "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
     "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }
+GROUPS = {
+    "data": "dataset tools: check a folder, generate data",
+    "critics": "geometric critics: precompute depth/normal maps",
+    "priors": "geometric priors: fit per-keypoint normal priors",
+}
+# ``predict INPUT ...`` (a path first, not an option) was file prediction before ``infer``; still accepted
+# with a deprecation message for one release.
+DEPRECATED_PREDICT = "'geosapiens predict INPUT ...' is now 'geosapiens infer INPUT ...' (old form until 0.3)"
 
 
-# ``geosapiens predict INPUT ...`` (a path first, not an option) is the deployment predictor.
-DEPLOY_PREDICT = "geosapiens.deploy.predict"
+def version() -> str:
+    from geosapiens import __version__
+
+    return __version__
 
 
-def _usage() -> str:
+def _usage(group: str | None = None) -> str:
+    if group is not None:
+        lines = [f"usage: geosapiens {group} COMMAND [options]   ({GROUPS[group]})", "", "commands:"]
+        for name, (_, help_) in COMMANDS.items():
+            if name.startswith(group + " "):
+                lines.append(f"  {name.split(' ', 1)[1]:<12} {help_}")
+        lines += ["", f"'geosapiens {group} COMMAND --help' for a command's options."]
+        return "\n".join(lines)
     lines = [
-        "usage: geosapiens {fit,validate,test,predict} [--config CONFIG ...] [options]",
-        "       geosapiens predict INPUT [INPUT ...] --model CKPT_OR_ONNX [options]",
-        "       geosapiens TOOL ...",
+        "usage: geosapiens [--version] [--help] COMMAND [options]",
         "",
-        f"  {'predict INPUT':<16} keypoint tracks from images, folders and videos (predict INPUT --help)",
+        "training and evaluation from configs (LightningCLI: --config, --print_config, --ckpt_path):",
     ]
-    lines += [f"  {verb:<16} {help_}" for verb, (_, help_) in TOOLS.items()]
+    lines += [f"  {verb:<12} {help_}" for verb, help_ in TRAINER_HELP.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items() if " " not in name]
+    lines += [f"  {name:<12} {help_}" for name, help_ in GROUPS.items()]
+    lines += ["", "'geosapiens COMMAND --help': a command's options. Exit codes: 0 ok, 1 problems, 2 usage."]
     return "\n".join(lines)
 
 
-def trainer_cli(args: list[str], run: bool = True):
+def trainer_cli(args: list[str] | None, run: bool = True):
     """LightningCLI over every stage module and DataModule the package defines (``run=False``: parse and
-    instantiate only, for callers that drive the trainer themselves)."""
+    instantiate only, for callers that drive the trainer themselves). ``args=None`` reads ``sys.argv``."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Given args, LightningCLI warns when sys.argv has arguments too (ours always does: the same ones).
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
     from geosapiens.io import AtomicCheckpointIO
+    from geosapiens.runs import (
+        bind_wandb_runs,
+        finish_wandb_runs,
+        resolve_ckpt_path,
+        stable_checkpoint_folders,
+    )
 
     class GeoSapiensCLI(LightningCLI):
         def instantiate_trainer(self, **kwargs):
             # Checkpoints land whole or not at all: a kill or a full disk mid-save keeps the previous one.
             if not self._get(self.config_init, "trainer", default={}).get("plugins"):
                 kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+            stable_checkpoint_folders(trainer)
+            return trainer
+
+        def _resolve(self) -> None:
+            config = self.config_init[self.subcommand]
+            config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), self.subcommand)
+            if self.subcommand == "fit":
+                bind_wandb_runs(self.trainer, resume=config["ckpt_path"] is not None)
+
+        def _finish(self) -> None:
+            finish_wandb_runs(self.trainer)
+
+        before_fit = before_validate = before_test = before_predict = _resolve
+        after_fit = after_validate = after_test = after_predict = _finish
 
     return GeoSapiensCLI(
         model_class=LightningModule,
@@ -74,28 +135,87 @@ def trainer_cli(args: list[str], run: bool = True):
     )
 
 
+def _raised_here(error: BaseException) -> bool:
+    """Whether ``error`` was raised on purpose by this package (a ``ValueError``/``OSError`` whose innermost
+    frame is ours: a bad argument or a missing file, already worded for the user)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+def _own_error(error: BaseException):
+    """The project's error behind ``error`` (jsonargparse wraps what a constructor raised), else None."""
+    from geosapiens.errors import GeoSapiensError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, GeoSapiensError):
+            return error
+        if isinstance(error, ValueError | OSError) and _raised_here(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _run_trainer(argv: list[str], from_sys_argv: bool) -> int:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from geosapiens.errors import UsageError
+
+    try:
+        # From the console, LightningCLI reads sys.argv itself: the DDP launcher re-executes sys.argv.
+        trainer_cli(None if from_sys_argv else argv)
+    except SIGTERMException:  # CheckpointOnSigterm has saved last.ckpt: a stop, not a crash
+        print("geosapiens: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        return 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
+    except Exception as error:
+        own = _own_error(error)
+        if own is None:
+            raise
+        print(f"geosapiens {argv[0]}: {own}", file=sys.stderr)
+        return 2 if isinstance(own, UsageError) else 1
+    return 0
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(argv) or 0)
+    except BrokenPipeError:  # `geosapiens evaluate ... | head`: the reader left; stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"geosapiens {version()}")
         return 0
     if argv[0] == "predict" and len(argv) > 1 and not argv[1].startswith("-"):
-        return int(importlib.import_module(DEPLOY_PREDICT).main(argv[1:]) or 0)
+        print(f"geosapiens: deprecated: {DEPRECATED_PREDICT}", file=sys.stderr)
+        return _run_tool("infer", argv[1:])
     if argv[0] in TRAINER_VERBS:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        try:
-            trainer_cli(argv)
-        except SIGTERMException:  # CheckpointOnSigterm has saved last.ckpt: a stop, not a crash
-            print("geosapiens: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
-            return 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
-        return 0
-    for n in (2, 1):
-        verb = " ".join(argv[:n])
-        if len(argv) >= n and verb in TOOLS:
-            module = importlib.import_module(TOOLS[verb][0])
-            return int(module.main(argv[n:]) or 0)
-    print(f"geosapiens: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+        return _run_trainer(argv, from_sys_argv)
+    if argv[0] in GROUPS:
+        group = argv[0]
+        if len(argv) > 1 and f"{group} {argv[1]}" in COMMANDS:
+            return _run_tool(f"{group} {argv[1]}", argv[2:])
+        asked = len(argv) > 1 and argv[1] in ("-h", "--help")
+        if not asked and len(argv) > 1:
+            print(f"geosapiens {group}: unknown command {argv[1]!r}\n", file=sys.stderr)
+        print(_usage(group), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
+    if argv[0] in COMMANDS:
+        return _run_tool(argv[0], argv[1:])
+    print(f"geosapiens: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 
 

@@ -97,7 +97,7 @@ class DemoPlan:
 
     @property
     def syrip(self) -> Path:
-        return self.data / "syrip"
+        return self.data / "SyRIP"
 
     @property
     def cache(self) -> Path:
@@ -507,7 +507,7 @@ def _prepare(p: DemoPlan, run: Runner) -> None:
             *_logs(p.pose_vae),
             f"--seed_everything={p.seed}",
             f"--data.init_args.syrip_root={p.syrip}",
-            f"--data.init_args.mini_rgbd_root={p.data / 'mini_rgbd'}",
+            f"--data.init_args.mini_rgbd_root={p.data / 'MINI-RGBD_web'}",
             f"--data.init_args.mini_rgbd_sequences={json.dumps(synthetic_sequences)}",
             *(["--trainer.max_epochs=2"] if p.fast else []),
         ],
@@ -529,7 +529,7 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
     run("export the distilled student to ONNX", ["export", str(p.best("distill")), "--out", str(onnx)])
     manifest = json.loads((p.data / "manifest.json").read_text())
     sequence = next(k for k, style in manifest["mini_rgbd"]["sequences"].items() if style == "real-like")
-    frames = sorted((p.data / "mini_rgbd" / sequence / "rgb").glob("*.png"))
+    frames = sorted((p.data / "MINI-RGBD_web" / sequence / "rgb").glob("*.png"))
     wall, cpu = time.perf_counter(), _cpu_seconds()
     video = folder / f"infant_{sequence}.mp4"
     first = cv2.imread(str(frames[0]))
@@ -539,7 +539,7 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
     writer.release()
     run.index += 1
     print(f"\n==> [{run.index}/{run.total}] video: real-like sequence {sequence} -> {video}")
-    boxes = [r.bbox for r in read_mini_rgbd(p.data / "mini_rgbd", [sequence], check_projection=False)]
+    boxes = [r.bbox for r in read_mini_rgbd(p.data / "MINI-RGBD_web", [sequence], check_projection=False)]
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     run.record("write a real-like sequence as an mp4 video", time.perf_counter() - wall, _cpu_seconds() - cpu)

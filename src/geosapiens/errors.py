@@ -31,3 +31,7 @@ class DataError(GeoSapiensError, ValueError):
 
 class CheckpointError(GeoSapiensError, ValueError):
     """A checkpoint is missing, truncated, unsafe to unpickle, or does not fit the model."""
+
+
+class UsageError(GeoSapiensError, ValueError):
+    """A command-line value names something that does not exist or cannot be used (exit status 2)."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.errors import GeoSapiensError
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = both_styles(_parser()).parse_args(argv)
     try:
         records = (
             read_syrip(args.data, args.annotation, domain=args.domain)

@@ -17,7 +17,7 @@ forward, and the curve is a sum over ranks); only global rank 0 draws, writes an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import lightning as L
@@ -65,9 +65,12 @@ class LogValidationImages(L.Callback):
 
     Every ``every_n_epochs`` epochs, on the first validation batch (not during the sanity check), each of the
     first ``num_images`` crops gets the ground truth (grey, dimmed) and the prediction (left orange, right
-    blue) drawn on it; critic depth and normal maps follow to its right when the module provides them. The
-    sheet goes to every W&B logger (``log_image``) and TensorBoard logger (``add_image``); without either, or
-    with ``save_png=True``, to ``<log_dir>/images/epoch_XXX.png``.
+    blue) drawn on it; critic depth and normal maps follow to its right when the module provides them.
+    Infant photos stay on the machine unless asked (``log_images``): by default (``"local"``) the sheet goes
+    to TensorBoard loggers (``add_image``, local files) and, without one or with ``save_png=True``, to
+    ``<log_dir>/images/epoch_XXX.png``; ``"remote"`` also sends it to W&B loggers (``log_image``: an upload,
+    now or at ``wandb sync``); ``"off"`` draws no sheet. The test PCK curve (a plot, no photo) goes to every
+    image logger.
 
     During ``trainer.test`` the callback scores ``predict_keypoints`` against each batch's ground truth (one
     extra forward per test batch) with a :class:`~geosapiens.metrics.pck.PCK` over ``curve_thresholds``
@@ -84,6 +87,8 @@ class LogValidationImages(L.Callback):
         curve_thresholds: thresholds of the curve (default 0, 0.01, ..., 0.5, as ``pck_curve``).
         curve_norm: PCK normaliser of the curve (``"bbox"``: max side of the ground-truth box).
         score_threshold: predicted joints with a lower score are not drawn.
+        log_images: where validation sheets (infant photos) go: ``"local"`` files and TensorBoard,
+            ``"remote"`` W&B too, ``"off"`` nowhere.
     """
 
     def __init__(
@@ -97,7 +102,10 @@ class LogValidationImages(L.Callback):
         curve_thresholds: list[float] | None = None,
         curve_norm: str = "bbox",
         score_threshold: float = 0.3,
+        log_images: Literal["local", "remote", "off"] = "local",
     ) -> None:
+        if log_images not in ("local", "remote", "off"):
+            raise ValueError(f"LogValidationImages: log_images is local, remote or off, not {log_images!r}")
         if num_images < 1 or every_n_epochs < 1:
             raise ValueError(
                 f"num_images and every_n_epochs must be >= 1, got {num_images}, {every_n_epochs}"
@@ -112,6 +120,7 @@ class LogValidationImages(L.Callback):
         )
         self.curve_norm = curve_norm
         self.score_threshold = score_threshold
+        self.log_images = log_images
         self.test_pck_curve: dict[str, Any] | None = None
         self.last_image_path: Path | None = None
         self._log_dir: Path | None = None
@@ -130,14 +139,23 @@ class LogValidationImages(L.Callback):
         if stage == "test" and self.pck_curve:
             self._metric = PCK(thresholds=self.curve_thresholds, norm=self.curve_norm).to(pl_module.device)
 
-    def _image_loggers(self, trainer: L.Trainer) -> list:
-        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger | TensorBoardLogger)]
+    def _image_loggers(self, trainer: L.Trainer, photo: bool) -> list:
+        """Loggers that take images; of a ``photo``, only the local ones unless ``log_images="remote"``."""
+        remote = not photo or self.log_images == "remote"
+        kinds = (WandbLogger, TensorBoardLogger) if remote else (TensorBoardLogger,)
+        return [lg for lg in trainer.loggers if isinstance(lg, kinds)]
 
     def _publish(
-        self, trainer: L.Trainer, key: str, image: np.ndarray, filename: str, always_save: bool = False
+        self,
+        trainer: L.Trainer,
+        key: str,
+        image: np.ndarray,
+        filename: str,
+        always_save: bool = False,
+        photo: bool = True,
     ) -> None:
         """Rank 0: send ``image`` to the image loggers; save it when there is none (or when asked)."""
-        loggers = self._image_loggers(trainer)
+        loggers = self._image_loggers(trainer, photo)
         for lg in loggers:
             if isinstance(lg, WandbLogger):
                 lg.log_image(key=key, images=[image], step=trainer.global_step)
@@ -162,6 +180,7 @@ class LogValidationImages(L.Callback):
             or dataloader_idx != 0
             or trainer.sanity_checking
             or trainer.current_epoch % self.every_n_epochs != 0
+            or self.log_images == "off"
         ):
             return
         if not isinstance(batch, dict) or not {"image", "affine"} <= batch.keys():
@@ -265,5 +284,6 @@ class LogValidationImages(L.Callback):
             {type(pl_module).__name__: (thresholds, self.test_pck_curve["pck"])}, title="test PCK"
         )
         self._publish(
-            trainer, "test/pck_curve", viz.figure_to_rgb(fig), "test_pck_curve.png", always_save=True
+            trainer, "test/pck_curve", viz.figure_to_rgb(fig), "test_pck_curve.png", always_save=True,
+            photo=False,
         )

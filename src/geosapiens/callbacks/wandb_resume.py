@@ -1,10 +1,14 @@
 """A W&B logger whose run survives a SLURM requeue or a manual resubmission.
 
 Lightning's ``WandbLogger`` draws a fresh run id per process start, so a requeued job opens a second W&B run
-(pytorch-lightning#13524) and, since the logger's version names the checkpoint folder
-(``save_dir/project/<id>/checkpoints``), ``--ckpt_path last`` looks in an empty folder. A stable id fixes
-both. YAML configs cannot read environment variables (jsonargparse does not expand them), so the id is taken
+(pytorch-lightning#13524); the ``geosapiens`` command keeps checkpoints in
+``<default_root_dir>/checkpoints`` whatever the id (:mod:`geosapiens.runs`), and a stable id keeps one W&B
+run. YAML configs cannot read environment variables (jsonargparse does not expand them), so the id is taken
 from the environment here, when the config leaves it unset.
+
+Every training also records its W&B id in its checkpoint folder (:data:`RUN_ID_FILE`, :func:`bind_run_id`,
+called by the ``geosapiens`` command for any ``WandbLogger``): ``fit --ckpt_path last`` continues that run,
+whatever id the environment would give, and a fresh ``fit`` records a new one.
 
 Only global rank 0 ever creates the run: ``WandbLogger.experiment`` is ``@rank_zero_experiment`` and every
 other rank gets a no-op experiment, so the id being set on all ranks is harmless.
@@ -15,13 +19,19 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["RUN_ID_VARIABLES", "ResumableWandbLogger", "run_id_from_env", "wandb_online_possible"]
+__all__ = [
+    "RUN_ID_FILE", "RUN_ID_VARIABLES", "ResumableWandbLogger", "bind_run_id", "run_id_from_env",
+    "wandb_online_possible",
+]
+
+RUN_ID_FILE = "wandb_run_id"  # in the run's checkpoint folder: one line, the W&B run id
 
 # Looked up in this order: an explicit project id, a SLURM array task (unique per task, kept on requeue),
 # then the SLURM job id (kept on requeue).
@@ -36,6 +46,32 @@ def run_id_from_env(environ: dict[str, str] | None = None) -> str | None:
         if all(parts):
             return "_".join(parts)  # type: ignore[arg-type]
     return None
+
+
+def bind_run_id(logger: WandbLogger, folder: str | Path, resume: bool, write: bool = True) -> str:
+    """Set the id of ``logger``'s (not yet started) run: on ``resume`` the one recorded in ``folder``, else
+    the logger's own (config or environment) or a new one; ``write`` records it in ``folder``.
+
+    Returns the id. A logger whose run has already started keeps it.
+    """
+    from wandb.sdk.lib.runid import generate_id
+
+    if logger._experiment is not None:
+        return logger.version
+    path = Path(folder) / RUN_ID_FILE
+    recorded = path.read_text().strip() if path.is_file() else None
+    if resume and recorded:
+        if logger._id and logger._id != recorded:
+            rank_zero_warn(f"W&B: resuming run {recorded} recorded in {path}, not {logger._id}")
+        run_id = recorded
+    else:
+        run_id = logger._id or generate_id()
+    logger._id = logger._wandb_init["id"] = run_id
+    if write and run_id != recorded:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    rank_zero_info(f"W&B run {run_id} ({'resumed' if resume and recorded else 'new'}), recorded in {path}")
+    return run_id
 
 
 def wandb_online_possible(timeout: float = 2.0) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.formats import Problem, Reporter
 from geosapiens.data.formats.mini_rgbd import (
     SEQUENCE_NAME,
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="fmt",
         help="dataset format (default: detected from the layout)",
     )
-    args = parser.parse_args(argv)
+    args = both_styles(parser).parse_args(argv)
     result = run_checks(args.path, args.fmt)
     for problem in result.problems:
         print(problem)

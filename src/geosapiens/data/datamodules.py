@@ -41,6 +41,7 @@ from geosapiens.data.occlude import CutOcclude
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.robust import SkipBadSamples
 from geosapiens.data.sampling import ResumableLoader
+from geosapiens.errors import DataError
 
 __all__ = [
     "PoseDataModule",
@@ -69,7 +70,10 @@ def data_path(path: str | Path) -> Path:
     points every config at their downloaded datasets once, with one environment variable."""
     expanded = os.path.expandvars(str(path))
     if "$" in expanded:
-        raise ValueError(f"{path}: an environment variable in this path is not set (e.g. GEOSAPIENS_DATA)")
+        raise DataError(
+            path, "an environment variable in this path is not set: export GEOSAPIENS_DATA=<the folder "
+            "holding MINI-RGBD_web/ and SyRIP/> (README, Data)"
+        )
     return Path(expanded).expanduser()
 
 
@@ -252,6 +256,7 @@ class PoseDataModule(L.LightningDataModule):
         return self._loader(self.eval_dataset(self.test_records), train=False)
 
     def predict_dataloader(self) -> DataLoader:
+        """Dataset-level ``predict`` runs on the test split (``setup("predict")`` reads it)."""
         return self.test_dataloader()
 
     def _record_choice(self, key: str, ids: list) -> None:
@@ -317,7 +322,7 @@ class MiniRGBDDataModule(PoseDataModule):
             self.train_records = self._read("train")
         if stage in (None, "fit", "validate"):
             self.val_records = self._read("val")
-        if stage in (None, "test"):
+        if stage in (None, "test", "predict"):  # predict runs on the test split
             self.test_records = self._read("test")
 
 
@@ -463,7 +468,7 @@ class SyRIPRealDataModule(PoseDataModule):
                     raise ValueError(f"SyRIPRealDataModule: training/validation images {leaked[:10]} are "
                                      f"test images of {self.test_file}")
             self.train_records = self._choose_fewshot() if self.mode == "fewshot" else self.pool_records
-        if stage in (None, "test"):
+        if stage in (None, "test", "predict"):  # predict runs on the test split
             self.test_records = read_syrip(self.root, self.test_file, domain="real")
 
     def train_dataloader(self) -> DataLoader:

@@ -26,7 +26,8 @@ from geosapiens.data.sampling import SampleKey, key_rng
 from geosapiens.errors import DataError
 
 __all__ = [
-    "SAPIENS_MEAN", "SAPIENS_STD", "read_image", "read_mask", "to_tensor", "PoseDataset", "PairDataset",
+    "SAPIENS_MEAN", "SAPIENS_STD", "read_image", "read_record_image", "read_mask", "to_tensor", "PoseDataset",
+    "PairDataset",
 ]
 
 # Sapiens normalisation (reference/sapiens.md §5), on 0-255 RGB.
@@ -44,6 +45,17 @@ def read_image(path: str | Path, record: str | int | None = None) -> np.ndarray:
         problem = "image file does not exist" if not Path(path).exists() else "cannot be decoded as an image"
         raise DataError(path, problem, record)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_record_image(record: PoseRecord) -> np.ndarray:
+    """A record's image, checked against the size its annotation states: a photo replaced on disk (or one
+    OpenCV rotates by its EXIF tag) would otherwise train on labels of another image, silently."""
+    image = read_image(record.image_path, record.image_id)
+    h, w = image.shape[:2]
+    if (w, h) != (record.width, record.height):
+        raise DataError(record.image_path, f"the decoded image is {w}x{h}, its annotation says "
+                        f"{record.width}x{record.height} (replaced file, or EXIF rotation?)", record.image_id)
+    return image
 
 
 def read_mask(record: PoseRecord) -> np.ndarray:
@@ -141,7 +153,7 @@ class PoseDataset(Dataset):
         if donor not in self.backgrounds:
             record = self.records[donor]
             crop = TextureBank(capacity=1)
-            crop.add_background(read_image(record.image_path, record.image_id), record.bbox,
+            crop.add_background(read_record_image(record), record.bbox,
                                 key_rng(donor, stream=2)[1], source=str(record.image_path))
             self.backgrounds[donor] = crop.crops[0] if crop.crops else (str(record.image_path), None)
             while len(self.backgrounds) > bank.crops.maxlen:
@@ -156,7 +168,7 @@ class PoseDataset(Dataset):
         index, rng = key_rng(key, stream=0)
         record = self.records[index]
         source = str(record.image_path)
-        image = read_image(record.image_path, record.image_id)
+        image = read_record_image(record)
         mask = read_mask(record) if self.with_mask else None
         bank = self.textures(index, rng) if self.occlude is not None else None
 
@@ -253,7 +265,7 @@ class PairDataset(Dataset):
     def __getitem__(self, key: int | SampleKey) -> dict:
         index, rng = key_rng(key, stream=1)
         record = self.records[index]
-        image = read_image(record.image_path, record.image_id)
+        image = read_record_image(record)
         flip = bool(rng.random() < self.weak.flip_prob)
         size, padding = self.input_size, self.padding
         weak_affine = view_affine(record.bbox, size, self.weak.sample(rng, flip=flip), padding)

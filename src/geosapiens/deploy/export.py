@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.deploy.runtime import METADATA_PREFIX, OnnxRunner
 from geosapiens.errors import GeoSapiensError
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = both_styles(_parser()).parse_args(argv)
     from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
 
     if args.out.suffix != ".onnx":

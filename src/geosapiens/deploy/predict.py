@@ -1,4 +1,4 @@
-"""``geosapiens predict``: keypoint tracks of an infant from images, folders of images and video files.
+"""``geosapiens infer``: keypoint tracks of an infant from images, folders of images and video files.
 
 Everything runs on the local machine (recordings never leave the site). Per frame: a box (:mod:`.boxes`),
 the UDP crop affine, the network (PyTorch checkpoint or ONNX, :mod:`.runtime`), the heatmap codec, and the
@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +31,13 @@ import torch
 from tqdm import tqdm
 
 from geosapiens.callbacks.prediction_writer import write_predictions
+from geosapiens.cli_style import both_styles
 from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
 from geosapiens.data.datasets import to_tensor
 from geosapiens.deploy.boxes import BoxFile, BoxSource, TrackedBox, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import smooth_track
-from geosapiens.deploy.sources import Clip, Frame, open_clips
+from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
 from geosapiens.errors import CheckpointError, DataError
 from geosapiens.io import atomic_write_file
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
@@ -66,7 +68,16 @@ class ClipPrediction:
 
 
 class Predictor:
-    """Frames -> keypoints in image pixels, batch by batch, clip by clip.
+    """Frames -> keypoints in image pixels, batch by batch, clip by clip (the Python API of ``infer``).
+
+    Example::
+
+        from geosapiens.deploy.predict import Predictor
+
+        predictor = Predictor.from_file("student.onnx", box="tracked")  # or a stage checkpoint (.ckpt)
+        (video,) = predictor.predict("infant.mp4")          # images, folders of images, videos
+        video.keypoints, video.scores                        # (T, 17, 2) image px, (T, 17)
+        frames = predictor.predict_frames(rgb_arrays, fps=25)  # frames in memory, as one sequence
 
     Args:
         runner: the network (:func:`geosapiens.deploy.runtime.open_runner`): normalised crops -> heatmaps.
@@ -107,6 +118,46 @@ class Predictor:
         self.smoothing = smoothing
         self.quality = quality or QualityCheck()
         self.padding = padding
+
+    @classmethod
+    def from_file(
+        cls,
+        model: str | Path,
+        *,
+        box: str = "whole",
+        initial_box: str | None = None,
+        runtime: str | None = None,
+        weights: str | None = None,
+        threads: int | None = None,
+        **kwargs,
+    ) -> Predictor:
+        """A predictor of a stage checkpoint (``.ckpt``, PyTorch) or an ONNX export (``.onnx``, ONNX Runtime).
+
+        Args:
+            model: the model file.
+            box: ``whole`` | ``tracked`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
+            initial_box: the tracker's starting box (``--initial_box``).
+            runtime: ``torch`` or ``onnx``; by default from the file's suffix.
+            weights: a checkpoint's network, ``model`` or ``teacher`` (None: the one its stage evaluated).
+            threads: CPU threads of the runtime.
+            **kwargs: :class:`Predictor` arguments (``batch_size``, ``flip``, ``smoothing``, ``quality``...).
+        """
+        from geosapiens.deploy.runtime import open_runner
+
+        runtime = runtime or ("onnx" if str(model).endswith(".onnx") else "torch")
+        runner = open_runner(model, runtime=runtime, weights=weights, threads=threads)
+        return cls(runner, parse_box_source(box, initial_box), **kwargs)
+
+    def predict(self, *inputs: str | Path, as_sequence: bool = False, fps: float | None = None
+                ) -> list[ClipPrediction]:
+        """Predictions of image files, folders of images (``as_sequence``: one track) and video files."""
+        return [self.predict_clip(clip) for clip in open_clips(inputs, as_sequence=as_sequence, fps=fps)]
+
+    def predict_frames(self, frames: Sequence[np.ndarray], fps: float | None = None, name: str = "frames"
+                       ) -> ClipPrediction:
+        """Predictions of ``(H, W, 3)`` uint8 RGB frames in memory: one sequence (tracked boxes, smoothing)
+        when ``fps`` is given, else independent stills."""
+        return self.predict_clip(ArrayClip(frames, name, fps))
 
     def crop(self, frame: Frame, box: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The normalised crop (3, H, W) of ``box`` and its image -> crop affine (2, 3)."""
@@ -229,10 +280,28 @@ def _draw(
     return canvas
 
 
-def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
-    """Overlay video (sequences; decoded a second time, so no frame is kept in memory) or images (stills)."""
+# Overlay video codecs, best first: H.264 plays in browsers; mp4v (MPEG-4 part 2) is what every OpenCV
+# build can write (pip's opencv-python-headless has no H.264 encoder).
+VIDEO_CODECS = ("avc1", "mp4v")
+MP4V_NOTE = "mp4v (this OpenCV has no H.264 encoder; browsers may not play it: ffmpeg -i IN -c:v libx264 OUT)"
+
+
+def _video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """An open MP4 writer with the first codec of :data:`VIDEO_CODECS` this OpenCV encodes, and its name."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # a codec probe that fails is not an error
+    for fourcc in VIDEO_CODECS:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, fourcc
+        writer.release()
+    raise DataError(path, f"OpenCV can write none of the video codecs {VIDEO_CODECS} here")
+
+
+def write_overlays(pred: ClipPrediction, folder: Path) -> tuple[list[Path], str | None]:
+    """Overlay video (sequences; decoded a second time, so no frame is kept in memory) or images (stills);
+    returns the files and the video codec (None for stills)."""
     folder.mkdir(parents=True, exist_ok=True)
-    written, writer = [], None
+    written, writer, codec = [], None, None
     target = folder / f"{pred.clip.sequence}.mp4" if pred.clip.sequence is not None else None
     partial = target.with_name(f".{target.name}.part.mp4") if target is not None else None
     try:
@@ -249,9 +318,7 @@ def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
                 continue
             if writer is None:
                 h, w = bgr.shape[:2]
-                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), pred.clip.fps, (w, h))
-                if not writer.isOpened():
-                    raise DataError(target, "OpenCV cannot write an mp4v video here")
+                writer, codec = _video_writer(partial, pred.clip.fps, (w, h))
             writer.write(bgr)
     finally:
         if writer is not None:
@@ -259,13 +326,13 @@ def write_overlays(pred: ClipPrediction, folder: Path) -> list[Path]:
     if target is not None and partial.exists():
         partial.replace(target)  # a killed run never leaves a half-written video under the real name
         written.append(target)
-    return written
+    return written, codec
 
 
 # -- command line --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="geosapiens predict",
+        prog="geosapiens infer",
         description="Predict infant keypoints on images, folders of images and videos "
         "(for dataset-level prediction with a config, use `geosapiens predict --config ...`).",
     )
@@ -337,7 +404,7 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation |
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = both_styles(build_parser()).parse_args(argv)
     from geosapiens.deploy.runtime import open_runner
 
     smoothing = {"min_cutoff": args.smooth_min_cutoff, "beta": args.smooth_beta} if args.smooth else None
@@ -357,11 +424,11 @@ def main(argv: list[str] | None = None) -> int:
             quality=QualityCheck(args.min_score, prior, args.max_pose_error),
         )
     except (DataError, CheckpointError, ValueError) as err:
-        print(f"geosapiens predict: {err}", file=sys.stderr)
+        print(f"geosapiens infer: {err}", file=sys.stderr)
         return 2
 
     out = Path(args.out)
-    predictions, overlays = [], []
+    predictions, overlays, codecs = [], [], set()
     for clip in clips:
         with tqdm(
             total=len(clip), unit="frame", desc=clip.sequence or clip.path.name, disable=not args.progress
@@ -369,11 +436,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pred = predictor.predict_clip(clip, bar)
             except DataError as err:
-                print(f"geosapiens predict: {err}", file=sys.stderr)
+                print(f"geosapiens infer: {err}", file=sys.stderr)
                 return 1
         predictions.append(pred)
         if args.overlay:
-            overlays += write_overlays(pred, out / "overlays")
+            files, codec = write_overlays(pred, out / "overlays")
+            overlays += files
+            codecs |= {codec} - {None}
         flagged = int(np.sum(pred.quality["low_confidence"] | pred.quality["implausible"]))
         log.info("%s: %d frames, %d flagged", clip.path, len(pred.paths), flagged)
 
@@ -381,9 +450,23 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(boxes, TrackedBox) and isinstance(boxes.initial, BoxFile):
         image_ids = boxes.initial.image_ids
     rows, images = _rows(predictions, image_ids)
-    written = write_predictions(out, rows, keypoint_names=COCO17.names)
-    written += [atomic_write_file(out / "images.json", json.dumps({"images": images})), *overlays]
-    print(f"geosapiens predict: {len(rows)} frames from {len(clips)} input(s) -> {out}")
-    for path in written:
-        print(f"  {path}")
+    write_predictions(out, rows, keypoint_names=COCO17.names)
+    atomic_write_file(out / "images.json", json.dumps({"images": images}))
+    print(_summary(predictions, len(clips), out, overlays, codecs))
     return 0
+
+
+def _summary(predictions: list[ClipPrediction], inputs: int, out: Path, overlays: list, codecs: set) -> str:
+    """What was predicted and written, in a few lines (not one per file)."""
+    frames = sum(len(p.paths) for p in predictions)
+    flagged = sum(int(np.sum(p.quality["low_confidence"] | p.quality["implausible"])) for p in predictions)
+    videos = sum(p.clip.sequence is not None for p in predictions)
+    lines = [
+        f"geosapiens infer: {frames} frames from {inputs} input(s), {flagged} flagged (low confidence or "
+        "implausible pose)",
+        f"  {out}/: coco_results.json, images.json" + (f", tracks.csv, tracks/ ({videos})" if videos else ""),
+    ]
+    if overlays:
+        names = ", ".join("H.264" if c == "avc1" else MP4V_NOTE for c in sorted(codecs)) or "JPEG stills"
+        lines.append(f"  {out}/overlays/: {len(overlays)} files; {names}")
+    return "\n".join(lines)

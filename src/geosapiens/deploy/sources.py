@@ -1,4 +1,4 @@
-"""What ``geosapiens predict`` reads: still images, folders of images, video files (decoded by OpenCV).
+"""What ``geosapiens infer`` reads: still images, folders of images, video files (decoded by OpenCV).
 
 Each input becomes a :class:`Clip`: a video is one sequence (tracks, smoothing, TTA per video); a folder is a
 group of stills unless it is read as one sequence of frames (``as_sequence``); a single image is a still.
@@ -16,7 +16,7 @@ import numpy as np
 
 from geosapiens.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "Clip", "open_clips"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "Clip", "ArrayClip", "open_clips"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv"})
@@ -68,6 +68,29 @@ class Clip:
             return
         for index, path in enumerate(self.images):
             yield Frame(read_rgb(path), index, str(path))
+
+
+class ArrayClip(Clip):
+    """Frames already in memory (``(H, W, 3)`` uint8 RGB arrays: a camera, a decoded stream): one sequence
+    (tracking, smoothing) when ``fps`` is given, else stills."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], name: str = "frames", fps: float | None = None) -> None:
+        for i, a in enumerate(arrays):
+            if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3):
+                raise ValueError(f"ArrayClip {name}: frame {i} is not an (H, W, 3) uint8 RGB array")
+        super().__init__(Path(name), name if fps is not None else None, [], fps)
+        self.arrays = list(arrays)
+
+    @property
+    def is_video(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def frames(self) -> Iterator[Frame]:
+        for index, image in enumerate(self.arrays):
+            yield Frame(image, index, f"{self.path}#{index}")
 
 
 def read_rgb(path: Path) -> np.ndarray:

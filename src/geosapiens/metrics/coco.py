@@ -12,8 +12,14 @@ extra fields (SyRIP's ``bbox_head``, ``scores``, ``track_id``...) and negative b
 results are checked against it and every problem is a :class:`~geosapiens.errors.DataError` naming the file.
 Annotation ids are renumbered 1..N because pycocotools' ``evaluateImg`` stores matched GT ids in arrays where
 0 means "unmatched": a GT annotation with id 0 (SyRIP's ``validate100`` and ``validate500`` both have one)
-turns its correct detection into a false positive. On the released FiDIP predictions for Test100 that bug
-gives AP 91.0 (``datasets.md`` §2.6); without it, AP 92.8 (AP50 98.5, AR 94.1).
+turns its correct detection into a false positive (cocoapi PR #331/#332). On the released FiDIP predictions
+for Test100 that bug gives AP 91.0 (``datasets.md`` §2.6); without it, AP 92.8 (AP50 98.5, AR 94.1).
+``geosapiens evaluate`` says so and prints the raw pycocotools AP (the file's own ids) beside it.
+
+One rule for duplicates, in :func:`load_keypoint_results` and so everywhere: exact duplicate results (same
+image, category, keypoints and score: a ``DistributedSampler``'s padding, a file concatenated twice) are kept
+once; pycocotools would count every copy after the first as a false positive. A ground-truth ``category_id``
+that is not in ``categories`` is an error (pycocotools would drop that person silently).
 pycocotools' progress prints are captured and dropped.
 
 Note:
@@ -48,6 +54,7 @@ __all__ = [
     "COCO17_SIGMAS",
     "load_keypoint_gt",
     "load_keypoint_results",
+    "raw_ids",
     "keypoint_stats",
     "coco_keypoint_ap",
     "COCOKeypointAP",
@@ -62,7 +69,7 @@ GT_SOURCE = "<ground-truth dict>"
 RESULTS_SOURCE = "<results list>"
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -86,13 +93,14 @@ def load_keypoint_gt(
     """Read and check a COCO-keypoints ground truth; return ``(clean dict, source name)``.
 
     The clean dict keeps, per image, ``id`` (and ``width``/``height``/``file_name`` when present), and per
-    annotation ``id`` (renumbered 1..N), ``image_id``, ``category_id``, ``keypoints``, ``num_keypoints``
-    (recounted from v > 0), ``bbox``, ``iscrowd`` (0 when absent) and ``area`` (per the ``area`` choice).
+    annotation ``id`` (renumbered 1..N), ``source_id`` (the file's id), ``image_id``, ``category_id``,
+    ``keypoints``, ``num_keypoints`` (recounted from v > 0), ``bbox``, ``iscrowd`` (0 when absent) and
+    ``area`` (per the ``area`` choice).
     """
     if area not in AREA_CHOICES:
         raise ValueError(f"area must be one of {AREA_CHOICES}, got {area!r}")
     source = GT_SOURCE if isinstance(gt, dict) else str(gt)
-    data = gt if isinstance(gt, dict) else _read_json(Path(gt))
+    data = gt if isinstance(gt, dict) else read_json(Path(gt))
     if not isinstance(data, dict):
         raise DataError(source, "not COCO ground truth: the top level must be an object")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
@@ -108,6 +116,7 @@ def load_keypoint_gt(
     categories = [dict(c) for c in data["categories"]]
     if not all(isinstance(c.get("id"), int) for c in categories):
         raise DataError(source, "every category needs an integer 'id'")
+    category_ids = {c["id"] for c in categories}
 
     annotations = []
     for i, ann in enumerate(data["annotations"]):
@@ -131,6 +140,9 @@ def load_keypoint_gt(
             )
         if ann["image_id"] not in image_ids:
             raise DataError(source, f"image_id {ann['image_id']} is not in 'images'", record=record)
+        if ann["category_id"] not in category_ids:
+            raise DataError(source, f"category_id {ann['category_id']!r} is not in 'categories' (ids "
+                            f"{sorted(category_ids)}): pycocotools would drop this person", record=record)
         if area == "file":
             if not _finite_numbers([ann.get("area")], 1) or ann["area"] <= 0:
                 raise DataError(
@@ -142,6 +154,7 @@ def load_keypoint_gt(
         annotations.append(
             {
                 "id": i + 1,
+                "source_id": ann.get("id"),
                 "image_id": ann["image_id"],
                 "category_id": ann["category_id"],
                 "keypoints": [float(v) for v in ann["keypoints"]],
@@ -155,21 +168,25 @@ def load_keypoint_gt(
 
 
 def load_keypoint_results(
-    results: str | Path | Sequence[dict], gt: dict, *, num_keypoints: int = COCO17.num_keypoints
+    results: str | Path | Sequence[dict],
+    gt: dict,
+    *,
+    num_keypoints: int = COCO17.num_keypoints,
+    source: str | None = None,
 ) -> tuple[list[dict], str]:
     """Read and check COCO keypoint results against a clean ground truth (:func:`load_keypoint_gt`).
 
     Returns ``(clean results, source name)``; each clean result holds only ``image_id``, ``category_id``,
     ``keypoints`` and ``score`` (so pycocotools takes its keypoint path, and the caller's dicts stay
-    untouched).
+    untouched). Exact duplicates are kept once (module docstring).
     """
-    source = str(results) if isinstance(results, str | Path) else RESULTS_SOURCE
-    data = _read_json(Path(results)) if isinstance(results, str | Path) else results
+    source = source or (str(results) if isinstance(results, str | Path) else RESULTS_SOURCE)
+    data = read_json(Path(results)) if isinstance(results, str | Path) else results
     if not isinstance(data, list):
         raise DataError(source, "not COCO keypoint results: the top level must be a list of objects")
     image_ids = {img["id"] for img in gt["images"]}
     category_ids = {c["id"] for c in gt["categories"]}
-    clean = []
+    clean, seen = [], set()
     for i, res in enumerate(data):
         record = f"results[{i}]"
         if not isinstance(res, dict):
@@ -193,15 +210,26 @@ def load_keypoint_results(
             raise DataError(
                 source, f"category_id {res['category_id']!r} is not in the ground truth", record=record
             )
-        clean.append(
-            {
-                "image_id": res["image_id"],
-                "category_id": res["category_id"],
-                "keypoints": [float(v) for v in res["keypoints"]],
-                "score": float(res["score"]),
-            }
-        )
+        result = {
+            "image_id": res["image_id"],
+            "category_id": res["category_id"],
+            "keypoints": [float(v) for v in res["keypoints"]],
+            "score": float(res["score"]),
+        }
+        key = (result["image_id"], result["category_id"], result["score"], tuple(result["keypoints"]))
+        if key not in seen:
+            seen.add(key)
+            clean.append(result)
     return clean, source
+
+
+def raw_ids(gt: dict) -> dict | None:
+    """``gt`` (clean) with the file's own annotation ids, as raw pycocotools would see them; None when they
+    are not unique integers (pycocotools could not index them at all)."""
+    ids = [a["source_id"] for a in gt["annotations"]]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or len(set(ids)) != len(ids):
+        return None
+    return {**gt, "annotations": [{**a, "id": a["source_id"]} for a in gt["annotations"]]}
 
 
 def keypoint_stats(gt: dict, results: list[dict], sigmas: Sequence[float]) -> dict[str, float]:
@@ -257,7 +285,8 @@ class COCOKeypointAP(Metric):
 
     States are ``cat`` lists of image ids ``(N,)``, keypoints ``(N, K, 3)`` (x, y, keypoint score) and
     instance scores ``(N,)``, so DDP gathers every rank's detections. Exact duplicate detections (same image,
-    keypoints and score, as produced by ``DistributedSampler`` padding) are kept once. ``compute()`` returns
+    keypoints and score, as produced by ``DistributedSampler`` padding) are kept once, the rule of
+    :func:`load_keypoint_results` (and of ``geosapiens evaluate``). ``compute()`` returns
     the :data:`AP_KEYS` as tensors; the OKS scale used is :attr:`area` (``"bbox"`` or ``"file"``).
 
     Args:
@@ -321,14 +350,10 @@ class COCOKeypointAP(Metric):
             ids = dim_zero_cat(self.image_ids).tolist()
             kpts = dim_zero_cat(self.keypoints).reshape(len(ids), -1).tolist()
             scores = dim_zero_cat(self.scores).tolist()
-            seen = set()
-            for i, kp, s in zip(ids, kpts, scores, strict=True):
-                key = (i, s, tuple(kp))
-                if key not in seen:
-                    seen.add(key)
-                    results.append(
-                        {"image_id": i, "category_id": self.category_id, "keypoints": kp, "score": s}
-                    )
+            results = [
+                {"image_id": i, "category_id": self.category_id, "keypoints": kp, "score": s}
+                for i, kp, s in zip(ids, kpts, scores, strict=True)
+            ]
         clean, _ = load_keypoint_results(results, self._gt, num_keypoints=len(self.sigmas))
         stats = keypoint_stats(self._gt, clean, self.sigmas)
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in stats.items()}

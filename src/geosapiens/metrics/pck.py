@@ -8,13 +8,14 @@ mmpose's ``keypoint_pck_accuracy``), where ``norm`` is one length per sample:
 - ``"torso"``: distance between the shoulder midpoint and the hip midpoint of the ground truth (COCO-17
   joints 5, 6, 11, 12). Note: the FiDIP re-scoring table in ``datasets.md`` §2.6 used L-shoulder to R-hip, a
   different length; numbers are not interchangeable;
-- ``"head"``: PCKh. For COCO-17 the head segment is the distance from the nose (0) to the shoulder midpoint
-  ("neck") of the ground truth. MINI-RGBD papers use a constant per-sequence head-to-neck length: pass it as
-  ``head_size`` and it is used as is;
+- ``"head_neck"``: the head-to-neck length, for COCO-17 the distance from the nose (0) to the shoulder
+  midpoint ("neck") of the ground truth. MINI-RGBD papers use a constant per-sequence head-to-neck length:
+  pass it as ``head_size`` and it is used as is. Not MPII's PCKh (0.6 x the head box diagonal): the name
+  says so, numbers are not comparable with MPII PCKh@0.5;
 - ``"image"``: max(image height, width) (SHIFT-style, ``datasets.md`` §5).
 
 A sample whose norm cannot be formed (a needed joint unlabelled, or a zero length) is excluded entirely and
-counted in ``excluded``; this is what makes torso/head PCK honest on partly labelled data. Predictions that
+counted in ``excluded``; this makes torso and head-neck PCK honest on partly labelled data. Predictions that
 are missing (NaN) count as wrong, not as excluded.
 
 Note:
@@ -42,7 +43,7 @@ __all__ = [
     "PCK",
 ]
 
-NORM_KINDS: tuple[str, ...] = ("bbox", "bbox_diag", "torso", "head", "image")
+NORM_KINDS: tuple[str, ...] = ("bbox", "bbox_diag", "torso", "head_neck", "image")
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 
 _L_SHOULDER, _R_SHOULDER = COCO17.index("left_shoulder"), COCO17.index("right_shoulder")
@@ -72,11 +73,11 @@ def norm_factor(
 
     Args:
         kind: one of :data:`NORM_KINDS`.
-        target: ``(B, 17, D)`` COCO-17 ground truth (``torso``, ``head`` without ``head_size``).
+        target: ``(B, 17, D)`` COCO-17 ground truth (``torso``, ``head_neck`` without ``head_size``).
         labelled: ``(B, 17)`` bool, which ground-truth joints exist.
         bbox: ``(B, 4)`` ground-truth boxes ``[x, y, w, h]`` (``bbox``, ``bbox_diag``).
         image_hw: ``(B, 2)`` image ``(H, W)`` (``image``).
-        head_size: ``(B,)`` explicit head-segment lengths (``head``; e.g. MINI-RGBD's per-sequence constant).
+        head_size: ``(B,)`` explicit head-segment lengths (``head_neck``; MINI-RGBD's per-sequence constant).
 
     Returns:
         ``(B,)`` float lengths; NaN where the sample has no valid normaliser (it will be excluded).
@@ -94,7 +95,7 @@ def norm_factor(
         return wh.amax(dim=-1) if kind == "bbox" else torch.linalg.vector_norm(wh, dim=-1)
     if kind == "image":
         return need("image_hw", image_hw).amax(dim=-1).double()
-    if kind == "head" and head_size is not None:
+    if kind == "head_neck" and head_size is not None:
         return head_size
     target, labelled = need("target", target), need("labelled", labelled).bool()
     if target.shape[1] != COCO17.num_keypoints:

@@ -219,7 +219,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(
+            f"{path}: no such checkpoint file (Sapiens: README, Checkpoints; a run's: <run>/checkpoints/)"
+        )
     with open(path, "rb") as fh:
         head = fh.read(16)
     if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):

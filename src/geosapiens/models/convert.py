@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles
 from geosapiens.errors import CheckpointError
 from geosapiens.models.checkpoint import FAMILIES, METADATA_KEY, SapiensCheckpoint, load_checkpoint
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid", type=int, nargs=2, metavar=("H", "W"), help="pos_embed grid when not inferable"
     )
-    args = parser.parse_args(argv)
+    args = both_styles(parser).parse_args(argv)
     if args.out.suffix != ".safetensors":
         parser.error(f"{args.out}: the output must end in .safetensors")
     try:

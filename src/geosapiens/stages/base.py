@@ -135,7 +135,7 @@ class PoseStage(L.LightningModule):
         cosine: cosine-decay the learning rates over ``trainer.estimated_stepping_batches``.
         flip_test: average the heatmaps of the image and its mirror at evaluation.
         pck_thresholds: PCK thresholds reported at validation and test.
-        pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head``, ``image``).
+        pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head_neck``, ``image``).
         init_checkpoint: Lightning checkpoint whose ``model.*`` weights start this stage (stage chaining).
         grad_checkpointing: per-block activation checkpointing of the backbone (memory for compute).
         max_nonfinite_steps: optimiser steps in a row whose gradients may be non-finite (each is skipped and

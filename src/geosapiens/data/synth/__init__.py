@@ -14,7 +14,7 @@ Layout of ``DIR``::
 
     manifest.json                      preset, seed, style of every sequence, conventions
     preview.png                        (--preview) contact sheet: both styles, skeletons, depth, normals
-    mini_rgbd/                         MINI-RGBD tree (reference/datasets.md §1), 640x480, 25 fps
+    MINI-RGBD_web/                     MINI-RGBD tree (reference/datasets.md §1), 640x480, 25 fps
         01/ .. NN/                     one sequence each (style per sequence in manifest.json)
             rgb/syn_XXXXX.png
             depth/syn_XXXXX_depth.png  uint16 mm: infant, props and floor
@@ -22,7 +22,7 @@ Layout of ``DIR``::
             joints_2Ddep/syn_joints_2Ddep_XXXXX.txt   25 lines "x y depth id" (px, px, mm = 1000 z)
             joints_3D/syn_joints_3D_XXXXX.txt         25 lines "x y z id" (metres, camera frame)
         geosapiens_maps/NN/rgb/syn_XXXXX.npz
-    syrip/                             SyRIP layout (reference/datasets.md §2.3), COCO-keypoints JSON
+    SyRIP/                             SyRIP layout (reference/datasets.md §2.3), COCO-keypoints JSON
         annotations/1000S/person_keypoints_train_infant.json        "synthetic", is_synthetic true,
                                                                      ids 10000+, train1XXXX.jpg
         annotations/200R/person_keypoints_train_infant.json         "real-like" training pool (few-shot /

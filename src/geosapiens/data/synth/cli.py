@@ -9,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.records import MAPS_DIRNAME
-from geosapiens.data.synth.generate import generate
+from geosapiens.data.synth.generate import MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.data.synth.preview import write_contact_sheet
 
 # What ``--overwrite`` may delete: only what this command writes.
-_OUTPUTS = ("mini_rgbd", "syrip", "manifest.json", "preview.png")
+_OUTPUTS = (MINI_RGBD_DIRNAME, SYRIP_DIRNAME, "manifest.json", "preview.png")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = both_styles(_parser()).parse_args(argv)
     out: Path = args.out
     if args.seed < 0:
         print(f"geosapiens data synth: --seed must be >= 0, got {args.seed}", file=sys.stderr)
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.preview:
         write_contact_sheet(out / "preview.png", args.seed)
     print(
-        f"wrote {preset.num_stills} stills to {out / 'syrip'} and {len(preset.sequence_styles)} sequences x "
-        f"{preset.sequence_frames} frames to {out / 'mini_rgbd'} (maps in {MAPS_DIRNAME}/) "
+        f"wrote {preset.num_stills} stills to {out / SYRIP_DIRNAME} and {len(preset.sequence_styles)} "
+        f"sequences x {preset.sequence_frames} frames to {out / MINI_RGBD_DIRNAME} (maps in {MAPS_DIRNAME}/) "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0

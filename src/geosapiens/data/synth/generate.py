@@ -30,7 +30,15 @@ from geosapiens.data.synth.writers import (
     write_mini_rgbd_frame,
 )
 
-__all__ = ["StillSplit", "STILL_SPLITS", "COMBINED_SPLIT", "generate", "still_seed", "frame_seed"]
+__all__ = [
+    "StillSplit", "STILL_SPLITS", "COMBINED_SPLIT", "MINI_RGBD_DIRNAME", "SYRIP_DIRNAME", "generate",
+    "still_seed", "frame_seed",
+]
+
+# The folder names of the distributed datasets, which the paper configs read under $GEOSAPIENS_DATA: the
+# generated tree is a drop-in data root.
+MINI_RGBD_DIRNAME = "MINI-RGBD_web"
+SYRIP_DIRNAME = "SyRIP"
 
 _SEQUENCE_CODE = 100
 _FRAME_CODE = 101
@@ -166,14 +174,14 @@ def _jobs(out: Path, preset: Preset, seed: int) -> Iterator[tuple[str, tuple]]:
     n = preset.sequence_frames
     for s, style in enumerate(preset.sequence_styles, start=1):
         for start in range(0, n, _CHUNK_FRAMES):
-            yield "frames", (out / "mini_rgbd", seed, s, style, n, start, min(start + _CHUNK_FRAMES, n))
+            yield "frames", (out / MINI_RGBD_DIRNAME, seed, s, style, n, start, min(start + _CHUNK_FRAMES, n))
     for split in STILL_SPLITS:
         count = getattr(preset, split.count_field)
         for start in range(0, count, _CHUNK_STILLS):
             yield (
                 "stills",
                 (
-                    out / "syrip",
+                    out / SYRIP_DIRNAME,
                     seed,
                     split.name,
                     start,
@@ -187,17 +195,17 @@ def manifest(preset: Preset, seed: int) -> dict:
     """What was generated, recorded next to the data (``DIR/manifest.json``)."""
     return {
         "generator": "geosapiens.data.synth",
-        "format_version": 1,
+        "format_version": 2,
         "preset": preset.name,
         "seed": seed,
         "mini_rgbd": {
-            "root": "mini_rgbd",
+            "root": MINI_RGBD_DIRNAME,
             "sequences": {f"{i:02d}": style for i, style in enumerate(preset.sequence_styles, start=1)},
             "frames_per_sequence": preset.sequence_frames,
             "image_size": [640, 480],
         },
         "syrip": {
-            "root": "syrip",
+            "root": SYRIP_DIRNAME,
             "still_size": list(preset.still_size),
             "splits": {
                 s.name: {
@@ -255,7 +263,7 @@ def generate(out: str | Path, preset: Preset, seed: int = 0, workers: int = 1, p
             if pool is not None:
                 pool.close()
                 pool.join()
-    syrip = out / "syrip"
+    syrip = out / SYRIP_DIRNAME
     for split in STILL_SPLITS:
         write_json(
             syrip / split.annotation, [e[0] for e in entries[split.name]], [e[1] for e in entries[split.name]]
