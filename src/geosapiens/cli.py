@@ -22,7 +22,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
     "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
     "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
-    "report": ("geosapiens.metrics.report", "builds one table and plots across finished runs"),
+    "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
+    "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
     "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
     "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }

@@ -279,6 +279,10 @@ class Comparison:
     def seed_counts(self) -> list[int]:
         return sorted({len(m.runs) for m in self.methods})
 
+    def label(self, m: MethodRows) -> str:
+        """A method's row label: its name, with its dataloader when the tests had several."""
+        return f"{m.name} {m.data}" if len({x.group for x in self.methods}) > 1 else m.name
+
     def threshold(self, metric: str) -> float | None:
         """The seed-noise threshold of ``metric``: measured here when possible, else the one given."""
         if metric in self.noise and math.isfinite(self.noise[metric].threshold):
@@ -418,8 +422,7 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]
 
 def format_markdown(c: Comparison) -> str:
     """``results.md``: headline table, paired differences, per-seed values, seed noise, per-joint table."""
-    several_data = len({m.data for m in c.methods}) > 1
-    label = (lambda m: f"{m.name} {m.data}") if several_data else (lambda m: m.name)
+    label = c.label
     counts = c.seed_counts
     all_seeds = sorted({s for m in c.methods for s in m.seeds}, key=lambda s: (s is None, s or 0))
     seeds_text = ", ".join(_seed_label(s) for s in all_seeds)
@@ -610,7 +613,7 @@ def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
         if not per_seed or len({len(t) for t, _ in per_seed}) != 1:
             continue
         values = np.asarray([v for _, v in per_seed], float)
-        key = m.name if len({x.data for x in c.methods}) == 1 else f"{m.name} {m.data}"
+        key = c.label(m)
         curves[key] = (per_seed[0][0], np.nanmean(values, axis=0))
         if len(per_seed) > 1:
             bands[key] = (np.nanmin(values, axis=0), np.nanmax(values, axis=0))
