@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from geosapiens.callbacks.results import RESULTS_FILENAME, TestResultsWriter
+from geosapiens.callbacks.results import NO_PREDICTION, RESULTS_FILENAME, TestResultsWriter
 from geosapiens.io import atomic_write, atomic_write_file
 
 # Dyadic values: exact in the float32 tensors self.log keeps.
@@ -77,6 +77,25 @@ def test_explicit_folder_and_curve_from_the_module(tmp_path):
     data = json.loads((tmp_path / "out" / RESULTS_FILENAME).read_text())
     assert data["pck_curve"] == {"thresholds": [0.0, 0.1], "pck": [0.0, None], "norm": "bbox"}
     assert data["run"]["logger"] is None and data["run"]["datamodule"] is None
+
+
+def test_per_sample_errors_from_the_module(tmp_path):
+    stage = LoggingStage()
+    inf, nan = float("inf"), float("nan")
+    stage.test_samples = {
+        "norm": "bbox", "keypoints": ["a", "b"], "index": [0, 3], "errors": [[0.5, nan], [inf, 0.25]]
+    }
+    writer = TestResultsWriter(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False)
+    trainer.test(stage, dataloaders=DataLoader(TensorDataset(torch.zeros(2, 2)), batch_size=2))
+    data = json.loads((tmp_path / RESULTS_FILENAME).read_text())
+    # not scored -> null; scored without a prediction -> NO_PREDICTION (wrong at any threshold)
+    assert data["per_sample"] == {
+        "norm": "bbox",
+        "keypoints": ["a", "b"],
+        "index": [0, 3],
+        "errors": [[0.5, None], [NO_PREDICTION, 0.25]],
+    }
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

@@ -37,7 +37,8 @@ TRAINER_HELP = {
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("geosapiens.deploy.predict", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
     "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
-    "report": ("geosapiens.metrics.report", "builds one table and plots across finished runs"),
+    "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
+    "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
     "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
     "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
     "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),

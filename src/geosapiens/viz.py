@@ -50,6 +50,7 @@ __all__ = [
     "figure_to_png_bytes",
     "plot_pck_curves",
     "plot_per_joint_bars",
+    "plot_paired_differences",
 ]
 
 # RGB. Left orange, right blue, central joints and limbs green (mmpose's COCO palette does the same split).
@@ -351,12 +352,22 @@ def figure_to_png_bytes(fig: Figure, dpi: int = 120) -> bytes:
     return buf.getvalue()
 
 
-def plot_pck_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
-    """PCK-vs-threshold lines, one per name: ``{name: (thresholds (T,), pck (T,) as fractions)}``; y in %."""
+def plot_pck_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+) -> Figure:
+    """PCK-vs-threshold lines, one per name: ``{name: (thresholds (T,), pck (T,) as fractions)}``; y in %.
+    ``bands``: ``{name: (low (T,), high (T,))}`` shaded around that name's line (e.g. the range over
+    seeds)."""
     fig = _matplotlib()[0](figsize=(5.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for name, (thr, values) in curves.items():
-        ax.plot(np.asarray(thr, float), 100 * np.asarray(values, float), label=name, linewidth=1.6)
+        x = np.asarray(thr, float)
+        (line,) = ax.plot(x, 100 * np.asarray(values, float), label=name, linewidth=1.6)
+        if bands and name in bands:
+            low, high = (100 * np.asarray(v, float) for v in bands[name])
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("threshold (fraction of the normaliser)")
     ax.set_ylabel("PCK (%)")
     ax.set_ylim(0, 100)
@@ -389,4 +400,36 @@ def plot_per_joint_bars(
         ax.set_title(title)
     if values:
         ax.legend(fontsize="small")
+    return fig
+
+
+def plot_paired_differences(
+    rows: Mapping[str, tuple[float, float, float, Sequence[float]]],
+    noise: float | None = None,
+    xlabel: str = "difference",
+    title: str = "",
+) -> Figure:
+    """One line per comparison, ``{label: (diff, ci_low, ci_high, per-seed diffs)}``: the CI as a bar, the
+    mean as a dot, each seed as a cross; a line at 0 and, with ``noise``, the band ``[-noise, noise]``
+    shaded."""
+    fig = _matplotlib()[0](figsize=(6.5, 0.45 * len(rows) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    if noise is not None and np.isfinite(noise):
+        ax.axvspan(-noise, noise, color="0.85", label=f"seed noise (±{noise:.1f})")
+    ax.axvline(0.0, color="0.3", linewidth=1.0)
+    for y, (diff, low, high, seeds) in enumerate(reversed(list(rows.values()))):
+        resolved = np.isfinite(low) and (low > 0 or high < 0)
+        color = "tab:blue" if resolved else "tab:gray"
+        if np.isfinite(low):
+            ax.plot([low, high], [y, y], color=color, linewidth=2.5, solid_capstyle="butt")
+        ax.plot([diff], [y], "o", color=color, markersize=6)
+        ax.plot(list(seeds), [y] * len(seeds), "x", color="black", markersize=5, alpha=0.7)
+    ax.set_yticks(range(len(rows)), list(reversed(list(rows))), fontsize="small")
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(
+        title or "paired difference to the baseline (blue: CI excludes 0; x: seeds)", fontsize="medium"
+    )
+    if noise is not None and np.isfinite(noise):
+        ax.legend(loc="best", fontsize="small")
     return fig

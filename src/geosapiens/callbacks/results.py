@@ -8,10 +8,17 @@ PCK-vs-threshold curve. File layout (values are fractions; NaN is written as ``n
     {"format": 1, "metrics": {"test/pck@0.1": 0.83, "test/pck@0.1/nose": 0.9, "test/AP": 0.71, ...},
      "run": {"stage": "geosapiens.stages....", "datamodule": "...", "seed": 0, "checkpoint": "...",
              "timestamp": "2025-01-01T00:00:00+00:00", ...},
-     "pck_curve": {"thresholds": [...], "pck": [...], "per_joint": {"nose": [...], ...}, "norm": "bbox"}}
+     "pck_curve": {"thresholds": [...], "pck": [...], "per_joint": {"nose": [...], ...}, "norm": "bbox"},
+     "per_sample": {"norm": "bbox", "keypoints": ["nose", ...], "index": [0, 1, ...],
+                    "errors": [[0.031, null, ...], ...]}}
 
 The curve is taken from a ``test_pck_curve`` attribute (that dict) of the LightningModule, else of any
 callback that has one (:class:`~geosapiens.callbacks.visualize.LogValidationImages` computes it).
+``per_sample`` is the module's ``test_samples`` (:class:`~geosapiens.stages.base.PoseStage` keeps it):
+per test sample (``index`` in the test dataset), each joint's error as a fraction of the PCK normaliser;
+``null`` = not scored (unlabelled), :data:`NO_PREDICTION` = scored without a prediction (wrong at any
+threshold). A joint is correct at ``alpha`` when its error is ``< alpha``, so ``geosapiens report``
+re-derives every ``test/pck@alpha`` from it and resamples test samples for paired confidence intervals.
 
 Files are written atomically (:func:`geosapiens.io.atomic_write_file`: a temporary file, then ``os.replace``),
 so a crash or a reader never sees half a file.
@@ -35,11 +42,13 @@ __all__ = [
     "RESULTS_FILENAME",
     "json_safe",
     "find_pck_curve",
+    "NO_PREDICTION",
     "TestResultsWriter",
 ]
 
 RESULTS_FILENAME = "test_metrics.json"
 RESULTS_FORMAT = 1
+NO_PREDICTION = 1e9  # per-sample error of a scored joint without a prediction (JSON has no infinity)
 
 
 def json_safe(value: Any) -> Any:
@@ -123,6 +132,10 @@ class TestResultsWriter(L.Callback):
         curve = find_pck_curve(trainer, pl_module)
         if curve is not None:
             out["pck_curve"] = json_safe(curve)
+        samples = getattr(pl_module, "test_samples", None)
+        if samples:
+            errors = [[NO_PREDICTION if e == math.inf else e for e in row] for row in samples["errors"]]
+            out["per_sample"] = json_safe(samples | {"errors": errors})
         return out
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

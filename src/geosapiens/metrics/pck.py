@@ -40,7 +40,9 @@ __all__ = [
     "pck_compute",
     "pck",
     "pck_curve",
+    "normalised_errors",
     "PCK",
+    "SampleErrors",
 ]
 
 NORM_KINDS: tuple[str, ...] = ("bbox", "bbox_diag", "torso", "head_neck", "image")
@@ -153,6 +155,23 @@ def pck_update(
     dist = torch.linalg.vector_norm((preds - target).double(), dim=-1) / norm.double()[:, None]  # (B, K)
     hit = (dist[None] < thr[:, None, None]) & mask[None]  # (T, B, K); NaN distances compare False
     return hit.sum(dim=1), mask.sum(dim=0)
+
+
+def normalised_errors(preds: Tensor, target: Tensor, labelled: Tensor, norm: Tensor) -> Tensor:
+    """Per-joint error as a fraction of the sample's normaliser: what PCK thresholds, kept per sample.
+
+    A joint is correct at ``alpha`` exactly when its error is ``< alpha`` (as :func:`pck_update`), so PCK at
+    any threshold, and PCK of any resampling of the samples, follows from these errors alone.
+
+    Returns:
+        ``(B, K)`` float64: NaN where the joint is not scored (unlabelled, or the sample has no valid
+        normaliser), ``inf`` where it is scored but has no prediction (NaN prediction: wrong at every alpha).
+    """
+    _pck_tensor_validation(preds, target, labelled, norm)
+    scored = labelled.bool() & _valid_norm(norm)[:, None]
+    dist = torch.linalg.vector_norm((preds - target).double(), dim=-1) / norm.double()[:, None]
+    dist = torch.where(torch.isnan(dist), torch.full_like(dist, torch.inf), dist)
+    return torch.where(scored, dist, torch.full_like(dist, torch.nan))
 
 
 def pck_compute(correct: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
@@ -285,3 +304,69 @@ class PCK(Metric):
                 out[f"pck@{thr:g}/{name}"] = per_joint[i, j]
         out["pck_excluded_samples"] = self.excluded.double()
         return out
+
+
+class SampleErrors(Metric):
+    """Every test sample's normalised joint errors (:func:`normalised_errors`), keyed by its dataset index.
+
+    What a paired, resampled comparison of two runs needs (``geosapiens report`` bootstraps over test
+    samples): PCK at any threshold is ``(errors < alpha).sum() / scored.sum()`` over any subset of samples.
+    States are ``"cat"`` lists (the torchmetrics exception to sum states): a DistributedSampler that pads a
+    split repeats a few samples, and :meth:`compute` keeps each index once, sorted.
+
+    Args:
+        norm: normaliser kind (:data:`NORM_KINDS`), as :class:`PCK`.
+        kwargs: :class:`torchmetrics.Metric` keyword arguments.
+
+    Example:
+        >>> m = SampleErrors(norm="bbox")
+        >>> m.update(torch.tensor([[[3.0, 4.0], [30.0, 40.0]]]), torch.zeros(1, 2, 2),
+        ...          torch.tensor([[True, False]]), index=torch.tensor([7]),
+        ...          bbox=torch.tensor([[0.0, 0.0, 100.0, 50.0]]))
+        >>> index, errors = m.compute()
+        >>> index.reshape(-1).tolist(), errors.tolist()
+        ([7], [[0.05, nan]])
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    index: list[Tensor]
+    errors: list[Tensor]
+
+    def __init__(self, norm: str = "bbox", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if norm not in NORM_KINDS:
+            raise ValueError(f"SampleErrors: norm must be one of {NORM_KINDS}, got {norm!r}")
+        self.norm = norm
+        self.add_state("index", [], dist_reduce_fx="cat")
+        self.add_state("errors", [], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        preds: Tensor,
+        target: Tensor,
+        labelled: Tensor,
+        *,
+        index: Tensor,
+        bbox: Tensor | None = None,
+        image_hw: Tensor | None = None,
+        head_size: Tensor | None = None,
+    ) -> None:
+        """Add a batch (as :meth:`PCK.update`) with each sample's dataset ``index`` ``(B,)``."""
+        norm = norm_factor(
+            self.norm, target=target, labelled=labelled, bbox=bbox, image_hw=image_hw, head_size=head_size
+        )
+        self.errors.append(normalised_errors(preds, target, labelled, norm))
+        self.index.append(torch.as_tensor(index, device=preds.device).reshape(-1).long())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``index`` ``(N,)`` sorted and unique, ``errors`` ``(N, K)`` float64 (torchmetrics squeezes a
+        one-element output: with one sample ``index`` comes back 0-d, hence ``reshape(-1)`` in callers)."""
+        index = self.index if isinstance(self.index, Tensor) else torch.cat(self.index)
+        errors = self.errors if isinstance(self.errors, Tensor) else torch.cat(self.errors)
+        unique, inverse = torch.unique(index, sorted=True, return_inverse=True)
+        first = torch.full_like(unique, len(index)).scatter_reduce(
+            0, inverse, torch.arange(len(index), device=index.device), reduce="amin"
+        )
+        return unique, errors[first]

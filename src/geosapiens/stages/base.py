@@ -19,7 +19,7 @@ from geosapiens.callbacks.rng import RestoreRNG
 from geosapiens.callbacks.teardown import DestroyProcessGroup
 from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
-from geosapiens.metrics.pck import PCK
+from geosapiens.metrics.pck import PCK, SampleErrors
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.checkpoint import load_checkpoint
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
@@ -180,6 +180,9 @@ class PoseStage(L.LightningModule):
         self.param_ndims: dict[int, int] = {}
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
+        # every test sample's errors, for paired comparisons of runs (written by TestResultsWriter)
+        self.test_errors = SampleErrors(norm=pck_norm)
+        self.test_samples: dict[str, Any] | None = None
 
     # -- inference -------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,22 +209,35 @@ class PoseStage(L.LightningModule):
         return apply_affine(keypoints, invert_affine_torch(affine)), scores
 
     # -- evaluation ------------------------------------------------------------------------------------------
-    def _evaluate(self, batch: dict, metric: PCK) -> None:
+    def _evaluate(self, batch: dict, metric: PCK, errors: SampleErrors | None = None) -> None:
         pred, _ = self.predict_keypoints(batch["image"], batch["affine"])
         target = apply_affine(batch["keypoints"], invert_affine_torch(batch["affine"]))
-        metric.update(pred, target, batch["weights"] > 0, bbox=batch["bbox"])
+        labelled = batch["weights"] > 0
+        metric.update(pred, target, labelled, bbox=batch["bbox"])
+        if errors is not None and "index" in batch:
+            errors.update(pred, target, labelled, index=batch["index"], bbox=batch["bbox"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_pck)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_pck)
+        self._evaluate(batch, self.test_pck, self.test_errors)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_pck, "val/")
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_pck, "test/")
+        self.test_samples = None
+        if self.test_errors.update_called:
+            index, errors = self.test_errors.compute()  # a collective under DDP: every rank calls it
+            self.test_samples = {
+                "norm": self.test_errors.norm,
+                "keypoints": list(COCO17.names),
+                "index": index.reshape(-1).tolist(),
+                "errors": errors.tolist(),
+            }
+        self.test_errors.reset()
 
     def _log_metric(self, metric: PCK, prefix: str) -> None:
         values = metric.compute()
