@@ -18,13 +18,14 @@ from torch import nn
 from geosapiens import losses
 from geosapiens.callbacks.ema import EMATeacher
 from geosapiens.callbacks.schedule import LossSchedule, LossTerm, fractional_epoch
+from geosapiens.data.geometry_inputs import maps_to_input
 from geosapiens.models.codec import apply_affine
 from geosapiens.models.critic_cache import CriticCache, canonical_to_view
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import warp_maps
 from geosapiens.models.prior import PoseVAE
 from geosapiens.normal_priors import load_normal_priors
-from geosapiens.stages.base import PoseStage
+from geosapiens.stages.base import PoseStage, pose_model_from_checkpoint
 
 
 class MeanTeacherAdaptation(PoseStage):
@@ -49,6 +50,11 @@ class MeanTeacherAdaptation(PoseStage):
         manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``); a high
             quantile (e.g. the 95th percentile) of the prior's errors on its own training poses.
         normal_priors: per-keypoint normal priors file (``geosapiens priors fit``); required for ``geo_norm``.
+        geometry_teacher: checkpoint of a pose network trained on critic maps
+            (:class:`~geosapiens.data.geometry_inputs.CriticInputDataModule`); required for ``geo_pose``,
+            whose pseudo-labels are its heatmaps on the critic maps of each target image.
+        geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are left out of
+            ``geo_pose``.
         **kwargs: :class:`PoseStage` arguments.
     """
 
@@ -67,6 +73,8 @@ class MeanTeacherAdaptation(PoseStage):
         pose_prior: str | None = None,
         manifold_margin: float = 0.0,
         normal_priors: str | None = None,
+        geometry_teacher: str | None = None,
+        geo_pose_threshold: float = 0.2,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -80,13 +88,25 @@ class MeanTeacherAdaptation(PoseStage):
         self.cache = (
             CriticCache(critic_cache, input_size=tuple(self.hparams.input_size)) if critic_cache else None
         )
-        needs_maps = terms["geo_depth"].weight > 0 or terms["geo_norm"].weight > 0
+        geo_pose = terms.get("geo_pose", LossTerm(weight=0.0))
+        needs_maps = terms["geo_depth"].weight > 0 or terms["geo_norm"].weight > 0 or geo_pose.weight > 0
         if needs_maps and self.cache is None and self.critic is None:
             raise ValueError("geo_depth/geo_norm have weight but neither critic_cache nor critic is set")
         if terms["manifold"].weight > 0 and not pose_prior:
             raise ValueError("manifold has weight but no pose_prior checkpoint is set")
         if terms["geo_norm"].weight > 0 and not normal_priors:
             raise ValueError("geo_norm has weight but no normal_priors file is set")
+        if geo_pose.weight > 0 and not geometry_teacher:
+            raise ValueError("geo_pose has weight but no geometry_teacher checkpoint is set")
+        self.geometry_teacher = None
+        if geometry_teacher:
+            net, size, _ = pose_model_from_checkpoint(geometry_teacher)
+            if tuple(size) != tuple(self.hparams.input_size):
+                raise ValueError(
+                    f"{geometry_teacher}: geometry teacher trained on {size[0]}x{size[1]} crops, the stage "
+                    f"uses {self.hparams.input_size[0]}x{self.hparams.input_size[1]}"
+                )
+            self.geometry_teacher = net.requires_grad_(False).eval()
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
         priors = load_normal_priors(normal_priors) if normal_priors else None
         self.register_buffer(
@@ -103,8 +123,9 @@ class MeanTeacherAdaptation(PoseStage):
     def train(self, mode: bool = True) -> MeanTeacherAdaptation:
         super().train(mode)
         self.teacher.eval()  # the teacher always predicts with running statistics
-        if self.vae is not None:
-            self.vae.eval()
+        for frozen in (self.vae, self.geometry_teacher):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -131,7 +152,7 @@ class MeanTeacherAdaptation(PoseStage):
         source, target = batch["source"], batch["target"]
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
         n_src = source["image"].shape[0]
-        uses_target = any(w[k] > 0 for k in ("cons", "geo_depth", "geo_norm", "manifold"))
+        uses_target = any(w.get(k, 0.0) > 0 for k in ("cons", "geo_depth", "geo_norm", "manifold", "geo_pose"))
         # Source and strong target views in one forward; the target is left out while no term needs it
         # (warm-up epochs, the source-only baseline), so BatchNorm statistics never see it then either.
         images = torch.cat([source["image"], target["strong"]]) if uses_target else source["image"]
@@ -152,6 +173,18 @@ class MeanTeacherAdaptation(PoseStage):
                 quantile=self.hparams.confidence_quantile,
             )
             self.log("train/cons_kept", kept, batch_size=n_src)
+        if w.get("geo_pose", 0.0) > 0:
+            maps, _ = self.critic_maps(target)
+            with torch.no_grad():
+                hm_geo = self.geometry_teacher(maps_to_input(maps))  # canonical-frame pseudo-labels
+            terms["geo_pose"], kept_geo = losses.consistency_loss(
+                hm_strong,
+                hm_geo,
+                canonical_to_view(target["canonical_affine"], target["strong_affine"]),
+                tuple(self.hparams.input_size),
+                threshold=self.hparams.geo_pose_threshold,
+            )
+            self.log("train/geo_pose_kept", kept_geo, batch_size=n_src)
         if w["geo_depth"] > 0 or w["geo_norm"] > 0 or w["manifold"] > 0:
             keypoints = self.codec.soft_argmax(hm_strong, temperature=self.hparams.soft_argmax_temperature)
             if w["geo_depth"] > 0 or w["geo_norm"] > 0:

@@ -1,0 +1,423 @@
+"""Does a label-free objective point to the true pose? Judge it before training with it.
+
+For every label-free objective of Geo-Sapiens (each geometric term, the manifold prior, and the configured
+geometric objective: the weighted sum a stage config trains with), on labelled target images whose labels
+only score the test:
+
+(a) **signal**: Spearman correlation of the objective with keypoint error over realistic perturbations of the
+    ground truth (iid noise, a left/right limb swap, a joint pushed off the body, a joint slid along its limb)
+    and over a trained network's own predictions; a useful objective rises with error (Spearman > 0);
+(b) **descent**: Adam on the keypoint coordinates on the objective alone, from the network's predictions and
+    from 5% / 10% noise: mean keypoint error before and after (negative relative change = toward the truth);
+(c) **gradient scale** (with ``--network`` and ``--config``): each term's gradient norm on the network's head,
+    relative to ``L_sup`` and ``L_cons``, on one real adaptation batch of the stage.
+
+Everything happens in the canonical crop frame of each image, where critic caches store their maps; errors
+are in % of the box's longer side. Maps can be degraded (``--degrade blur=2,normals=15,nomask``) to see how
+the signal falls as the critic errs. ``--quick`` generates tiny-preset data with the oracle critic, a tiny
+geometry teacher and the normal priors in a temporary folder, and runs everything on it (a test runs it).
+
+    python benchmarks/geometry_signal.py --data demo_data/syrip --cache demo_data/critic_cache/oracle_96x96 \
+        --config configs/demo/uda.yaml --network runs/demo/warmup/checkpoints/best.ckpt \
+        --normal-priors runs/demo/priors/normal_priors.json --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
+        --geometry-teacher runs/demo/geometry_teacher/checkpoints/best.ckpt --json geometry_signal.json
+
+``--json PATH`` writes ``{"configured": NAME, "objectives": {NAME: {"spearman": S, "descent_rel_change": C,
+...}}}``: ``configured`` names the configured geometric objective; ``spearman`` is over all perturbations and
+predictions pooled; ``descent_rel_change`` is the relative change of mean keypoint error under descent from the
+network's predictions (from 5% noise without a network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from geosapiens import losses
+from geosapiens.data.augment import view_affine
+from geosapiens.data.crop import invert_affine, transform_points, warp_image
+from geosapiens.data.datasets import read_image, to_tensor
+from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.data.geometry_inputs import cache_to_crop, maps_to_input
+from geosapiens.models.codec import UDPHeatmapCodec
+from geosapiens.models.critic_cache import CriticCache
+from geosapiens.models.critics import GeometryMaps
+from geosapiens.models.geometry import warp_maps
+from geosapiens.models.pose_model import HEATMAP_STRIDE
+from geosapiens.skeleton import COCO17
+
+GEOMETRIC = ("geo_depth", "geo_norm", "geo_pose")
+LIMB_CHAINS = ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16))  # shoulder-elbow-wrist, hip-knee-ankle
+PARENT = {7: 5, 9: 7, 8: 6, 10: 8, 13: 11, 15: 13, 14: 12, 16: 14, 5: 11, 6: 12, 11: 5, 12: 6}
+
+
+@dataclass
+class Targets:
+    """Canonical crops of the evaluation images and everything the objectives read."""
+
+    images: torch.Tensor  # (N, 3, H, W) RGB crops, normalised
+    keypoints: torch.Tensor  # (N, K, 2) ground truth, crop px
+    labelled: torch.Tensor  # (N, K) bool
+    box: torch.Tensor  # (N,) the box's longer side in crop px
+    maps: GeometryMaps  # canonical frame, crop size
+    paths: list[str]
+
+
+def load_targets(root: Path, annotation: str, cache: CriticCache, count: int, padding: float) -> Targets:
+    records = read_syrip(root, annotation)
+    records = records[:count] if count > 0 else records
+    size = cache.input_size
+    crops, kps, lab, box, paths = [], [], [], [], []
+    for r in records:
+        affine = view_affine(r.bbox, size, None, padding)
+        crops.append(to_tensor(warp_image(read_image(r.image_path, r.image_id), affine, size)))
+        kps.append(transform_points(np.asarray(r.keypoints, np.float64), affine))
+        lab.append(np.asarray(r.labelled, bool))
+        box.append(max(r.bbox[2], r.bbox[3]) * abs(affine[0, 0]))  # image px -> crop px (isotropic scale)
+        paths.append(str(r.image_path))
+    maps = cache.load(paths)
+    scale = torch.from_numpy(cache_to_crop(maps.depth.shape[-2:], size)).float().expand(len(paths), 2, 3)
+    maps = warp_maps(maps, scale, size)
+    return Targets(
+        torch.stack(crops), torch.tensor(np.stack(kps), dtype=torch.float32), torch.tensor(np.stack(lab)),
+        torch.tensor(box, dtype=torch.float32), maps, paths,
+    )
+
+
+def degrade(maps: GeometryMaps, spec: str, seed: int = 0) -> GeometryMaps:
+    """``blur=SIGMA_PX,normals=DEG,depth=STD,nomask`` applied to every map (a sweep of critic error)."""
+    if not spec:
+        return maps
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    depth, normals = maps.depth.numpy().copy(), maps.normals.numpy().copy()
+    valid = maps.valid.numpy().copy()
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name == "blur":
+            s = float(value)
+            for i in range(len(depth)):
+                w = cv2.GaussianBlur(valid[i, 0].astype(np.float32), (0, 0), s)
+                depth[i, 0] = cv2.GaussianBlur(depth[i, 0] * valid[i, 0], (0, 0), s) / np.maximum(w, 1e-3)
+                for c in range(3):
+                    normals[i, c] = cv2.GaussianBlur(normals[i, c] * valid[i, 0], (0, 0), s)
+                valid[i, 0] = w > 0.5
+        elif name == "normals":
+            noise = rng.normal(0, math.tan(math.radians(float(value))) / math.sqrt(3), normals.shape)
+            normals = normals + noise.astype(np.float32)
+        elif name == "depth":
+            depth = depth + rng.normal(0, float(value), depth.shape).astype(np.float32)
+        elif name == "nomask":
+            valid = np.ones_like(valid)
+        else:
+            raise SystemExit(f"--degrade: unknown item {item!r} (blur=S, normals=DEG, depth=STD, nomask)")
+    n = torch.from_numpy(normals)
+    n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    v = torch.from_numpy(valid).bool()
+    return GeometryMaps(torch.from_numpy(depth) * v, n * v, v)
+
+
+# -- objectives ------------------------------------------------------------------------------------------
+
+
+Objective = Callable[[torch.Tensor, slice], torch.Tensor]
+
+
+def build_objectives(t: Targets, args: argparse.Namespace, weights: dict[str, float], options: dict) -> dict:
+    """name -> f(keypoints (n, K, 2) crop px, rows) -> () objective of those rows of the targets."""
+    h, w = t.images.shape[-2:]
+    norm = torch.tensor([w - 1, h - 1], dtype=torch.float32)
+    codec = UDPHeatmapCodec((h, w), (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
+    maps = t.maps
+    out: dict[str, Objective] = {}
+
+    def sub(m: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+        return None if m is None else m[rows]
+
+    lambda_z = float(options.get("depth_lambda_z", 1e-3))
+    out["geo_depth"] = lambda kp, rows: losses.bone_symmetry_loss(
+        kp / norm, maps.depth[rows], lambda_z=lambda_z, valid=sub(maps.valid, rows)
+    )
+    if args.normal_priors:
+        from geosapiens.normal_priors import load_normal_priors
+
+        mean, kappa = load_normal_priors(args.normal_priors).tensors()
+        out["geo_norm"] = lambda kp, rows: losses.normal_prior_loss(
+            kp / norm, maps.normals[rows], mean.float(), kappa.float(), valid=sub(maps.valid, rows)
+        )
+    if args.geometry_teacher:
+        from geosapiens.stages.base import pose_model_from_checkpoint
+
+        net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
+        with torch.no_grad():
+            geo = torch.cat([net(x) for x in maps_to_input(maps).split(64)])
+        threshold = args.geo_pose_threshold
+        if threshold is None:
+            threshold = float(options.get("geo_pose_threshold", 0.2))
+        decoded = codec.decode(geo)[0].float()
+        err = pose_error(decoded, t)
+        pck = ((decoded - t.keypoints).norm(dim=-1) <= 0.1 * t.box[:, None])[t.labelled].float().mean()
+        print(f"geometry teacher on these maps: mean error {float(err.mean()):.2f}% of the box, "
+              f"PCK@0.1 {100 * float(pck):.1f}")
+        keep = (geo.amax(dim=(-2, -1)) >= threshold).float()
+
+        def geo_pose(kp: torch.Tensor, rows: slice) -> torch.Tensor:
+            rendered, inside = codec.encode(kp, torch.ones(kp.shape[:2]))
+            return losses.heatmap_mse(rendered, geo[rows], keep[rows] * inside)
+
+        out["geo_pose"] = geo_pose
+    if args.pose_prior:
+        from geosapiens.models.prior import PoseVAE
+
+        vae = PoseVAE.load(args.pose_prior)
+        margin = float(options.get("manifold_margin", 0.0))
+        out["manifold"] = lambda kp, rows: losses.manifold_loss(
+            kp, vae, torch.ones(kp.shape[1], dtype=torch.bool), margin=margin
+        )
+    configured = {k: v for k, v in weights.items() if k in out and k in GEOMETRIC and v > 0}
+    if configured:
+        out["configured"] = lambda kp, rows: sum(v * out[k](kp, rows) for k, v in configured.items())
+    return out
+
+
+# -- perturbations, error --------------------------------------------------------------------------------
+
+
+def pose_error(kp: torch.Tensor, t: Targets, rows: slice = slice(None)) -> torch.Tensor:
+    """(n,) mean distance over labelled joints, in % of the box's longer side."""
+    d = (kp - t.keypoints[rows]).norm(dim=-1) / t.box[rows, None] * 100
+    lab = t.labelled[rows].float()
+    return (d * lab).sum(-1) / lab.sum(-1).clamp_min(1)
+
+
+def perturb(t: Targets, family: str, level: float, rng: np.random.Generator) -> torch.Tensor:
+    """Ground truth moved by one kind of realistic error; ``level`` in [0, 1]."""
+    kp = t.keypoints.clone()
+    n = kp.shape[0]
+    box = t.box[:, None]
+    if family == "iid":
+        return kp + torch.from_numpy(rng.normal(0, 1, kp.shape)).float() * (0.25 * level) * box[..., None]
+    for i in range(n):
+        if family == "swap":
+            a, b = (LIMB_CHAINS[0], LIMB_CHAINS[1]) if rng.random() < 0.5 else (LIMB_CHAINS[2], LIMB_CHAINS[3])
+            keep = int(rng.integers(1, 3))  # swap the last 1 or 2 joints of the chain (wrist / elbow+wrist)
+            ia, ib = list(a[-keep:]), list(b[-keep:])
+            kp[i, ia], kp[i, ib] = t.keypoints[i, ib], t.keypoints[i, ia]
+            kp[i] += torch.from_numpy(rng.normal(0, 0.02 * level, (17, 2))).float() * box[i]
+        elif family == "off_body":
+            j = int(rng.choice(np.flatnonzero(t.labelled[i].numpy())))
+            centre = t.keypoints[i, [5, 6, 11, 12]].mean(0)
+            direction = kp[i, j] - centre
+            direction = direction / direction.norm().clamp_min(1e-6)
+            kp[i, j] += direction * (0.3 * level) * box[i]
+        elif family == "slide":
+            j = int(rng.choice([k for k in PARENT if t.labelled[i, k]]))
+            p = PARENT[j]
+            kp[i, j] += (t.keypoints[i, j] - t.keypoints[i, p]) * float(rng.choice([-1, 1]) * 0.6 * level)
+        else:
+            raise ValueError(family)
+    return kp
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def per_pose(objective: Objective, kp: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return np.array([float(objective(kp[i : i + 1], slice(i, i + 1))) for i in range(kp.shape[0])])
+
+
+def descend(objective: Objective, start: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
+    """Adam on the coordinates (crop px) of every image at once, the objective summed over images."""
+    kp = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([kp], lr=lr)
+    n = kp.shape[0]
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum(objective(kp[i : i + 1], slice(i, i + 1)) for i in range(n))
+        if not loss.requires_grad:
+            break
+        loss.backward()
+        opt.step()
+    return kp.detach()
+
+
+def network_predictions(path: str, t: Targets) -> torch.Tensor:
+    from geosapiens.stages.base import pose_model_from_checkpoint
+
+    net, size, _ = pose_model_from_checkpoint(path)
+    if tuple(size) != tuple(t.images.shape[-2:]):
+        raise SystemExit(f"{path}: trained on {size} crops, the cache holds {tuple(t.images.shape[-2:])}")
+    codec = UDPHeatmapCodec(size, (size[0] // HEATMAP_STRIDE, size[1] // HEATMAP_STRIDE))
+    with torch.no_grad():
+        heatmaps = torch.cat([net(x) for x in t.images.split(64)])
+    return codec.decode(heatmaps)[0].float()
+
+
+# -- the measurement -------------------------------------------------------------------------------------
+
+
+def read_config(path: str | None) -> tuple[dict[str, float], dict]:
+    """Loss weights and options of a stage config (``model.init_args``)."""
+    if not path:
+        return {"geo_depth": 0.1, "geo_norm": 0.1, "geo_pose": 1.0}, {}
+    init = (yaml.safe_load(Path(path).read_text()).get("model") or {}).get("init_args") or {}
+    terms = init.get("loss_terms") or {}
+    from geosapiens.callbacks.schedule import PLAN_LOSS_TERMS
+
+    weights = {k: float(v.weight) for k, v in PLAN_LOSS_TERMS.items()}
+    weights.update({k: float(v.get("weight", 1.0)) for k, v in terms.items()})
+    return weights, init
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cache = CriticCache(args.cache)
+    t = load_targets(Path(args.data), args.annotation, cache, args.images, args.padding)
+    t.maps = degrade(t.maps, args.degrade)
+    weights, options = read_config(args.config)
+    objectives = build_objectives(t, args, weights, options)
+    print(f"{len(t.paths)} images, {t.images.shape[-2]}x{t.images.shape[-1]} crops, objectives: {list(objectives)}")
+
+    perturbed = {f: [perturb(t, f, lvl, rng) for lvl in np.linspace(0.05, 1, args.levels)]
+                 for f in ("iid", "swap", "off_body", "slide")}
+    perturbed["iid"].insert(0, t.keypoints.clone())  # the ground truth itself
+    starts = {"noise5": perturb(t, "iid", 0.2, rng), "noise10": perturb(t, "iid", 0.4, rng)}
+    if args.network:
+        starts = {"network": network_predictions(args.network, t), **starts}
+        perturbed["network"] = [starts["network"]]
+
+    errors = {f: np.concatenate([pose_error(kp, t).numpy() for kp in kps]) for f, kps in perturbed.items()}
+    result: dict = {"configured": "configured" if "configured" in objectives else None, "objectives": {},
+                    "images": len(t.paths), "degrade": args.degrade, "weights": weights}
+    for name, objective in objectives.items():
+        t0 = time.perf_counter()
+        values = {f: np.concatenate([per_pose(objective, kp) for kp in kps]) for f, kps in perturbed.items()}
+        row: dict = {
+            "spearman": spearman(np.concatenate(list(values.values())), np.concatenate(list(errors.values()))),
+            "spearman_by_family": {f: spearman(values[f], errors[f]) for f in values},
+            "zero_fraction": float(np.mean(np.concatenate(list(values.values())) == 0)),
+        }
+        descent = {}
+        for start_name, start in starts.items():
+            before = float(pose_error(start, t).mean())
+            after = float(pose_error(descend(objective, start, args.lr, args.steps), t).mean())
+            descent[start_name] = {"before": before, "after": after, "rel_change": (after - before) / before}
+        row["descent"] = descent
+        row["descent_start"] = next(iter(starts))
+        row["descent_rel_change"] = descent[row["descent_start"]]["rel_change"]
+        row["seconds"] = time.perf_counter() - t0
+        result["objectives"][name] = row
+    return result
+
+
+def print_table(result: dict) -> None:
+    names = list(result["objectives"])
+    families = list(next(iter(result["objectives"].values()))["spearman_by_family"]) if names else []
+    starts = list(next(iter(result["objectives"].values()))["descent"]) if names else []
+    head = ["objective", "spearman", *[f"rho {f}" for f in families], "zeros", *[f"descent {s}" for s in starts]]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name in names:
+        r = result["objectives"][name]
+        cells = [name, f"{r['spearman']:+.2f}", *[f"{r['spearman_by_family'][f]:+.2f}" for f in families],
+                 f"{100 * r['zero_fraction']:.0f}%"]
+        cells += [f"{d['before']:.2f}->{d['after']:.2f} ({100 * d['rel_change']:+.0f}%)"
+                  for d in r["descent"].values()]
+        print("| " + " | ".join(cells) + " |")
+    print("errors in % of the box's longer side; descent: mean keypoint error before -> after")
+
+
+def quick_inputs(work: Path) -> list[str]:
+    """Tiny-preset data, the oracle cache, normal priors and a 20-step geometry teacher, in ``work``."""
+    cli = [sys.executable, "-m", "geosapiens.cli"]
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
+    data, cache, priors = work / "data", work / "cache", work / "normal_priors.json"
+    ann = "annotations/200R_1000S/person_keypoints_train_infant.json"
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    steps = [
+        ["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"],
+        ["critics", "cache", "--critic", "oracle", "--data", str(data / "syrip"), "--annotation", ann,
+         "--out", str(cache), "--input-size", "96", "96"],
+        ["priors", "fit", "--cache", str(cache), "--data", str(data / "syrip"), "--annotation",
+         "annotations/1000S/person_keypoints_train_infant.json", "--out", str(priors)],
+        ["fit", "--config", str(configs / "demo" / "geometry_teacher.yaml"),
+         f"--data.init_args.critic_cache={cache}", f"--data.init_args.data.init_args.root={data / 'syrip'}",
+         "--data.init_args.data.init_args.batch_size=8", "--data.init_args.data.init_args.num_workers=0",
+         "--trainer.max_steps=20", "--trainer.val_check_interval=10", f"--trainer.default_root_dir={work / 'gt'}",
+         f"--trainer.logger.init_args.save_dir={work / 'gt'}", "--trainer.enable_progress_bar=false"],
+    ]
+    for step in steps:
+        done = subprocess.run([*cli, *step], env=env, cwd=work, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"--quick: `geosapiens {' '.join(step[:2])}` failed:\n{done.stderr[-2000:]}")
+    return ["--data", str(data / "syrip"), "--cache", str(cache), "--normal-priors", str(priors),
+            "--geometry-teacher", str(work / "gt" / "checkpoints" / "best.ckpt"),
+            "--annotation", "annotations/200R/person_keypoints_train_infant.json", "--geo-pose-threshold", "0"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="SyRIP-layout root of the target images")
+    p.add_argument("--cache", help="critic cache holding those images (canonical crop frame)")
+    p.add_argument("--annotation", default="annotations/200R/person_keypoints_train_infant.json",
+                   help="labelled target images to measure on (their labels only score)")
+    p.add_argument("--config", help="stage config whose loss weights make the configured objective")
+    p.add_argument("--network", help="pose checkpoint whose predictions are a perturbation and a start")
+    p.add_argument("--normal-priors", help="normal priors file (geo_norm)")
+    p.add_argument("--pose-prior", help="pose VAE checkpoint (manifold)")
+    p.add_argument("--geometry-teacher", help="geometry teacher checkpoint (geo_pose)")
+    p.add_argument("--geo-pose-threshold", type=float, help="geometry-teacher confidence cut (the config's)")
+    p.add_argument("--images", type=int, default=100, help="images to use (0 = all)")
+    p.add_argument("--levels", type=int, default=5, help="perturbation levels per family")
+    p.add_argument("--steps", type=int, default=100, help="descent steps")
+    p.add_argument("--lr", type=float, default=0.5, help="descent step size (Adam, crop px)")
+    p.add_argument("--padding", type=float, default=1.25, help="crop padding (the cache's)")
+    p.add_argument("--degrade", default="", help="critic-map degradation: blur=S,normals=DEG,depth=STD,nomask")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="generate tiny data and run on it (< 3 min)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            extra = quick_inputs(Path(tmp))
+            args = parser().parse_args([*(argv if argv is not None else sys.argv[1:]), *extra])
+            args.images, args.levels, args.steps = min(args.images, 8), 2, 20
+        if not args.data or not args.cache:
+            raise SystemExit("geometry_signal: --data and --cache are required (or --quick)")
+        result = measure(args)
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
