@@ -17,7 +17,7 @@ are in % of the box's longer side. Maps can be degraded (``--degrade blur=2,norm
 the signal falls as the critic errs. ``--quick`` generates tiny-preset data with the oracle critic, a tiny
 geometry teacher and the normal priors in a temporary folder, and runs everything on it (a test runs it).
 
-    python benchmarks/geometry_signal.py --data demo_data/syrip --cache demo_data/critic_cache/oracle_96x96 \
+    python benchmarks/geometry_signal.py --data demo_data/SyRIP --cache demo_data/critic_cache/oracle_96x96 \
         --config configs/demo/uda.yaml --network runs/demo/warmup/checkpoints/best.ckpt \
         --normal-priors runs/demo/priors/normal_priors.json --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
         --geometry-teacher runs/demo/geometry_teacher/checkpoints/best.ckpt --json geometry_signal.json
@@ -358,12 +358,12 @@ def quick_inputs(work: Path) -> list[str]:
     configs = Path(__file__).resolve().parents[1] / "configs"
     steps = [
         ["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"],
-        ["critics", "cache", "--critic", "oracle", "--data", str(data / "syrip"), "--annotation", ann,
+        ["critics", "cache", "--critic", "oracle", "--data", str(data / "SyRIP"), "--annotation", ann,
          "--out", str(cache), "--input-size", "96", "96"],
-        ["priors", "fit", "--cache", str(cache), "--data", str(data / "syrip"), "--annotation",
+        ["priors", "fit", "--cache", str(cache), "--data", str(data / "SyRIP"), "--annotation",
          "annotations/1000S/person_keypoints_train_infant.json", "--out", str(priors)],
         ["fit", "--config", str(configs / "demo" / "geometry_teacher.yaml"),
-         f"--data.init_args.critic_cache={cache}", f"--data.init_args.data.init_args.root={data / 'syrip'}",
+         f"--data.init_args.critic_cache={cache}", f"--data.init_args.data.init_args.root={data / 'SyRIP'}",
          "--data.init_args.data.init_args.batch_size=8", "--data.init_args.data.init_args.num_workers=0",
          "--trainer.max_steps=20", "--trainer.val_check_interval=10", f"--trainer.default_root_dir={work / 'gt'}",
          f"--trainer.logger.init_args.save_dir={work / 'gt'}", "--trainer.enable_progress_bar=false"],
@@ -372,7 +372,7 @@ def quick_inputs(work: Path) -> list[str]:
         done = subprocess.run([*cli, *step], env=env, cwd=work, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"--quick: `geosapiens {' '.join(step[:2])}` failed:\n{done.stderr[-2000:]}")
-    return ["--data", str(data / "syrip"), "--cache", str(cache), "--normal-priors", str(priors),
+    return ["--data", str(data / "SyRIP"), "--cache", str(cache), "--normal-priors", str(priors),
             "--geometry-teacher", str(work / "gt" / "checkpoints" / "best.ckpt"),
             "--annotation", "annotations/200R/person_keypoints_train_infant.json", "--geo-pose-threshold", "0"]
 
