@@ -248,13 +248,16 @@ def per_pose(objective: Objective, kp: torch.Tensor) -> np.ndarray:
 
 
 def descend(objective: Objective, start: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
-    """Adam on the coordinates (crop px) of every image at once, the objective summed over images."""
+    """Adam on the coordinates (crop px) of every image at once, on the batch objective.
+
+    Each image's coordinates are their own parameters and Adam normalises each coordinate's step, so the
+    batch mean moves every image as its own objective would (up to how its terms are gated).
+    """
     kp = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([kp], lr=lr)
-    n = kp.shape[0]
     for _ in range(steps):
         opt.zero_grad()
-        loss = sum(objective(kp[i : i + 1], slice(i, i + 1)) for i in range(n))
+        loss = objective(kp, slice(None))
         if not loss.requires_grad:
             break
         loss.backward()
