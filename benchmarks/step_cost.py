@@ -3,8 +3,9 @@
     (a) supervised      SupervisedPose: student forward + backward on B source crops
     (b) mean teacher    MeanTeacherAdaptation, cons only: student on B source + B strong target crops in one
                         forward, EMA teacher forward on B weak crops (no grad), EMA update after the step
-    (c) (b) + cached    + geo_depth, geo_norm and manifold; critic maps read from a critic cache (built here
-                        with the oracle critic on generated data), a pose VAE and normal priors
+    (c) (b) + cached    + geo_body, geo_depth, geo_norm and manifold; critic maps from a critic cache (built
+                        here with the oracle critic on generated data), read into the batches by the
+                        DataLoader as in training, a pose VAE and normal priors
     (d) (b) + online    + geo_depth and geo_norm with a critic run on every strong view: a stand-in of
                         SapiensCritic's shape (a depth and a normal model, each a copy of the pose backbone
                         with the official Sapiens depth / normal head, random weights) at the pose input size
@@ -87,15 +88,18 @@ def prepare(root: Path, size: int) -> dict[str, Path]:
     return {"syrip": syrip, "cache": cache, "priors": root / "priors.json", "vae": root / "vae.safetensors"}
 
 
-def adaptation_batches(syrip: Path, size: int, batch: int, count: int) -> list[dict]:
-    """``count`` real training batches ``{"source": ..., "target": ...}`` from the adaptation DataModule."""
+def adaptation_batches(syrip: Path, size: int, batch: int, count: int, cache: Path) -> list[dict]:
+    """``count`` real training batches ``{"source": ..., "target": ...}`` from the adaptation DataModule, the
+    target's with their cached critic maps."""
     common = {"input_size": (size, size), "batch_size": batch, "num_workers": 0, "pin_memory": False}
     common["persistent_workers"] = False
     dm = AdaptationDataModule(
         source=SyRIPSynthDataModule(
             root=str(syrip), train_file="annotations/1000S/person_keypoints_train_infant.json", **common
         ),
-        target=SyRIPRealDataModule(root=str(syrip), mode="unlabelled", val_file=None, **common),
+        target=SyRIPRealDataModule(
+            root=str(syrip), mode="unlabelled", val_file=None, critic_cache=str(cache), **common
+        ),
     )
     dm.setup("fit")
     out: list[dict] = []
@@ -163,6 +167,7 @@ def build(kind: str, args: argparse.Namespace, paths: dict[str, Path]) -> L.Ligh
         return SupervisedPose(**common)
     off = {"weight": 0.0, "start_epoch": 0}
     terms = {"cons": {"weight": 1.0, "start_epoch": 0}, "manifold": off, "geo_depth": off, "geo_norm": off}
+    terms["geo_body"] = off
     extra: dict = {}
     if kind in ("c", "d"):
         terms |= {
@@ -170,9 +175,10 @@ def build(kind: str, args: argparse.Namespace, paths: dict[str, Path]) -> L.Ligh
             "geo_norm": {"weight": 0.1, "start_epoch": 0},
         }
         extra["normal_priors"] = str(paths["priors"])
-    if kind == "c":
+    if kind == "c":  # the stand-in critic of (d) has no body mask, so no silhouette to pull towards
+        terms["geo_body"] = {"weight": 1.0, "start_epoch": 0}
         terms["manifold"] = {"weight": 0.05, "start_epoch": 0}
-        extra |= {"critic_cache": str(paths["cache"]), "pose_prior": str(paths["vae"])}
+        extra["pose_prior"] = str(paths["vae"])
     if kind == "d":
         extra["critic"] = StandInSapiensCritic(args.backbone, (args.size, args.size))
     return MeanTeacherAdaptation(loss_terms=terms, ema_decay=0.999, **common, **extra)
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
         paths = prepare(Path(tmp), args.size)
         count = args.warmup + args.steps + 1
-        batches = adaptation_batches(paths["syrip"], args.size, args.batch, count)
+        batches = adaptation_batches(paths["syrip"], args.size, args.batch, count, paths["cache"])
         rows = {}
         for kind in args.stages:
             stage = build(kind, args, paths)

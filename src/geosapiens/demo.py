@@ -166,7 +166,7 @@ def plan(out: Path, data: Path, preset: str, seed: int, fast: bool, configs: Pat
         f"--model.init_args.pose_prior={p.pose_vae / 'checkpoints' / 'last.ckpt'}",
     ]
     geometry = [
-        f"--model.init_args.critic_cache={p.cache}",
+        f"--data.init_args.target.init_args.critic_cache={p.cache}",
         f"--model.init_args.normal_priors={p.normal_priors}",
     ]
     uda_fast = fast_args(3, ["source.init_args.", "target.init_args."], 4)
