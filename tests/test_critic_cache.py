@@ -15,6 +15,7 @@ from scipy.ndimage import binary_erosion
 from geosapiens.data.records import MAPS_DIRNAME, PoseRecord
 from geosapiens.errors import DataError
 from geosapiens.models.critic_cache import (
+    DEFAULT_STRIDE,
     CriticCache,
     build_cache,
     canonical_affines,
@@ -84,14 +85,15 @@ class CountingOracle(OracleCritic):
         self.seen: list[str] = []
         self.fail_after = fail_after
 
-    def maps(self, records, affines, out_size_hw):
+    def maps_and_units(self, records, affines, out_size_hw):
         if self.fail_after is not None and len(self.seen) + len(records) > self.fail_after:
             raise KeyboardInterrupt("simulated kill")
         self.seen += [Path(r.image_path).name for r in records]
-        return super().maps(records, affines, out_size_hw)
+        return super().maps_and_units(records, affines, out_size_hw)
 
 
-def build(records, root, out, critic=None, spec="oracle", size=CROP_HW, batch_size=2):
+def build(records, root, out, critic=None, spec="oracle", size=CROP_HW, batch_size=2, stride=1):
+    """Full-resolution maps unless ``stride`` says otherwise (the exactness tests compare at crop pixels)."""
     return build_cache(
         records,
         critic or OracleCritic(),
@@ -100,6 +102,7 @@ def build(records, root, out, critic=None, spec="oracle", size=CROP_HW, batch_si
         critic_identity(spec),
         {"root": str(root), "annotation": None, "format": "syrip"},
         batch_size=batch_size,
+        stride=stride,
         progress=False,
     )
 
@@ -187,7 +190,7 @@ def test_entries_are_float16_and_normalised(dataset, tmp_path):
     build(records, root, tmp_path / "cache")
     cache = CriticCache(tmp_path / "cache")
     entry = np.load(cache.path_for(records[0].image_path))
-    assert entry.dtype == np.float16 and entry.shape == (5, *CROP_HW)
+    assert entry.dtype == np.float16 and entry.shape == (6, *CROP_HW)
     valid = entry[4] > 0.5
     d = entry[0][valid].astype(np.float64)
     assert abs(np.median(d)) < 1e-2 and abs(np.abs(d - np.median(d)).mean() - 1) < 1e-2
@@ -334,7 +337,7 @@ def test_cli_builds_a_cache_from_a_syrip_folder(dataset, tmp_path, capsys):
     assert main([*args[:-3], "32", "24", "--no-progress"]) == 1
     assert "64x48 crops, not 32x24" in capsys.readouterr().err
     # maps identical to the library path
-    build(records, root, tmp_path / "lib")
+    build(records, root, tmp_path / "lib", stride=DEFAULT_STRIDE)  # the CLI's default stride
     lib, cli = CriticCache(tmp_path / "lib"), CriticCache(out)
     np.testing.assert_array_equal(
         np.load(cli.path_for(records[2].image_path)), np.load(lib.path_for(records[2].image_path))
@@ -516,8 +519,60 @@ def test_cli_loads_a_torchscript_critic_and_refuses_its_cache_for_another_file(d
     cache = CriticCache(out, expected_critic=f"torchscript:{script}", input_size=CROP_HW)
     stored = cache.load([records[0].image_path])
     assert stored.valid.all()  # the crop lies inside the image and a TorchScript critic has no mask
-    torch.testing.assert_close(stored.normals.float().norm(dim=1), torch.ones(1, *CROP_HW), atol=2e-3, rtol=0)
+    unit = torch.ones(1, *cache.map_size)  # stored at the CLI's default stride
+    torch.testing.assert_close(stored.normals.float().norm(dim=1), unit, atol=2e-3, rtol=0)
     other = tmp_path / "other_torchscript.pt2"
     torch.jit.save(torch.jit.script(torch.nn.Sequential(_ScriptedGeometry())), str(other))
     assert main([*args[:1], f"torchscript:{other}", *args[2:]]) == 1
     assert "cache built with critic torchscript" in capsys.readouterr().err
+
+
+def test_strided_maps_agree_with_full_resolution_and_the_oracle_measures_lambda_z(dataset, tmp_path):
+    """Maps stored at stride 4 are the full-resolution maps, antialiased and UDP-aligned; the body distance
+    is 0 on the body and grows off it; the oracle's manifest says what its units are in millimetres."""
+    from geosapiens.losses import sample_maps
+
+    root, records = dataset
+    K = np.array([[F_PX, 0, _camera_centre()[0]], [0, F_PX, _camera_centre()[1]], [0, 0, 1]])
+    build(records, root, tmp_path / "full", critic=OracleCritic(K))
+    build(records, root, tmp_path / "coarse", critic=OracleCritic(K), stride=4)
+    full, coarse = CriticCache(tmp_path / "full"), CriticCache(tmp_path / "coarse")
+    assert coarse.map_size == (16, 12) and full.map_size == CROP_HW
+    paths = [r.image_path for r in records]
+    a, b = full.load(paths), coarse.load(paths)
+    # compare where both see the body, well inside it, at the pixel centres of the coarse map
+    ys, xs = np.mgrid[:16, :12]
+    uv = torch.from_numpy(np.stack([xs / 11.0, ys / 15.0], -1).reshape(1, -1, 2)).float().expand(5, -1, -1)
+    eroded = np.stack([binary_erosion(v, iterations=5) for v in a.valid[:, 0].numpy()])
+    inner = sample_maps(torch.from_numpy(eroded).float()[:, None], uv)[..., 0] > 0.99
+    assert inner.sum() > 100
+    depth_a, depth_b = (sample_maps(m.depth.float(), uv)[..., 0] for m in (a, b))
+    # the prefilter averages a curved surface over ~2 px (the dome reads ~0.1 MAD farther), no more
+    assert (depth_a - depth_b)[inner].abs().median() < 0.15
+    # aligned: the body's centroid in image units is the same at both resolutions (within 1/4 coarse px)
+    def centroids(valid: torch.Tensor) -> np.ndarray:
+        h, w = valid.shape[-2:]
+        yy, xx = np.mgrid[:h, :w]
+        return np.array([[(xx / (w - 1))[v].mean(), (yy / (h - 1))[v].mean()] for v in valid[:, 0].numpy()])
+
+    assert np.abs(centroids(a.valid) - centroids(b.valid)).max() < 0.25 / 11
+    na, nb = (torch.nn.functional.normalize(sample_maps(m.normals.float(), uv), dim=-1) for m in (a, b))
+    assert torch.rad2deg(torch.acos((na * nb).sum(-1).clamp(-1, 1)))[inner].median() < 3.0
+    # body distance: exactly 0 on the body, the pixel distance to it (over the crop's longer side) off it
+    dist = full.load(paths).body_distance.float()
+    assert dist[a.valid].abs().max() == 0 and (dist[~a.valid] > 0).all()
+    assert dist.max() <= np.hypot(*CROP_HW) / (max(CROP_HW) - 1)
+
+    # lambda_z = (depth unit / image unit)^2, each measured from the spheres directly
+    canonical = canonical_affines(records, CROP_HW)
+    expected = []
+    for i, (centre, radius) in enumerate(SPHERES):
+        raw = _canonical_raw_depth(canonical[i], centre, radius) * 1000.0
+        body = raw[raw > 0]
+        depth_unit = np.abs(body - np.median(body)).mean()
+        crop_px_per_image_px = np.sqrt(abs(np.linalg.det(canonical[i, :, :2])))
+        image_unit = (max(CROP_HW) - 1) * np.median(body) / F_PX / crop_px_per_image_px
+        expected.append((depth_unit / image_unit) ** 2)
+    metric = full.manifest["metric"]
+    assert metric["images"] == 5 and metric["lambda_z"] == pytest.approx(np.median(expected), rel=0.1)
+    assert full.lambda_z == metric["lambda_z"] == coarse.lambda_z

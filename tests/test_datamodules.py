@@ -20,6 +20,9 @@ from geosapiens.data.datamodules import (
     SyRIPRealDataModule,
     SyRIPSynthDataModule,
 )
+from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.errors import DataError
+from geosapiens.models.critic_cache import CriticCache, build_cache
 
 SMALL = {"input_size": (32, 24), "batch_size": 4, "num_workers": 0, "pin_memory": False}
 TRAIN = "annotations/200R_1000S/person_keypoints_train_infant.json"
@@ -229,3 +232,36 @@ def test_adaptation_runs_in_a_trainer_and_checkpoints_the_fewshot_choice(syrip, 
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["AdaptationDataModule"]
     assert state["target"]["fewshot_image_ids"] == target.fewshot_image_ids
     assert np.array_equal(state["source"]["val_image_ids"], source.val_image_ids)
+
+
+def test_unlabelled_pairs_carry_their_critic_maps_and_a_misaligned_cache_is_refused(syrip, tmp_path):
+    from test_critic_cache import BrightnessCritic
+
+    records = read_syrip(syrip, TRAIN, domain="real")
+    cache = tmp_path / "cache"
+    identity = {"kind": "brightness", "files": []}
+    dataset = {"root": str(syrip), "annotation": TRAIN, "format": "syrip"}
+    build_cache(records, BrightnessCritic().freeze(), cache, SMALL["input_size"], identity, dataset,
+                progress=False)
+
+    target = SyRIPRealDataModule(syrip, mode="unlabelled", train_file=TRAIN, test_file=TEST,
+                                 critic_cache=cache, **{**SMALL, "num_workers": 2})
+    AdaptationDataModule(target, target).setup("fit")
+    batch = next(iter(target.train_dataloader()))
+    maps = batch["critic_maps"]
+    assert maps.shape == (4, 6, 8, 6) and maps.dtype == torch.float16  # 32x24 crops at stride 4
+    stored = CriticCache(cache)
+    for i, path in enumerate(batch["image_path"]):  # read in the workers, exactly as stored
+        assert torch.equal(maps[i], stored.read(path))
+    assert "critic_lambda_z" not in batch  # a model critic cannot measure millimetres
+
+    mismatches = [
+        ({"input_size": (64, 48)}, "32x24 crops, not 64x48"),
+        ({"padding": 1.5}, "padding 1.25, not 1.5"),
+    ]
+    for knob, message in mismatches:
+        other = SyRIPRealDataModule(syrip, mode="unlabelled", train_file=TRAIN, test_file=TEST,
+                                    critic_cache=cache, **{**SMALL, **knob})
+        with pytest.raises(DataError, match=message) as err:
+            AdaptationDataModule(other, other).setup("fit")
+        assert str(cache) in str(err.value)

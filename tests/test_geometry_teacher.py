@@ -100,7 +100,7 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
            f"--data.init_args.source.init_args.root={tiny['syrip']}",
            f"--data.init_args.target.init_args.root={tiny['syrip']}",
            "--model.init_args.init_checkpoint=null", "--model.init_args.pose_prior=null",
-           "--model.init_args.normal_priors=null", f"--model.init_args.critic_cache={tiny['cache']}",
+           "--model.init_args.normal_priors=null", f"--data.init_args.target.init_args.critic_cache={tiny['cache']}",
            f"--model.init_args.geometry_teacher={teacher}", f"--model.init_args.loss_terms={terms}",
            "--model.init_args.input_size=[64,64]",
            *[f"--data.init_args.{d}.init_args.{k}" for d in ("source", "target")
@@ -116,7 +116,7 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
 
         MeanTeacherAdaptation(
             backbone="timm:regnetx_002", backbone_kwargs={"output_stride": 16}, input_size=(64, 64),
-            critic_cache=str(tiny["cache"]), loss_terms={"geo_pose": {"weight": 1.0}, "manifold": {"weight": 0.0},
+            loss_terms={"geo_pose": {"weight": 1.0}, "manifold": {"weight": 0.0},
                                                           "geo_norm": {"weight": 0.0}},
         )
 

@@ -158,7 +158,7 @@ def _uda_args(prepared, run_dir: Path, init: Path, steps: int) -> list[str]:
         "timm:resnet10t",
         "--model.init_args.init_checkpoint",
         str(init),
-        "--model.init_args.critic_cache",
+        "--data.init_args.target.init_args.critic_cache",
         str(prepared["cache"]),
         "--model.init_args.pose_prior",
         str(prepared["vae"]),
@@ -166,8 +166,8 @@ def _uda_args(prepared, run_dir: Path, init: Path, steps: int) -> list[str]:
         str(prepared["priors"]),
         # every term from the first step, so a two-step run exercises them all
         "--model.init_args.loss_terms",
-        '{"cons": {"weight": 1.0}, "manifold": {"weight": 0.05}, "geo_depth": {"weight": 0.1}, '
-        '"geo_norm": {"weight": 0.1}}',
+        '{"cons": {"weight": 1.0}, "manifold": {"weight": 0.05}, "geo_body": {"weight": 1.0}, '
+        '"geo_depth": {"weight": 0.1}, "geo_norm": {"weight": 0.1}}',
         *_adaptation_data(prepared),
         *_common(run_dir, steps),
     ]

@@ -292,7 +292,7 @@ def _catalogue(p: DemoPlan) -> dict[str, Run]:
     def geometry(cache: Path, priors: Path) -> Callable[[int], list[str]]:
         return lambda seed: [
             *adaptation(seed),
-            f"--model.init_args.critic_cache={cache}",
+            f"--data.init_args.target.init_args.critic_cache={cache}",
             f"--model.init_args.normal_priors={priors}",
         ]
 

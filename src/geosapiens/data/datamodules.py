@@ -42,6 +42,7 @@ from geosapiens.data.records import PoseRecord
 from geosapiens.data.robust import SkipBadSamples
 from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError
+from geosapiens.models.critic_cache import CriticCache
 
 __all__ = [
     "PoseDataModule",
@@ -116,6 +117,10 @@ class PoseDataModule(L.LightningDataModule):
             error naming the file.
         data_seed: seed of the training order and of every augmentation (each sample's randomness is keyed
             by (seed, pass, index): :mod:`geosapiens.data.sampling`); None = the run's ``seed_everything``.
+        critic_cache: critic cache of the training images (``geosapiens critics cache``): the unlabelled pairs
+            then carry each image's cached maps (``critic_maps``), read by the DataLoader workers. It must
+            have been built for this ``input_size`` and ``padding`` (checked when training starts: a
+            mismatch would train on misaligned maps). The geometric terms of the stage read them.
     """
 
     def __init__(
@@ -143,8 +148,10 @@ class PoseDataModule(L.LightningDataModule):
         cutmix_area: tuple[float, float] = (0.1, 0.3),
         skip_bad_samples: bool = False,
         data_seed: int | None = None,
+        critic_cache: str | Path | None = None,
     ) -> None:
         super().__init__()
+        self.critic_cache = None if critic_cache is None else data_path(critic_cache)
         self.skip_bad_samples = skip_bad_samples
         self.data_seed = data_seed
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -181,11 +188,17 @@ class PoseDataModule(L.LightningDataModule):
         )
 
     def train_pair_dataset(self) -> PairDataset:
-        """Weak/strong pairs of the training records (their labels unused)."""
+        """Weak/strong pairs of the training records (their labels unused), with their critic maps."""
         return PairDataset(
             self.train_records, self.input_size, self.padding, weak=self.weak_geometry, strong=self.geometry,
-            photometric=self.photometric,
+            photometric=self.photometric, critic_cache=self.open_critic_cache(),
         )
+
+    def open_critic_cache(self) -> CriticCache | None:
+        """The critic cache, checked against this DataModule's crop (size and padding); None without one."""
+        if self.critic_cache is None:
+            return None
+        return CriticCache(self.critic_cache, input_size=self.input_size, padding=self.padding)
 
     def eval_dataset(self, records: Sequence[PoseRecord]) -> PoseDataset:
         """Canonical (unaugmented) labelled crops, for validation and test."""
@@ -561,6 +574,7 @@ class AdaptationDataModule(L.LightningDataModule):
             module.trainer = self.trainer
         if stage in (None, "fit"):
             self.source.setup("fit")
+            self.target.open_critic_cache()  # a cache of another crop fails here, before any step
         self.target.setup(stage)
 
     def train_dataloader(self) -> CombinedLoader:

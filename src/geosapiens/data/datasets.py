@@ -24,6 +24,7 @@ from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.sampling import SampleKey, key_rng
 from geosapiens.errors import DataError
+from geosapiens.models.critic_cache import CriticCache
 
 __all__ = [
     "SAPIENS_MEAN", "SAPIENS_STD", "read_image", "read_record_image", "read_mask", "to_tensor", "PoseDataset",
@@ -224,7 +225,10 @@ class PairDataset(Dataset):
     caches live in); ``weak_to_strong`` (2, 3) = strong_affine @ inv(weak_affine); ``flipped`` bool;
     ``cutmix_draw`` (5,) float64 uniforms for this sample's CutMix paste (:func:`~.augment.cutmix_batch`, so
     batch-level CutMix is keyed like the rest); ``image_path``, ``index``; with ``return_labels`` also
-    ``keypoints`` (K, 2) and ``weights`` (K,) in the weak frame (validation only, never a training signal).
+    ``keypoints`` (K, 2) and ``weights`` (K,) in the weak frame (validation only, never a training signal);
+    with a ``critic_cache``, ``critic_maps`` (6, h, w) float16: the image's cached critic maps in the
+    canonical frame, as stored (:data:`~geosapiens.models.critic_cache.CHANNELS`), read here in the worker so
+    the training step never blocks on them, and ``critic_lambda_z`` () float32 when the cache measured it.
 
     Both views share one mirror state (drawn with ``weak.flip_prob``), so ``weak_to_strong`` has a positive
     determinant and heatmap channel k of one view is channel k of the other: warping the teacher's weak
@@ -239,6 +243,8 @@ class PairDataset(Dataset):
         strong: geometry of the student's view.
         photometric: pixel augmentation of the strong view (CutMix is batch-level: :class:`PairCollate`).
         return_labels: also return the weak-frame keypoints/weights.
+        critic_cache: a :class:`~geosapiens.models.critic_cache.CriticCache` of these images, built for this
+            crop size and padding (the DataModule checks), or None.
     """
 
     def __init__(
@@ -250,6 +256,7 @@ class PairDataset(Dataset):
         strong: ViewAugment | None = None,
         photometric: Photometric | None = None,
         return_labels: bool = False,
+        critic_cache: CriticCache | None = None,
     ) -> None:
         self.records = list(records)
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -258,6 +265,7 @@ class PairDataset(Dataset):
         self.strong = strong if strong is not None else ViewAugment()
         self.photometric = photometric
         self.return_labels = return_labels
+        self.critic_cache = critic_cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -291,6 +299,10 @@ class PairDataset(Dataset):
             "image_id": record.image_id,
             "index": index,
         }
+        if self.critic_cache is not None:
+            sample["critic_maps"] = self.critic_cache.read(record.image_path)
+            if self.critic_cache.lambda_z is not None:
+                sample["critic_lambda_z"] = torch.tensor(self.critic_cache.lambda_z, dtype=torch.float32)
         if self.return_labels:
             keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), weak_affine)
             keypoints, labelled = flip_channels(flip, keypoints, np.asarray(record.labelled, bool))

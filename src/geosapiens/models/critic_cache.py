@@ -3,19 +3,24 @@
 Critics are frozen, so running Sapiens-1B depth and normal models on every augmented view of every step is
 wasted work. ``geosapiens critics cache`` computes each image's maps once in its *canonical* crop (the
 unaugmented UDP crop of the record's box, the frame ``canonical_affine`` of a dataset sample refers to) and
-stores them; :class:`CriticCache` loads a batch and warps it into the view with the view's affine
+stores them at a stride of the crop (``--stride``; the default 4 is the heatmaps' resolution, 16x fewer
+bytes than full resolution). Training reads an image's entry in the DataLoader worker
+(:class:`~geosapiens.data.datasets.PairDataset`) and samples it at keypoints mapped to the canonical frame;
+:meth:`CriticCache.lookup` warps a batch into a view instead, with the view's affine
 (:func:`~geosapiens.models.geometry.warp_maps`: normals rotate with the image, x flips with it).
 
 Layout of a cache directory::
 
-    manifest.json                  what produced it (critic identity, crop, normalisation, dataset, count)
-    entries/<k[:2]>/<k>.npy        float16 (5, H, W): relative depth, normal x, y, z, valid (0/1)
+    manifest.json                  what produced it (critic identity, crop and stride, normalisation, dataset,
+                                   count, and for the oracle the depth and image units in mm -> lambda_z)
+    entries/<k[:2]>/<k>.npy        float16 (6, h, w): relative depth, normal x, y, z, valid (0/1), distance to
+                                   the body (isotropic image units, 0 on it)
 
 ``k`` is the SHA-1 of the image path relative to the dataset root, so the cache follows the dataset when it
 moves. One small file per image keeps random reads in DataLoader workers to one ``open`` + one read, makes
 every write atomic (temp file + ``os.replace``) and lets an interrupted run resume by skipping finished
 entries.
-A cache from another critic, crop size or dataset is refused with an error naming both.
+A cache from another critic, crop size, padding or dataset is refused with an error naming both.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from geosapiens.errors import DataError, GeoSapiensError
 from geosapiens.io import atomic_write, atomic_write_json
 from geosapiens.models.codec import invert_affine_torch
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
-from geosapiens.models.geometry import normalize_relative_depth, warp_maps
+from geosapiens.models.geometry import body_distance, normalize_relative_depth, resample_maps, warp_maps
 from geosapiens.models.oracle_critic import OracleCritic
 
 __all__ = [
     "CriticCache",
     "CacheStats",
+    "DEFAULT_STRIDE",
+    "maps_from_entries",
     "build_cache",
     "canonical_affines",
     "canonical_to_view",
@@ -55,8 +62,9 @@ __all__ = [
 MANIFEST = "manifest.json"
 ENTRIES = "entries"
 FORMAT = "geosapiens-critic-cache"
-VERSION = 1
-CHANNELS = ("depth", "normal_x", "normal_y", "normal_z", "valid")
+VERSION = 2  # v2: stride, body-distance channel, metric units
+CHANNELS = ("depth", "normal_x", "normal_y", "normal_z", "valid", "body_distance")
+DEFAULT_STRIDE = 4  # the heatmaps' stride: maps at heatmap resolution
 NORMALISATION = (
     "normalize_relative_depth: (d - median(d[valid])) / (mean|d - median(d[valid])| + 1e-6) per canonical "
     "crop, 0 outside valid"
@@ -167,12 +175,34 @@ def _entry_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / ENTRIES / key[:2] / f"{key}.npy"
 
 
+def _units_path(entry: Path) -> Path:
+    """Per-image (depth unit, image unit) in mm, next to the entry (critics that know millimetres)."""
+    return entry.with_suffix(".units")  # npy format; not *.npy, which names entries
+
+
 def _entry_ok(path: Path, shape: tuple[int, int, int]) -> bool:
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return False
     return arr.shape == shape and arr.dtype == np.float16
+
+
+def map_size(input_size_hw: Sequence[int], stride: int) -> tuple[int, int]:
+    """Stored map size of a crop at ``stride`` (the heatmaps' rule, ``H // stride``), UDP-aligned with it."""
+    if stride < 1:
+        raise ValueError(f"critic cache stride must be >= 1, got {stride}")
+    return max(2, int(input_size_hw[0]) // stride), max(2, int(input_size_hw[1]) // stride)
+
+
+def maps_from_entries(entries: torch.Tensor) -> GeometryMaps:
+    """(B, 6, h, w) stacked cache entries (as stored, or as a batch collated them) -> GeometryMaps."""
+    return GeometryMaps(
+        depth=entries[:, 0:1],
+        normals=entries[:, 1:4],
+        valid=entries[:, 4:5] > 0.5,
+        body_distance=entries[:, 5:6],
+    )
 
 
 class CriticCache:
@@ -183,10 +213,15 @@ class CriticCache:
         expected_critic: a critic spec (``"sapiens:DEPTH.pth,NORMAL.pth"``) or identity dict the cache must
             have been built with; None accepts any.
         input_size: (H, W) canonical crop size the cache must have; None accepts any.
+        padding: box padding of the canonical crop the cache must have; None accepts any.
         data_root: dataset root to resolve image paths against, if the dataset moved since the cache was made.
 
     Raises:
-        DataError: no manifest, an unfinished cache, or another critic / crop size than expected.
+        DataError: no manifest, an unfinished cache, or another critic / crop size / padding than expected.
+
+    Attributes:
+        input_size: (H, W) of the canonical crop; ``map_size`` (h, w) of the stored maps; ``padding``;
+        lambda_z: the depth weight the critic's units call for (oracle caches measure it; else None).
     """
 
     def __init__(
@@ -195,6 +230,7 @@ class CriticCache:
         expected_critic: str | dict[str, Any] | None = None,
         input_size: Sequence[int] | None = None,
         data_root: str | Path | None = None,
+        padding: float | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         manifest_path = self.cache_dir / MANIFEST
@@ -207,8 +243,14 @@ class CriticCache:
             self.manifest = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise DataError(manifest_path, f"unreadable manifest: {err}") from err
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise DataError(manifest_path, f"not a {FORMAT} v{VERSION} manifest")
+        if self.manifest.get("format") != FORMAT:
+            raise DataError(manifest_path, f"not a {FORMAT} manifest")
+        if self.manifest.get("version") != VERSION:
+            raise DataError(
+                manifest_path,
+                f"cache format v{self.manifest.get('version')}, this geosapiens reads v{VERSION}: rebuild it "
+                "with `geosapiens critics cache` (another --out)",
+            )
         if not self.manifest.get("complete", False):
             raise DataError(
                 manifest_path,
@@ -223,6 +265,15 @@ class CriticCache:
         self.input_size: tuple[int, int] = tuple(self.manifest["crop"]["input_size_hw"])  # type: ignore[assignment]
         if input_size is not None:
             _check_input_size(manifest_path, self.manifest, tuple(int(v) for v in input_size))
+        self.padding = float(self.manifest["crop"]["padding"])
+        if padding is not None and abs(self.padding - float(padding)) > 1e-9:
+            raise DataError(
+                self.cache_dir,
+                f"cache built with crop padding {self.padding}, not {padding}: the maps would be misaligned "
+                "(rebuild it with --padding or use another cache)",
+            )
+        self.map_size: tuple[int, int] = tuple(self.manifest["crop"]["map_size_hw"])  # type: ignore[assignment]
+        self.lambda_z: float | None = (self.manifest.get("metric") or {}).get("lambda_z")
         self.data_root = Path(
             data_root if data_root is not None else self.manifest["dataset"]["root"]
         ).resolve()
@@ -239,21 +290,27 @@ class CriticCache:
     def path_for(self, image_path: str | Path) -> Path:
         return _entry_path(self.cache_dir, _entry_key(image_path, self.data_root))
 
+    def read(self, image_path: str | Path) -> torch.Tensor:
+        """One image's canonical-frame entry as stored: float16 (6, h, w), channels :data:`CHANNELS` (one
+        ``open`` and one read: what a DataLoader worker calls per sample)."""
+        path = self.path_for(image_path)
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as err:
+            raise DataError(
+                path,
+                f"no usable cache entry for image {image_path} ({err}); was the cache built for this "
+                "dataset?",
+            ) from err
+        if array.shape != (len(CHANNELS), *self.map_size):
+            raise DataError(path, f"cache entry of shape {array.shape}, the manifest says "
+                            f"{(len(CHANNELS), *self.map_size)}")
+        return torch.from_numpy(array)
+
     def load(self, image_paths: Sequence[str | Path]) -> GeometryMaps:
-        """Canonical-frame maps of a batch as stored: float16 depth (B, 1, H, W), normals (B, 3, H, W), bool
-        valid (B, 1, H, W)."""
-        arrays = []
-        for p in image_paths:
-            path = self.path_for(p)
-            try:
-                arrays.append(np.load(path))
-            except (OSError, ValueError) as err:
-                raise DataError(
-                    path,
-                    f"no usable cache entry for image {p} ({err}); was the cache built for this dataset?",
-                ) from err
-        stacked = torch.from_numpy(np.stack(arrays))
-        return GeometryMaps(depth=stacked[:, 0:1], normals=stacked[:, 1:4], valid=stacked[:, 4:5] > 0.5)
+        """Canonical-frame maps of a batch as stored (float16, at the cache's stride): depth (B, 1, h, w),
+        normals (B, 3, h, w), bool valid (B, 1, h, w), body distance (B, 1, h, w)."""
+        return maps_from_entries(torch.stack([self.read(p) for p in image_paths]))
 
     def lookup(
         self,
@@ -280,7 +337,11 @@ class CriticCache:
             valid=maps.valid.to(device, non_blocking=True),
         )
         size = tuple(int(v) for v in (out_size_hw or self.input_size))
-        return warp_maps(maps, affine_canonical_to_view, size)  # type: ignore[arg-type]
+        (H, W), (h, w) = self.input_size, self.map_size
+        scale = [(W - 1) / (w - 1), (H - 1) / (h - 1), 1.0]
+        stored_to_crop = torch.diag(torch.tensor(scale, dtype=torch.float64))
+        affine = affine_canonical_to_view.double() @ stored_to_crop.to(device)
+        return warp_maps(maps, affine, size)  # type: ignore[arg-type]
 
 
 def _check_critic(where: Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -363,6 +424,7 @@ def build_cache(
     dataset: dict[str, Any],
     *,
     padding: float = 1.25,
+    stride: int = DEFAULT_STRIDE,
     batch_size: int = 8,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -378,11 +440,18 @@ def build_cache(
         critic_id: :func:`critic_identity` of ``critic``, stored in and compared with the manifest.
         dataset: ``{"root": ..., "annotation": ..., "format": ...}``; entry keys are relative to ``root``.
         padding: box padding of the canonical crop (the datasets' default 1.25).
+        stride: maps are stored at ``input_size // stride`` (UDP-aligned, antialiased): 4 = the heatmaps'
+            resolution. The critic runs, and the body distance is computed, at the full crop size first.
         batch_size, num_workers, device: how model critics are run.
         progress: show a tqdm bar.
 
+    With the oracle critic, the manifest's ``metric`` records what the normalised units are in mm (median
+    over images): the depth unit, the image unit and ``lambda_z = (depth unit / image unit)^2``, the depth
+    weight of the 2.5D bone length (:data:`geosapiens.objectives.DEFAULT_LAMBDA_Z` for critics that cannot
+    know it).
+
     Raises:
-        DataError: the directory holds a cache from another critic, crop size, padding or dataset.
+        DataError: the directory holds a cache from another critic, crop size, padding, stride or dataset.
     """
     from tqdm.auto import tqdm
 
@@ -390,6 +459,7 @@ def build_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     root = Path(dataset["root"]).resolve()
     dataset = {**dataset, "root": str(root)}
+    size = map_size(input_size_hw, stride)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -397,10 +467,13 @@ def build_cache(
         "crop": {
             "input_size_hw": [int(input_size_hw[0]), int(input_size_hw[1])],
             "padding": float(padding),
-            "frame": "canonical UDP crop of the record bbox (geosapiens.data.crop)",
+            "stride": int(stride),
+            "map_size_hw": list(size),
+            "frame": "canonical UDP crop of the record bbox (geosapiens.data.crop); maps UDP-aligned with it",
         },
         "normalisation": NORMALISATION,
-        "layout": f"{ENTRIES}/<k[:2]>/<k>.npy, float16 (5, H, W) = {', '.join(CHANNELS)}; "
+        "layout": f"{ENTRIES}/<k[:2]>/<k>.npy, float16 ({len(CHANNELS)}, h, w) = {', '.join(CHANNELS)}; "
+        "body_distance in isotropic image units (longer crop side = 1); "
         "k = sha1(image path relative to dataset root, posix)",
         "dataset": dataset,
         "count": 0,
@@ -413,6 +486,7 @@ def build_cache(
         _check_input_size(manifest_path, old, tuple(input_size_hw))
         for what, a, b in (
             ("padding", old["crop"]["padding"], padding),
+            ("stride", old["crop"].get("stride"), stride),
             ("dataset", old["dataset"], dataset),
         ):
             if a != b:
@@ -423,22 +497,34 @@ def build_cache(
 
     affines = canonical_affines(records, input_size_hw, padding)
     keep = _unique_images(records, affines)
-    shape = (len(CHANNELS), int(input_size_hw[0]), int(input_size_hw[1]))
+    shape = (len(CHANNELS), *size)
     paths = {i: _entry_path(cache_dir, _entry_key(records[i].image_path, root)) for i in keep}
     todo = [i for i in keep if not _entry_ok(paths[i], shape)]
     bar = tqdm(
         total=len(keep), initial=len(keep) - len(todo), desc="critic cache", unit="img", disable=not progress
     )
 
-    def store(indices: Sequence[int], maps: GeometryMaps, inside: torch.Tensor | None = None) -> None:
+    def store(
+        indices: Sequence[int],
+        maps: GeometryMaps,
+        inside: torch.Tensor | None = None,
+        units: np.ndarray | None = None,
+    ) -> None:
         valid = torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()
         if inside is not None:  # the crop's zero border is not image content, whatever the critic says
             valid = valid & inside.to(valid.device)
         depth = normalize_relative_depth(maps.depth.float(), valid).clamp(-_F16_MAX, _F16_MAX)
-        stacked = torch.cat([depth, maps.normals.float() * valid, valid.float()], dim=1).cpu().numpy()
+        small = resample_maps(GeometryMaps(depth, maps.normals.float() * valid, valid), size)
+        distance = body_distance(valid, size)
+        stacked = torch.cat(
+            [small.depth, small.normals, small.valid.float(), distance.to(small.depth)], dim=1
+        ).cpu().numpy()
         for j, i in enumerate(indices):
             array = stacked[j].astype(np.float16)
             paths[i].parent.mkdir(parents=True, exist_ok=True)
+            if units is not None:  # before the entry: an entry on disk means its image is complete
+                with atomic_write(_units_path(paths[i])) as f:
+                    np.save(f, units[j])
             with atomic_write(paths[i]) as f:
                 np.save(f, array)
         bar.update(len(indices))
@@ -447,9 +533,10 @@ def build_cache(
         if isinstance(critic, OracleCritic):
             for start in range(0, len(todo), batch_size):
                 idx = todo[start : start + batch_size]
-                store(
-                    idx, critic.maps([records[i] for i in idx], torch.from_numpy(affines[idx]), input_size_hw)
+                maps, units = critic.maps_and_units(
+                    [records[i] for i in idx], torch.from_numpy(affines[idx]), input_size_hw
                 )
+                store(idx, maps, units=units)
         else:
             critic = critic.to(device)
             loader = torch.utils.data.DataLoader(
@@ -461,10 +548,31 @@ def build_cache(
                 store(idx.tolist(), critic(images.to(device)), inside)
     bar.close()
 
+    units = [np.load(_units_path(paths[i])) for i in keep if _units_path(paths[i]).is_file()]
+    manifest["metric"] = _metric_summary(np.array(units).reshape(-1, 2))
     manifest["count"] = len(keep)
     manifest["complete"] = True
     atomic_write_json(manifest, manifest_path)
     return CacheStats(written=len(todo), skipped=len(keep) - len(todo), total=len(keep))
+
+
+def _metric_summary(units: np.ndarray) -> dict[str, Any] | None:
+    """Medians over images of the (depth unit, image unit) mm pairs, and of lambda_z; None when unknown."""
+    ok = np.isfinite(units).all(axis=1) & (units > 0).all(axis=1)
+    if not ok.any():
+        return None
+    depth_mm, image_mm = units[ok, 0], units[ok, 1]
+    lam = (depth_mm / image_mm) ** 2
+    return {
+        "depth_unit_mm": float(np.median(depth_mm)),
+        "image_unit_mm": float(np.median(image_mm)),
+        "lambda_z": float(np.median(lam)),
+        "lambda_z_p10_p90": [float(np.quantile(lam, 0.1)), float(np.quantile(lam, 0.9))],
+        "images": int(ok.sum()),
+        "how": "depth unit = mean |d - median(d)| of the body's depth in the canonical crop (the "
+        "normalisation's unit); image unit = the crop's longer side at the body's median depth "
+        "(focal length from the intrinsics); lambda_z = (depth unit / image unit)^2, median over images",
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -495,6 +603,12 @@ def _parser() -> argparse.ArgumentParser:
         help="canonical crop size = the training input size (default 1024 1024)",
     )
     p.add_argument("--padding", type=float, default=1.25, help="box padding of the canonical crop")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=DEFAULT_STRIDE,
+        help=f"store maps at input size // stride (default {DEFAULT_STRIDE}: the heatmaps' resolution)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -532,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             identity,
             {"root": str(args.data), "annotation": annotation, "format": args.format},
             padding=args.padding,
+            stride=args.stride,
             batch_size=args.batch_size,
             num_workers=args.workers,
             device=args.device,

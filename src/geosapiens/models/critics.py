@@ -22,11 +22,14 @@ class GeometryMaps:
         depth: (B, 1, H, W) relative depth, normalised per image (larger = farther).
         normals: (B, 3, H, W) unit normals in the camera frame (x right, y down, z forward).
         valid: (B, 1, H, W) bool where the maps are meaningful (on the body / inside the image), or None.
+        body_distance: (B, 1, H, W) distance to the nearest valid pixel in isotropic image units (longer side
+            = 1), 0 on the body (:func:`~geosapiens.models.geometry.body_distance`), or None.
     """
 
     depth: torch.Tensor
     normals: torch.Tensor
     valid: torch.Tensor | None = None
+    body_distance: torch.Tensor | None = None
 
 
 def _forget_critic_keys(module: nn.Module, incompatible) -> None:

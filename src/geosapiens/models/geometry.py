@@ -16,10 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosapiens.models.codec import invert_affine_torch
+from geosapiens.models.codec import invert_affine_torch, resize_aligned
 from geosapiens.models.critics import GeometryMaps
 
-__all__ = ["normalize_relative_depth", "polar_rotation", "rotate_normals", "warp_maps", "normals_from_depth"]
+__all__ = [
+    "normalize_relative_depth",
+    "polar_rotation",
+    "rotate_normals",
+    "warp_maps",
+    "resample_maps",
+    "body_distance",
+    "normals_from_depth",
+]
 
 
 def normalize_relative_depth(
@@ -117,6 +125,67 @@ def warp_maps(maps: GeometryMaps, affine: torch.Tensor, out_size_hw: tuple[int, 
     normals_out = rotate_normals(sampled[:, 1:4], polar_rotation(affine).float())
     normals_out = F.normalize(normals_out, dim=1, eps=1e-6) * valid_out
     return GeometryMaps(depth=depth_out, normals=normals_out, valid=valid_out)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with zero padding (masked callers divide by a blurred mask)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0)), k.unsqueeze(2), groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius)), k.unsqueeze(3), groups=x.shape[1])
+
+
+def resample_maps(maps: GeometryMaps, size_hw: tuple[int, int]) -> GeometryMaps:
+    """Critic maps of a crop at another UDP-aligned resolution (``resize_aligned``'s pixel centres).
+
+    Downsampling is antialiased: a masked Gaussian prefilter (std half the stride) over valid pixels, then
+    :func:`warp_maps`' masked bilinear sampling, so depth and normals are averages over the body only and a
+    pixel is valid where most of its footprint is; limbs at least ~3 source pixels wide survive a stride of 4.
+    Returns ``maps`` itself at the same size.
+    """
+    H, W = maps.depth.shape[-2:]
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if (h, w) == (H, W):
+        return maps
+    depth, normals = maps.depth.float(), maps.normals.float()
+    valid = torch.ones_like(depth) if maps.valid is None else maps.valid.to(depth.dtype)
+    sx, sy = (W - 1) / max(w - 1, 1), (H - 1) / max(h - 1, 1)
+    if max(sx, sy) > 1:
+        sigma = 0.5 * max(sx, sy)
+        blurred = _blur(torch.cat([depth * valid, normals * valid, valid], dim=1), sigma)
+        weight = blurred[:, 4:5].clamp_min(1e-6)
+        depth, normals = blurred[:, 0:1] / weight, blurred[:, 1:4] / weight
+        valid = blurred[:, 4:5] / _blur(torch.ones_like(valid[:1]), sigma)  # beyond the crop is not "invalid"
+    scale = torch.tensor([[1 / sx, 0.0, 0.0], [0.0, 1 / sy, 0.0]], dtype=torch.float64, device=depth.device)
+    return warp_maps(GeometryMaps(depth, normals, valid), scale.expand(depth.shape[0], 2, 3), (h, w))
+
+
+def body_distance(valid: torch.Tensor, size_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, 1, h, w) float32 distance from each pixel to the nearest body pixel, 0 on the body.
+
+    In isotropic image units (the longer side of the crop = 1), so the value does not depend on the map's
+    resolution; computed (exact Euclidean, OpenCV) at the mask's resolution, then resampled to ``size_hw``
+    (a distance field is smooth, so bilinear resampling keeps it). An image with no body pixel has no
+    silhouette to pull towards: all zeros.
+
+    Args:
+        valid: (B, 1, H, W) bool body mask.
+        size_hw: output size, default the mask's.
+    """
+    import cv2
+
+    masks = valid.detach().cpu().bool().numpy()[:, 0]
+    H, W = masks.shape[-2:]
+    side = float(max(H, W) - 1) or 1.0
+    out = np.zeros(masks.shape, dtype=np.float32)
+    for i, mask in enumerate(masks):
+        if mask.any():
+            outside = (~mask).astype(np.uint8)
+            out[i] = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) / side
+    distance = torch.from_numpy(out)[:, None].to(valid.device)
+    return distance if size_hw is None else resize_aligned(distance, size_hw)
 
 
 def normals_from_depth(

@@ -121,6 +121,18 @@ class OracleCritic:
             valid=torch.from_numpy(valid)[None, None],
         )
 
+    def focal(self, record: PoseRecord, image_width: int) -> float | None:
+        """The image's horizontal focal length in px: the record's or the critic's intrinsics, else for the
+        generator's maps (``maps_path``) MINI-RGBD's scaled to the image width as the generator renders."""
+        K = record.extra.get("intrinsics", self.intrinsics)
+        if K is not None:
+            return float(np.asarray(K)[0, 0])
+        if record.maps_path is not None:
+            from geosapiens.data.formats.mini_rgbd import MINI_RGBD_INTRINSICS
+
+            return float(MINI_RGBD_INTRINSICS[0, 0]) * image_width / 640.0
+        return None
+
     @torch.no_grad()
     def maps(
         self, records: Sequence[PoseRecord], affines: torch.Tensor, out_size_hw: tuple[int, int]
@@ -135,11 +147,37 @@ class OracleCritic:
         Returns:
             GeometryMaps (B, ., H, W): depth normalised per crop, unit normals, valid.
         """
+        return self.maps_and_units(records, affines, out_size_hw)[0]
+
+    @torch.no_grad()
+    def maps_and_units(
+        self, records: Sequence[PoseRecord], affines: torch.Tensor, out_size_hw: tuple[int, int]
+    ) -> tuple[GeometryMaps, np.ndarray]:
+        """:meth:`maps` and, per crop, what its units are in millimetres (the oracle knows them).
+
+        Returns:
+            maps, and (B, 2) float64 ``(depth unit, image unit)`` in mm: the body's mean absolute deviation of
+            depth about its median (one unit of the normalised depth), and the crop's longer side at the
+            body's median depth (one isotropic image unit); NaN where the focal length or the body is
+            unknown.
+        """
         if len(records) != affines.shape[0]:
             raise ValueError(f"OracleCritic.maps: {len(records)} records for {affines.shape[0]} affines")
-        crops = [
-            warp_maps(self.image_maps(r), affines[i : i + 1], out_size_hw) for i, r in enumerate(records)
-        ]
+        H, W = int(out_size_hw[0]), int(out_size_hw[1])
+        crops, units = [], np.full((len(records), 2), np.nan)
+        for i, r in enumerate(records):
+            image = self.image_maps(r)
+            crop = warp_maps(image, affines[i : i + 1], out_size_hw)
+            crops.append(crop)
+            body = crop.depth[crop.valid]
+            focal = self.focal(r, image.depth.shape[-1])
+            if body.numel() and focal:
+                median = body.double().median()
+                image_px_per_crop_px = float(torch.linalg.det(affines[i, :, :2].double()).abs()) ** -0.5
+                units[i] = (
+                    float((body.double() - median).abs().mean()),
+                    (max(H, W) - 1) * float(median) / focal * image_px_per_crop_px,
+                )
         valid = torch.cat([c.valid for c in crops])
         depth = normalize_relative_depth(torch.cat([c.depth for c in crops]), valid)
-        return GeometryMaps(depth=depth, normals=torch.cat([c.normals for c in crops]), valid=valid)
+        return GeometryMaps(depth=depth, normals=torch.cat([c.normals for c in crops]), valid=valid), units

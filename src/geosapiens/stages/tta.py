@@ -19,22 +19,29 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from geosapiens import losses
-from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens import objectives
+from geosapiens.models.codec import UDPHeatmapCodec, invert_affine_torch
 from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
+from geosapiens.models.geometry import body_distance
 from geosapiens.models.prior import PoseVAE
 from geosapiens.normal_priors import load_normal_priors
 
-__all__ = ["HeadAdaptation", "TestTimeAdaptation"]
+__all__ = ["HeadAdaptation", "TestTimeAdaptation", "TTA_WEIGHTS"]
+
+# Weights of the label-free terms at test time (nothing else pulls the head: no L_sup, no L_cons).
+TTA_WEIGHTS = {"geo_body": 1.0, "geo_depth": 0.1, "geo_norm": 0.1, "manifold": 0.05, "temporal": 0.1}
 
 
 class HeadAdaptation:
     """k Adam steps on a pose model's head over label-free objectives, resettable to the trained head.
 
-    Geometry maps come from a critic cache (by image path, for datasets) or a critic run on the crops (for
-    new videos); without either the geometric terms are off, without normal priors ``geo_norm`` is, without
-    a pose VAE ``manifold`` is.
+    The objective is :func:`geosapiens.objectives.label_free_objective`, the one the mean-teacher stage
+    trains with. Geometry maps come from a critic cache (by image path, for datasets: its canonical crops are
+    the test crops, so they are read as stored) or a critic run on the crops (for new videos); without either
+    the geometric terms are off, without normal priors ``geo_norm`` is, without a pose VAE ``manifold`` is.
+    Depth is read at the joints the trained head is confident of (its heatmap peaks before the first step
+    play the teacher's part).
 
     Args:
         steps: gradient steps per group (k).
@@ -43,10 +50,11 @@ class HeadAdaptation:
         critic: a frozen critic run on the crops when there is no cache.
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
-        manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``).
-        weights: loss weights (``geo_depth``, ``geo_norm``, ``manifold``, ``temporal``).
-        soft_argmax_temperature: temperature of the differentiable keypoints.
-        depth_lambda_z: depth weight of the 2.5D bone length.
+        manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``); None = the
+            objective's default (0).
+        weights: loss weights over :data:`TTA_WEIGHTS` (``geo_body``, ``geo_depth``, ``geo_norm``,
+            ``manifold``, ``temporal``).
+        objective: overrides of :class:`~geosapiens.objectives.ObjectiveOptions` by name.
     """
 
     def __init__(
@@ -57,27 +65,30 @@ class HeadAdaptation:
         critic: GeometricCritic | None = None,
         normal_priors: str | None = None,
         pose_prior: str | None = None,
-        manifold_margin: float = 0.0,
+        manifold_margin: float | None = None,
         weights: dict[str, float] | None = None,
-        soft_argmax_temperature: float = 0.05,
-        depth_lambda_z: float = 1e-3,
+        objective: dict | None = None,
     ) -> None:
         self.steps, self.lr = steps, lr
-        self.weights = {"geo_depth": 0.1, "geo_norm": 0.1, "manifold": 0.05, "temporal": 0.1} | (
-            weights or {}
-        )
+        self.weights = TTA_WEIGHTS | (weights or {})
+        unknown = set(self.weights) - set(objectives.TERMS)
+        if unknown:
+            known = sorted(objectives.TERMS)
+            raise ValueError(f"HeadAdaptation: unknown terms {sorted(unknown)}; use {known}")
         self.cache = CriticCache(critic_cache) if critic_cache else None
         self.critic = critic.freeze() if critic is not None else None
         self.priors = load_normal_priors(normal_priors).tensors() if normal_priors else None
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
         if self.cache is None and self.critic is None:
-            self.weights["geo_depth"] = self.weights["geo_norm"] = 0.0
+            for name, term in objectives.TERMS.items():
+                if term.needs_maps:
+                    self.weights[name] = 0.0
         if self.priors is None:
             self.weights["geo_norm"] = 0.0
         if self.vae is None:
             self.weights["manifold"] = 0.0
-        self.temperature, self.lambda_z = soft_argmax_temperature, depth_lambda_z
-        self.manifold_margin = manifold_margin
+        margin = {} if manifold_margin is None else {"manifold_margin": manifold_margin}
+        self.options = objectives.ObjectiveOptions().override(**(objective or {}), **margin)
         self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted group
         self._trained: dict | None = None
 
@@ -96,19 +107,32 @@ class HeadAdaptation:
             raise RuntimeError("HeadAdaptation.reset before remember(): no trained head weights kept")
         head.load_state_dict(self._trained)
 
-    def geometry(self, images: torch.Tensor, image_paths: list[str] | None) -> GeometryMaps | None:
+    def geometry(
+        self, images: torch.Tensor, image_paths: list[str] | None, input_size: tuple[int, int]
+    ) -> GeometryMaps | None:
         """Critic maps of the crops: cached by path, else computed online, else None."""
-        if self.weights["geo_depth"] <= 0 and self.weights["geo_norm"] <= 0:
+        if not any(self.weights[n] > 0 for n, t in objectives.TERMS.items() if t.needs_maps):
             return None
         if self.cache is not None:
             if image_paths is None:
                 raise ValueError("HeadAdaptation: a critic cache needs the image paths of the crops")
+            if tuple(self.cache.input_size) != tuple(input_size):
+                raise ValueError(
+                    f"HeadAdaptation: critic cache {self.cache.cache_dir} holds {self.cache.input_size} "
+                    f"crops, the model takes {tuple(input_size)}"
+                )
             maps = self.cache.load(list(image_paths))
         else:
             with torch.no_grad():
                 maps = self.critic(images)
+            if maps.valid is not None:
+                maps.body_distance = body_distance(maps.valid)
+
+        def to(t: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+            return None if t is None else t.to(images.device, dtype or images.dtype)
+
         valid = None if maps.valid is None else maps.valid.to(images.device)
-        return GeometryMaps(maps.depth.to(images).float(), maps.normals.to(images).float(), valid)
+        return GeometryMaps(to(maps.depth), to(maps.normals), valid, to(maps.body_distance))
 
     def objective(
         self,
@@ -116,35 +140,33 @@ class HeadAdaptation:
         codec: UDPHeatmapCodec,
         maps: GeometryMaps | None,
         crop_to_image: torch.Tensor | None,
+        confidence: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Weighted geometric + prior (+ temporal when ``crop_to_image`` is given) loss of crop heatmaps.
+        """Weighted label-free loss of canonical crop heatmaps (+ temporal when ``crop_to_image`` is given).
 
         ``crop_to_image`` (T, 2, 3) marks the group as consecutive video frames; bone lengths are then
         compared in image pixels, so a box that follows the infant does not count as a change of length.
         """
-        keypoints = codec.soft_argmax(heatmaps, temperature=self.temperature)
-        h, w = codec.input_size
-        uv = keypoints / keypoints.new_tensor([w - 1, h - 1])
-        total = keypoints.new_zeros(())
-        if maps is not None and self.weights["geo_depth"] > 0:
-            total = total + self.weights["geo_depth"] * losses.bone_symmetry_loss(
-                uv, maps.depth, lambda_z=self.lambda_z, valid=maps.valid
-            )
-        if maps is not None and self.weights["geo_norm"] > 0:
-            mean, kappa = (t.to(uv) for t in self.priors)
-            total = total + self.weights["geo_norm"] * losses.normal_prior_loss(
-                uv, maps.normals, mean, kappa, valid=maps.valid
-            )
-        if self.weights["manifold"] > 0:
-            labelled = torch.ones(keypoints.shape[1], dtype=torch.bool, device=keypoints.device)
-            total = total + self.weights["manifold"] * losses.manifold_loss(
-                keypoints, self.vae.to(uv), labelled, margin=self.manifold_margin
-            )
-        if self.weights["temporal"] > 0 and crop_to_image is not None and keypoints.shape[0] > 1:
-            total = total + self.weights["temporal"] * losses.bone_length_consistency(
-                apply_affine(keypoints, crop_to_image.to(keypoints))
-            )
-        return total
+        weights = {
+            name: w
+            for name, w in self.weights.items()
+            if w > 0
+            and (maps is not None or not objectives.TERMS[name].needs_maps)
+            and (name != "temporal" or (crop_to_image is not None and heatmaps.shape[0] > 1))
+        }
+        inputs = objectives.prepare_inputs(
+            heatmaps,
+            codec,
+            maps=maps,
+            lambda_z=None if self.cache is None else self.cache.lambda_z,
+            confidence=confidence,
+            normal_prior=self.priors,
+            vae=None if self.vae is None else self.vae.to(heatmaps.device),
+            crop_to_image=crop_to_image,
+            options=self.options,
+        )
+        terms = objectives.label_free_objective(inputs, weights)
+        return objectives.weighted_sum(terms, weights) if terms else heatmaps.new_zeros(())
 
     def adapt(
         self,
@@ -164,11 +186,14 @@ class HeadAdaptation:
         with torch.enable_grad():
             with torch.no_grad():
                 features = model.backbone(images)
-            maps = self.geometry(images, image_paths)
+            maps = self.geometry(images, image_paths, codec.input_size)
             optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
-            first, best, best_state = None, math.inf, None
+            first, best, best_state, confidence = None, math.inf, None, None
             for step in range(self.steps + 1):
-                loss = self.objective(head(features), codec, maps, crop_to_image)
+                heatmaps = head(features)
+                if confidence is None:  # the trained head's judgement of which joints it sees
+                    confidence = heatmaps.detach().amax(dim=(-2, -1))
+                loss = self.objective(heatmaps, codec, maps, crop_to_image, confidence)
                 if not loss.requires_grad or not torch.isfinite(loss):
                     break
                 value = float(loss.detach())

@@ -1,0 +1,376 @@
+"""The label-free objective: every term that scores predicted heatmaps without labels, written once.
+
+Two callers, one code path: the mean-teacher stage (student heatmaps on the strong view, critic maps of the
+canonical crop from the DataLoader or from an online critic) and test-time adaptation
+(:class:`~geosapiens.stages.tta.HeadAdaptation`: canonical test crops). Both call
+:func:`label_free_objective`, which returns a dict of named, unweighted terms; the caller weights them.
+
+Frames:
+    - keypoints are read from the heatmaps in the VIEW frame (crop px of the view the network saw) with the
+      label-free soft-argmax (:attr:`ObjectiveOptions.temperature`, ``normalize``, ``window``);
+    - critic maps live in the MAP frame, the canonical crop (the unaugmented UDP crop of the record's box at
+      the model's input size, where the cache stores them and the normal priors were fitted), at any
+      UDP-aligned resolution: they are read at ``uv = x / (W - 1)`` with ``x`` in canonical crop px, so the
+      cache's stride never matters;
+    - ``view_to_maps`` (B, 2, 3) takes view px to canonical px. When it mirrors (det < 0), flip augmentation
+      has relabelled the view's joints left <-> right, so the channels are swapped back
+      (canonical joint k = view channel ``flip_indices[k]``) before any per-joint term reads the maps.
+
+Terms (:data:`TERMS`, name -> pure function of :class:`ObjectiveInputs`; register a new one with
+:func:`register_term`, put what it reads that is not here into ``ObjectiveInputs.extras``):
+
+    geo_body   distance from each joint to the critic's body silhouette (0 on the body): pulls joints that
+               left the body back, with a gradient (the depth/normal terms can only gate them off)
+    geo_depth  left/right 2.5D bone-length symmetry (:func:`geosapiens.losses.bone_symmetry_loss`), depth
+               read only at joints the teacher sees and off depth discontinuities; ``lambda_z`` in metric
+               terms, from the critic
+    geo_norm   per-joint normal priors (:func:`geosapiens.losses.normal_prior_loss`)
+    geo_pose   the geometry teacher's heatmaps on the critic maps as pseudo-labels
+               (:func:`geometry_pseudo_labels`; :mod:`geosapiens.data.geometry_inputs`)
+    manifold   pose-VAE reconstruction error beyond a margin (:func:`geosapiens.losses.manifold_loss`)
+    temporal   bone-length consistency over consecutive video frames, in image px (TTA)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import nn
+
+from geosapiens import losses
+from geosapiens.models.codec import UDPHeatmapCodec, apply_affine
+from geosapiens.models.critics import GeometryMaps
+from geosapiens.skeleton import COCO17
+
+__all__ = [
+    "DEFAULT_LAMBDA_Z",
+    "ObjectiveOptions",
+    "ObjectiveInputs",
+    "TERMS",
+    "register_term",
+    "label_free_keypoints",
+    "prepare_inputs",
+    "label_free_objective",
+    "weighted_sum",
+    "geometry_pseudo_labels",
+]
+
+# lambda_z for critics that cannot measure millimetres (Sapiens, TorchScript, the small critic): the value the
+# oracle measured on the demo renders (``geosapiens critics cache --critic oracle`` writes it to its
+# manifest).
+# One normalised depth unit (the body's mean absolute deviation of depth) was 43 mm and one image unit (the
+# longer side of the 1.25-padded crop at the infant's depth) 577 mm, median over images of the per-image
+# (depth unit / image unit)^2 = 5.6e-3. Both units follow from the scene (an infant's depth spread against
+# the crop it fills), not from the critic, so a critic that is right up to scale and shift has the same
+# value; the old 1e-3 gave depth ~5x less than its metric weight.
+DEFAULT_LAMBDA_Z = 5.6e-3
+
+
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """Every knob of the label-free objective, with its default stated here once.
+
+    Attributes:
+        temperature: soft-argmax temperature, a fraction of each heatmap's peak (``normalize``).
+        normalize: divide each heatmap by its peak before the soft-argmax.
+        window: soft-argmax window radius around the argmax, in heatmap px (None = whole heatmap).
+        lambda_z: depth weight of the 2.5D bone length; None = the critic's (the cache manifest's metric
+            value, per sample), else :data:`DEFAULT_LAMBDA_Z`.
+        edge_threshold: depth-gradient magnitude (depth units per image unit) above which a joint sits on a
+            depth discontinuity and reads no depth.
+        visibility_threshold: teacher confidence (heatmap peak) below which a joint reads no depth: where
+            the teacher does not see a joint, the map shows the surface in front of it, not the joint.
+        manifold_margin: pose-prior reconstruction error that costs nothing (``losses.manifold_loss``).
+        geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are no pseudo-label.
+        flip_indices: left/right channel swap for mirrored views.
+    """
+
+    temperature: float = 0.2
+    normalize: bool = True
+    window: int | None = 3
+    lambda_z: float | None = None
+    edge_threshold: float = 50.0
+    visibility_threshold: float | None = 0.1
+    manifold_margin: float = 0.0
+    geo_pose_threshold: float = 0.2
+    flip_indices: tuple[int, ...] = COCO17.flip_indices
+
+    def override(self, **values) -> ObjectiveOptions:
+        """A copy with the given fields replaced (a config's ``objective:`` mapping); unknown names raise."""
+        names = {f.name for f in fields(self)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"ObjectiveOptions has no option {sorted(unknown)}; options: {sorted(names)}")
+        return replace(self, **values)
+
+
+@dataclass
+class ObjectiveInputs:
+    """What a term reads, built once per batch by :func:`prepare_inputs`.
+
+    Attributes:
+        heatmaps: (B, K, h, w) the prediction, view frame, view channel order.
+        keypoints: (B, K, 2) label-free keypoints, view crop px, view channel order (manifold, temporal).
+        uv: (B, K, 2) the same keypoints in the map frame, normalised, canonical joint order; None without
+            maps.
+        maps: critic maps in the map frame (depth (B, 1, Hm, Wm), normals (B, 3, Hm, Wm), valid), or None.
+        body_distance: (B, 1, Hm, Wm) distance to the body silhouette in isotropic image units (longer side
+            of the canonical crop = 1), 0 on the body; None when the critic has no body mask.
+        lambda_z: (B,) depth weight per sample.
+        confidence: (B, K) the teacher's confidence per joint, canonical joint order, or None.
+        normal_prior: (mean (K, 3), kappa (K,)) or None.
+        vae: frozen pose VAE, or None.
+        crop_to_image: (B, 2, 3) crop -> image px of consecutive video frames, or None (stills).
+        options: the objective's options.
+        extras: anything else a registered term needs (e.g. a geometry teacher's heatmaps).
+    """
+
+    heatmaps: torch.Tensor
+    keypoints: torch.Tensor
+    uv: torch.Tensor | None
+    maps: GeometryMaps | None
+    body_distance: torch.Tensor | None
+    lambda_z: torch.Tensor
+    confidence: torch.Tensor | None
+    normal_prior: tuple[torch.Tensor, torch.Tensor] | None
+    vae: nn.Module | None
+    crop_to_image: torch.Tensor | None
+    options: ObjectiveOptions
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+Term = Callable[[ObjectiveInputs], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    fn: Term
+    needs: tuple[str, ...]
+
+    @property
+    def needs_maps(self) -> bool:
+        """The term reads critic maps (the caller must provide them)."""
+        return bool({"maps", "uv", "body_distance"} & set(self.needs))
+
+
+TERMS: dict[str, _Registered] = {}
+
+
+def register_term(name: str, needs: Sequence[str] = ()) -> Callable[[Term], Term]:
+    """Decorator: add ``fn(inputs) -> () tensor`` to :data:`TERMS` as ``name``.
+
+    ``needs`` names the :class:`ObjectiveInputs` fields (or ``extras`` keys) that must be present when the
+    term has weight; :func:`label_free_objective` raises naming the term and what is missing otherwise.
+    """
+
+    def add(fn: Term) -> Term:
+        if name in TERMS:
+            raise ValueError(f"label-free term {name!r} is registered twice")
+        TERMS[name] = _Registered(fn, tuple(needs))
+        return fn
+
+    return add
+
+
+def label_free_keypoints(
+    heatmaps: torch.Tensor, codec: UDPHeatmapCodec, options: ObjectiveOptions = ObjectiveOptions()
+) -> torch.Tensor:
+    """(B, K, 2) differentiable keypoints in input px, as every label-free term sees them.
+
+    MEASURED: TODO
+    """
+    return codec.soft_argmax(
+        heatmaps, options.temperature, normalize=options.normalize, window=options.window
+    )
+
+
+def _swap_mirrored(values: torch.Tensor, mirrored: torch.Tensor, flip_indices: Sequence[int]) -> torch.Tensor:
+    """Channels (dim 1) swapped left <-> right where ``mirrored`` (B,) is True."""
+    index = torch.as_tensor(list(flip_indices), device=values.device)
+    if len(index) != values.shape[1]:
+        raise ValueError(f"{len(index)} flip indices for {values.shape[1]} keypoint channels")
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    return torch.where(mirrored.view(shape), values[:, index], values)
+
+
+def prepare_inputs(
+    heatmaps: torch.Tensor,
+    codec: UDPHeatmapCodec,
+    *,
+    maps: GeometryMaps | None = None,
+    view_to_maps: torch.Tensor | None = None,
+    lambda_z: float | torch.Tensor | None = None,
+    confidence: torch.Tensor | None = None,
+    normal_prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    vae: nn.Module | None = None,
+    crop_to_image: torch.Tensor | None = None,
+    extras: Mapping[str, torch.Tensor] | None = None,
+    options: ObjectiveOptions = ObjectiveOptions(),
+    keypoints: torch.Tensor | None = None,
+) -> ObjectiveInputs:
+    """Label-free keypoints of ``heatmaps`` and everything in the map frame the terms read.
+
+    Args:
+        heatmaps: (B, K, h, w) predicted heatmaps of the view.
+        codec: the stage's codec (its input size is the view's and the canonical crop's size).
+        maps: critic maps in the map frame (canonical crop), or None (no geometric term can run); their
+            ``body_distance`` feeds ``geo_body``.
+        view_to_maps: (B, 2, 3) view px -> canonical crop px; None = the view is the canonical crop.
+        lambda_z: scalar or (B,) depth weight from the critic; ``options.lambda_z`` wins when set, and
+            :data:`DEFAULT_LAMBDA_Z` applies when neither is.
+        confidence: (B, K) teacher confidence in the VIEW's channel order (swapped like the keypoints).
+        normal_prior, vae, crop_to_image, extras: see :class:`ObjectiveInputs`.
+        options: the objective's options.
+        keypoints: (B, K, 2) view px to score instead of the heatmaps' label-free keypoints (the signal
+            benchmark scores perturbed poses, with ``heatmaps`` their rendered Gaussians).
+    """
+    if keypoints is None:
+        keypoints = label_free_keypoints(heatmaps, codec, options)
+    B = keypoints.shape[0]
+    uv = None
+    if maps is not None:
+        canonical = keypoints if view_to_maps is None else apply_affine(keypoints, view_to_maps)
+        if view_to_maps is not None:
+            mirrored = torch.linalg.det(view_to_maps[:, :, :2].double()) < 0
+            canonical = _swap_mirrored(canonical, mirrored, options.flip_indices)
+            if confidence is not None:
+                confidence = _swap_mirrored(confidence, mirrored, options.flip_indices)
+        h, w = codec.input_size
+        uv = canonical / canonical.new_tensor([w - 1, h - 1])
+    value = options.lambda_z if options.lambda_z is not None else lambda_z
+    value = DEFAULT_LAMBDA_Z if value is None else value
+    lambda_z_t = torch.as_tensor(value, dtype=keypoints.dtype, device=keypoints.device).expand(B)
+    return ObjectiveInputs(
+        heatmaps=heatmaps,
+        keypoints=keypoints,
+        uv=uv,
+        maps=maps,
+        body_distance=None if maps is None else maps.body_distance,
+        lambda_z=lambda_z_t,
+        confidence=None if confidence is None else confidence.detach(),
+        normal_prior=normal_prior,
+        vae=vae,
+        crop_to_image=crop_to_image,
+        options=options,
+        extras=dict(extras or {}),
+    )
+
+
+def _missing(inputs: ObjectiveInputs, needs: Sequence[str]) -> list[str]:
+    return [n for n in needs if getattr(inputs, n, None) is None and n not in inputs.extras]
+
+
+def label_free_objective(inputs: ObjectiveInputs, weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Every registered term with a positive weight, unweighted, by name.
+
+    Raises:
+        ValueError: a weighted term is not registered, or lacks an input it needs.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, weight in weights.items():
+        if weight <= 0:
+            continue
+        if name not in TERMS:
+            raise ValueError(f"no label-free term {name!r}; registered: {sorted(TERMS)}")
+        missing = _missing(inputs, TERMS[name].needs)
+        if missing:
+            raise ValueError(f"label-free term {name!r} has weight {weight} but no {', '.join(missing)}")
+        out[name] = TERMS[name].fn(inputs)
+    return out
+
+
+def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """sum of ``weights[name] * term``; the terms must not be empty."""
+    return sum(weights[name] * value for name, value in terms.items())
+
+
+def depth_weights(inputs: ObjectiveInputs) -> torch.Tensor | None:
+    """(B, K) joints that may read depth: those the teacher is confident of (None: no teacher, all)."""
+    threshold = inputs.options.visibility_threshold
+    if inputs.confidence is None or threshold is None:
+        return None
+    return (inputs.confidence >= threshold).to(inputs.uv.dtype)
+
+
+@register_term("geo_body", needs=("uv", "body_distance"))
+def _geo_body(inputs: ObjectiveInputs) -> torch.Tensor:
+    return losses.silhouette_loss(inputs.uv, inputs.body_distance)
+
+
+@register_term("geo_depth", needs=("uv", "maps"))
+def _geo_depth(inputs: ObjectiveInputs) -> torch.Tensor:
+    return losses.bone_symmetry_loss(
+        inputs.uv,
+        inputs.maps.depth,
+        lambda_z=inputs.lambda_z,
+        valid=inputs.maps.valid,
+        joint_weights=depth_weights(inputs),
+        edge_threshold=inputs.options.edge_threshold,
+    )
+
+
+@register_term("geo_norm", needs=("uv", "maps", "normal_prior"))
+def _geo_norm(inputs: ObjectiveInputs) -> torch.Tensor:
+    mean, kappa = (t.to(inputs.uv) for t in inputs.normal_prior)
+    return losses.normal_prior_loss(inputs.uv, inputs.maps.normals, mean, kappa, valid=inputs.maps.valid)
+
+
+@register_term("manifold", needs=("vae",))
+def _manifold(inputs: ObjectiveInputs) -> torch.Tensor:
+    keypoints = inputs.keypoints
+    labelled = torch.ones(keypoints.shape[1], dtype=torch.bool, device=keypoints.device)
+    return losses.manifold_loss(keypoints, inputs.vae, labelled, margin=inputs.options.manifold_margin)
+
+
+@register_term("temporal", needs=("crop_to_image",))
+def _temporal(inputs: ObjectiveInputs) -> torch.Tensor:
+    keypoints = apply_affine(inputs.keypoints, inputs.crop_to_image.to(inputs.keypoints))
+    return losses.bone_length_consistency(keypoints)
+
+
+def geometry_pseudo_labels(
+    geometry_teacher: nn.Module,
+    maps: GeometryMaps,
+    maps_to_view: torch.Tensor | None,
+    input_size_hw: Sequence[int],
+    threshold: float,
+) -> dict[str, torch.Tensor]:
+    """The geometry teacher's heatmaps on critic maps, moved into the view: ``extras`` of ``geo_pose``.
+
+    The teacher sees the maps of the canonical crop (at the stage's crop size) and its heatmaps are warped
+    into the view with :func:`geosapiens.losses.warp_heatmaps` (channels swapped back on mirrored views).
+
+    Args:
+        geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`.
+        maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
+        maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop.
+        input_size_hw: the crop size (H, W).
+        threshold: minimum heatmap peak of a pseudo-label joint.
+
+    Returns:
+        ``geo_heatmaps`` (B, K, h, w) in the view, ``geo_inside`` (B, 1, h, w), ``geo_keep`` (B, K) bool.
+    """
+    from geosapiens.data.geometry_inputs import maps_to_input
+    from geosapiens.models.codec import resize_aligned
+
+    x = maps_to_input(maps)
+    if tuple(x.shape[-2:]) != tuple(input_size_hw):
+        x = resize_aligned(x, input_size_hw)
+    with torch.no_grad():
+        heatmaps = geometry_teacher(x).float()
+        if maps_to_view is None:
+            inside = heatmaps.new_ones((heatmaps.shape[0], 1, *heatmaps.shape[-2:]))
+            swapped, warped = heatmaps, heatmaps
+        else:
+            swapped, warped, inside = losses.warp_heatmaps(heatmaps, maps_to_view, input_size_hw)
+    return {"geo_heatmaps": warped, "geo_inside": inside, "geo_keep": swapped.amax(dim=(-2, -1)) >= threshold}
+
+
+@register_term("geo_pose", needs=("geo_heatmaps",))
+def _geo_pose(inputs: ObjectiveInputs) -> torch.Tensor:
+    extras = inputs.extras
+    return losses.pseudo_label_loss(
+        inputs.heatmaps.float(), extras["geo_heatmaps"], extras["geo_inside"], extras["geo_keep"]
+    )

@@ -1,0 +1,229 @@
+"""The label-free objective: keypoints that see the prediction, mirrored views mapped to the right joints,
+off-body joints pulled back by a gradient, and one registry both callers share."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geosapiens import objectives
+from geosapiens.data.augment import ViewAugment, flip_channels
+from geosapiens.data.crop import transform_points
+from geosapiens.data.datasets import PairDataset
+from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.models.codec import UDPHeatmapCodec
+from geosapiens.models.critic_cache import canonical_to_view
+from geosapiens.models.critics import GeometryMaps
+from geosapiens.models.geometry import body_distance
+from geosapiens.skeleton import COCO17
+
+INPUT_HW, HEATMAP_HW = (96, 96), (24, 24)  # the demo's crop and heatmaps
+
+
+def weak_heatmaps(points_px: torch.Tensor, codec: UDPHeatmapCodec, seed: int = 0) -> torch.Tensor:
+    """What a warm-up network gives on real-like crops: Gaussians peaking at 0.2 over a 0.03 background
+    with a little noise (the demo's median peak is 0.19)."""
+    hm, _ = codec.encode(points_px, torch.ones(points_px.shape[:2]))
+    g = torch.Generator().manual_seed(seed)
+    return 0.2 * hm + 0.03 + 0.01 * torch.rand(hm.shape, generator=g)
+
+
+def test_label_free_keypoints_of_a_weak_heatmap_lie_at_its_argmax():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    g = torch.Generator().manual_seed(3)
+    points = torch.rand(4, 17, 2, generator=g) * 79.0 + 8.0  # anywhere 2 heatmap px inside the crop
+    hm = weak_heatmaps(points, codec)
+    found = objectives.label_free_keypoints(hm, codec)
+    assert (found - points).norm(dim=-1).max() < 1.0  # input px, from the peak's true position
+    # the old reading (raw softmax at T = 0.05) is dragged towards the crop centre by the background
+    raw = codec.soft_argmax(hm, temperature=0.05)
+    assert (raw - points).norm(dim=-1).median() > 5.0
+
+    # the gradient still moves the keypoints: a pull to the right shifts every estimate right, a little
+    logits = hm.clone().requires_grad_(True)
+    objectives.label_free_keypoints(logits, codec)[..., 0].sum().neg().backward()
+    assert torch.isfinite(logits.grad).all()
+    with torch.no_grad():
+        moved = objectives.label_free_keypoints(logits - 1e-3 * logits.grad / logits.grad.abs().max(), codec)
+    shift = moved[..., 0] - found[..., 0]
+    assert (shift > 0).all() and (shift < 2.0).all()
+
+
+def test_flipped_view_channel_k_lands_on_joint_k_in_the_canonical_frame(syrip_sample):
+    """Through the real pair dataset: a mirrored strong view relabels its joints left <-> right; reading its
+    heatmaps back into the canonical frame must put channel k on joint k, not on its mirror."""
+    records = [r for r in read_syrip(syrip_sample, "annotations/200R/person_keypoints_train_infant.json")]
+    records = records[:4]
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    mirrored = ViewAugment(flip_prob=1.0, rotation_prob=1.0)
+    data = PairDataset(records, INPUT_HW, weak=ViewAugment(flip_prob=1.0), strong=mirrored)
+    samples = [data[i] for i in range(len(records))]
+    assert all(s["flipped"] for s in samples)
+    strong_affine = torch.stack([s["strong_affine"] for s in samples])
+    canonical_affine = torch.stack([s["canonical_affine"] for s in samples])
+    views, truth, labelled = [], [], []
+    for r, s in zip(records, samples, strict=True):
+        kp = np.asarray(r.keypoints, dtype=np.float64)
+        in_view, lab = flip_channels(
+            True, transform_points(kp, s["strong_affine"].double().numpy()), r.labelled
+        )
+        views.append(torch.from_numpy(in_view).float())
+        truth.append(torch.from_numpy(transform_points(kp, s["canonical_affine"].double().numpy())).float())
+        labelled.append(torch.from_numpy(np.asarray(r.labelled, bool)))
+    heatmaps, _ = codec.encode(torch.stack(views), torch.ones(len(records), 17))
+    maps = GeometryMaps(
+        torch.zeros(4, 1, 24, 24), torch.zeros(4, 3, 24, 24), torch.ones(4, 1, 24, 24, dtype=torch.bool)
+    )
+    inputs = objectives.prepare_inputs(
+        heatmaps, codec, maps=maps, view_to_maps=canonical_to_view(strong_affine, canonical_affine)
+    )
+    canonical = inputs.uv * torch.tensor([INPUT_HW[1] - 1.0, INPUT_HW[0] - 1.0])
+    truth, labelled = torch.stack(truth), torch.stack(labelled)
+    inside = ((truth >= 4) & (truth <= 91)).all(-1) & labelled  # clear of the crop border
+    assert inside.sum() > 30
+    error = (canonical - truth).norm(dim=-1)[inside]
+    assert error.max() < 1.5  # input px: the joint itself
+    mirror = (canonical[:, list(COCO17.flip_indices)] - truth).norm(dim=-1)[inside]
+    assert mirror.median() > 5.0  # what channel k would hit without the swap: the mirror joint
+
+
+def body_scene(size: int = 24) -> GeometryMaps:
+    """A lying body: an upright ellipse in the middle of the canonical crop, flat depth, camera-facing."""
+    t = torch.arange(size, dtype=torch.float32) / (
+        size - 1
+    )  # uv of the pixel centres: the same body at any size
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    body = (((u - 0.5) / 0.22) ** 2 + ((v - 0.5) / 0.42) ** 2) < 1.0
+    valid = body[None, None]
+    normals = torch.zeros(1, 3, size, size)
+    normals[:, 2] = -1.0
+    return GeometryMaps(torch.zeros(1, 1, size, size), normals * valid, valid, body_distance(valid))
+
+
+def pose_on_body() -> torch.Tensor:
+    """(1, 17, 2) a symmetric pose inside the body ellipse, input px of the 96 px crop."""
+    cx = 47.5
+    rows = {
+        0: 14,
+        1: 12,
+        2: 12,
+        3: 13,
+        4: 13,
+        5: 26,
+        6: 26,
+        7: 38,
+        8: 38,
+        9: 48,
+        10: 48,
+        11: 52,
+        12: 52,
+        13: 66,
+        14: 66,
+        15: 80,
+        16: 80,
+    }
+    dx = {
+        0: 0,
+        1: 3,
+        2: -3,
+        3: 6,
+        4: -6,
+        5: 10,
+        6: -10,
+        7: 12,
+        8: -12,
+        9: 11,
+        10: -11,
+        11: 7,
+        12: -7,
+        13: 8,
+        14: -8,
+        15: 7,
+        16: -7,
+    }
+    return torch.tensor([[[cx + dx[k], float(rows[k])] for k in range(17)]])
+
+
+def configured_objective(heatmaps: torch.Tensor, codec: UDPHeatmapCodec, maps: GeometryMaps):
+    weights = {"geo_body": 1.0, "geo_depth": 0.1, "geo_norm": 0.1}
+    prior = (torch.tensor([[0.0, 0.0, -1.0]]).expand(17, 3), torch.ones(17))
+    inputs = objectives.prepare_inputs(heatmaps, codec, maps=maps, normal_prior=prior)
+    terms = objectives.label_free_objective(inputs, weights)
+    return objectives.weighted_sum(terms, weights), inputs, terms
+
+
+def test_a_joint_moved_off_the_body_raises_the_objective_and_its_gradient_points_back():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    maps = body_scene()
+    on = pose_on_body()
+    lw = COCO17.index("left_wrist")
+    off = on.clone()
+    off[0, lw] = torch.tensor([80.0, 48.0])  # 11.6 px (0.12 image units) right of the body's edge
+    on_total, _, _ = configured_objective(codec.encode(on, torch.ones(1, 17))[0], codec, maps)
+
+    heatmaps = codec.encode(off, torch.ones(1, 17))[0].requires_grad_(True)
+    total, inputs, terms = configured_objective(heatmaps, codec, maps)
+    # the wrist is ~0.12 image units off the body: geo_body is that over the 17 joints; the depth and normal
+    # terms gate the wrist off (they can only go silent), so the rise is geo_body's
+    assert total.item() > 0.1 / 17 > 10 * on_total.item()  # on the body: ~0 (bilinear edges of 24 px maps)
+    assert terms["geo_body"].item() == pytest.approx(total.item(), rel=1e-3)
+    # the gradient on the wrist's keypoint points back to the body (-x): descent moves it left, onto it
+    (grad,) = torch.autograd.grad(total, inputs.keypoints, retain_graph=True)
+    assert grad[0, lw, 0] > 0 and abs(float(grad[0, lw, 1])) < 0.2 * float(grad[0, lw, 0])
+    # and a step on the heatmaps themselves moves the predicted wrist towards the body
+    (hm_grad,) = torch.autograd.grad(total, heatmaps)
+    stepped = objectives.label_free_keypoints(heatmaps.detach() - 0.05 * hm_grad / hm_grad.abs().max(), codec)
+    assert stepped[0, lw, 0] < inputs.keypoints[0, lw, 0].detach() - 0.1
+
+
+def test_body_distance_is_metric_and_resolution_free():
+    from geosapiens.losses import sample_maps
+
+    uv = torch.tensor([[[0.5 + 0.22 + 0.2, 0.5]]])  # 0.2 image units right of the body's edge
+    full = float(sample_maps(body_scene(96).body_distance, uv)[0, 0, 0])
+    coarse = float(sample_maps(body_scene(24).body_distance, uv)[0, 0, 0])
+    assert full == pytest.approx(0.2, abs=1.5 / 95) and coarse == pytest.approx(0.2, abs=1.5 / 23)
+    assert body_distance(torch.zeros(1, 1, 8, 8, dtype=torch.bool)).abs().sum() == 0  # no body, no pull
+
+
+def test_terms_are_a_registry_that_names_what_is_missing():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    inputs = objectives.prepare_inputs(codec.encode(pose_on_body(), torch.ones(1, 17))[0], codec)
+    assert {"geo_body", "geo_depth", "geo_norm", "manifold", "temporal"} <= set(objectives.TERMS)
+    with pytest.raises(ValueError, match="geo_depth.*maps"):
+        objectives.label_free_objective(inputs, {"geo_depth": 0.1})
+    with pytest.raises(ValueError, match="no label-free term 'geo_nope'"):
+        objectives.label_free_objective(inputs, {"geo_nope": 1.0})
+    assert objectives.label_free_objective(inputs, {"geo_depth": 0.0}) == {}  # unweighted: not computed
+
+    @objectives.register_term("test_spread", needs=("spread_target",))
+    def spread(inp):  # a new term reads its own input from ``extras``
+        return (inp.keypoints.std(dim=1).mean() - inp.extras["spread_target"]).abs()
+
+    try:
+        with_extra = objectives.prepare_inputs(
+            inputs.heatmaps, codec, extras={"spread_target": torch.tensor(10.0)}
+        )
+        out = objectives.label_free_objective(with_extra, {"test_spread": 1.0})
+        assert math.isfinite(out["test_spread"].item())
+    finally:
+        del objectives.TERMS["test_spread"]
+
+
+def test_lambda_z_comes_from_the_critic_unless_set():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    hm = codec.encode(pose_on_body().expand(2, -1, -1), torch.ones(2, 17))[0]
+    measured = torch.tensor([4e-3, 9e-3])
+    assert torch.equal(objectives.prepare_inputs(hm, codec, lambda_z=measured).lambda_z, measured)
+    default = objectives.prepare_inputs(hm, codec).lambda_z
+    assert torch.allclose(default, torch.full((2,), objectives.DEFAULT_LAMBDA_Z))
+    options = objectives.ObjectiveOptions().override(lambda_z=1e-2)
+    assert torch.allclose(
+        objectives.prepare_inputs(hm, codec, lambda_z=measured, options=options).lambda_z,
+        torch.full((2,), 1e-2),
+    )
+    with pytest.raises(ValueError, match="no option"):
+        objectives.ObjectiveOptions().override(temprature=0.1)
