@@ -19,13 +19,14 @@ geometry teacher and the normal priors in a temporary folder, and runs everythin
 
     python benchmarks/geometry_signal.py --data demo_data/SyRIP --cache demo_data/critic_cache/oracle_96x96 \
         --config configs/demo/uda.yaml --network runs/demo/warmup/checkpoints/best.ckpt \
-        --normal-priors runs/demo/priors/normal_priors.json --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
+        --normal-priors runs/demo/priors/normal_priors.json \
+        --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
         --geometry-teacher runs/demo/geometry_teacher/checkpoints/best.ckpt --json geometry_signal.json
 
 ``--json PATH`` writes ``{"configured": NAME, "objectives": {NAME: {"spearman": S, "descent_rel_change": C,
 ...}}}``: ``configured`` names the configured geometric objective; ``spearman`` is over all perturbations and
-predictions pooled; ``descent_rel_change`` is the relative change of mean keypoint error under descent from the
-network's predictions (from 5% noise without a network).
+predictions pooled; ``descent_rel_change`` is the relative change of mean keypoint error under descent from
+the network's predictions (from 5% noise without a network).
 """
 
 from __future__ import annotations
@@ -46,20 +47,18 @@ import numpy as np
 import torch
 import yaml
 
-from geosapiens import losses
+from geosapiens import objectives
 from geosapiens.data.augment import view_affine
-from geosapiens.data.crop import invert_affine, transform_points, warp_image
+from geosapiens.data.crop import transform_points, warp_image
 from geosapiens.data.datasets import read_image, to_tensor
 from geosapiens.data.formats.syrip import read_syrip
-from geosapiens.data.geometry_inputs import cache_to_crop, maps_to_input
 from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.models.geometry import warp_maps
+from geosapiens.models.geometry import body_distance
 from geosapiens.models.pose_model import HEATMAP_STRIDE
-from geosapiens.skeleton import COCO17
 
-GEOMETRIC = ("geo_depth", "geo_norm", "geo_pose")
+GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", "geo_pose")  # what "configured" sums (no manifold)
 LIMB_CHAINS = ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16))  # shoulder-elbow-wrist, hip-knee-ankle
 PARENT = {7: 5, 9: 7, 8: 6, 10: 8, 13: 11, 15: 13, 14: 12, 16: 14, 5: 11, 6: 12, 11: 5, 12: 6}
 
@@ -88,12 +87,15 @@ def load_targets(root: Path, annotation: str, cache: CriticCache, count: int, pa
         lab.append(np.asarray(r.labelled, bool))
         box.append(max(r.bbox[2], r.bbox[3]) * abs(affine[0, 0]))  # image px -> crop px (isotropic scale)
         paths.append(str(r.image_path))
-    maps = cache.load(paths)
-    scale = torch.from_numpy(cache_to_crop(maps.depth.shape[-2:], size)).float().expand(len(paths), 2, 3)
-    maps = warp_maps(maps, scale, size)
+    maps = cache.load(paths)  # canonical frame at the cache stride: the objective reads any resolution
+    maps = GeometryMaps(maps.depth.float(), maps.normals.float(), maps.valid, maps.body_distance.float())
     return Targets(
-        torch.stack(crops), torch.tensor(np.stack(kps), dtype=torch.float32), torch.tensor(np.stack(lab)),
-        torch.tensor(box, dtype=torch.float32), maps, paths,
+        torch.stack(crops),
+        torch.tensor(np.stack(kps), dtype=torch.float32),
+        torch.tensor(np.stack(lab)),
+        torch.tensor(box, dtype=torch.float32),
+        maps,
+        paths,
     )
 
 
@@ -128,7 +130,7 @@ def degrade(maps: GeometryMaps, spec: str, seed: int = 0) -> GeometryMaps:
     n = torch.from_numpy(normals)
     n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-6)
     v = torch.from_numpy(valid).bool()
-    return GeometryMaps(torch.from_numpy(depth) * v, n * v, v)
+    return GeometryMaps(torch.from_numpy(depth) * v, n * v, v, body_distance(v))
 
 
 # -- objectives ------------------------------------------------------------------------------------------
@@ -137,60 +139,80 @@ def degrade(maps: GeometryMaps, spec: str, seed: int = 0) -> GeometryMaps:
 Objective = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
-def build_objectives(t: Targets, args: argparse.Namespace, weights: dict[str, float], options: dict) -> dict:
-    """name -> f(keypoints (n, K, 2) crop px, rows) -> () objective of those rows of the targets."""
-    h, w = t.images.shape[-2:]
-    norm = torch.tensor([w - 1, h - 1], dtype=torch.float32)
-    codec = UDPHeatmapCodec((h, w), (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
-    maps = t.maps
-    out: dict[str, Objective] = {}
-
-    def sub(m: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
-        return None if m is None else m[rows]
-
-    lambda_z = float(options.get("depth_lambda_z", 1e-3))
-    out["geo_depth"] = lambda kp, rows: losses.bone_symmetry_loss(
-        kp / norm, maps.depth[rows], lambda_z=lambda_z, valid=sub(maps.valid, rows)
+def _rows(maps: GeometryMaps, rows: slice) -> GeometryMaps:
+    return GeometryMaps(
+        *(None if m is None else m[rows] for m in (maps.depth, maps.normals, maps.valid, maps.body_distance))
     )
+
+
+def build_objectives(
+    t: Targets, args: argparse.Namespace, weights: dict[str, float], init: dict, cache: CriticCache
+) -> dict:
+    """name -> f(keypoints (n, K, 2) crop px, rows) -> () objective of those rows of the targets.
+
+    Every term is the stage's own (:func:`geosapiens.objectives.label_free_objective`), scoring the given
+    keypoints (the heatmap a term reads is their rendered target Gaussian), with the stage config's options.
+    """
+    h, w = t.images.shape[-2:]
+    codec = UDPHeatmapCodec((h, w), (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
+    margin = init.get("manifold_margin")
+    options = objectives.ObjectiveOptions().override(
+        **(init.get("objective") or {}), **({} if margin is None else {"manifold_margin": margin})
+    )
+    if args.geo_pose_threshold is not None:
+        options = options.override(geo_pose_threshold=args.geo_pose_threshold)
+    normal_prior = vae = None
+    extras: dict[str, torch.Tensor] = {}
     if args.normal_priors:
         from geosapiens.normal_priors import load_normal_priors
 
-        mean, kappa = load_normal_priors(args.normal_priors).tensors()
-        out["geo_norm"] = lambda kp, rows: losses.normal_prior_loss(
-            kp / norm, maps.normals[rows], mean.float(), kappa.float(), valid=sub(maps.valid, rows)
-        )
-    if args.geometry_teacher:
-        from geosapiens.stages.base import pose_model_from_checkpoint
-
-        net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
-        with torch.no_grad():
-            geo = torch.cat([net(x) for x in maps_to_input(maps).split(64)])
-        threshold = args.geo_pose_threshold
-        if threshold is None:
-            threshold = float(options.get("geo_pose_threshold", 0.2))
-        decoded = codec.decode(geo)[0].float()
-        err = pose_error(decoded, t)
-        pck = ((decoded - t.keypoints).norm(dim=-1) <= 0.1 * t.box[:, None])[t.labelled].float().mean()
-        print(f"geometry teacher on these maps: mean error {float(err.mean()):.2f}% of the box, "
-              f"PCK@0.1 {100 * float(pck):.1f}")
-        keep = (geo.amax(dim=(-2, -1)) >= threshold).float()
-
-        def geo_pose(kp: torch.Tensor, rows: slice) -> torch.Tensor:
-            rendered, inside = codec.encode(kp, torch.ones(kp.shape[:2]))
-            return losses.heatmap_mse(rendered, geo[rows], keep[rows] * inside)
-
-        out["geo_pose"] = geo_pose
+        normal_prior = tuple(x.float() for x in load_normal_priors(args.normal_priors).tensors())
     if args.pose_prior:
         from geosapiens.models.prior import PoseVAE
 
         vae = PoseVAE.load(args.pose_prior)
-        margin = float(options.get("manifold_margin", 0.0))
-        out["manifold"] = lambda kp, rows: losses.manifold_loss(
-            kp, vae, torch.ones(kp.shape[1], dtype=torch.bool), margin=margin
+    if args.geometry_teacher:
+        from geosapiens.stages.base import pose_model_from_checkpoint
+
+        net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
+        parts = [
+            objectives.geometry_pseudo_labels(
+                net, _rows(t.maps, slice(i, i + 64)), None, (h, w), options.geo_pose_threshold
+            )
+            for i in range(0, len(t.paths), 64)
+        ]
+        extras = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        decoded = codec.decode(extras["geo_heatmaps"])[0].float()
+        pck = ((decoded - t.keypoints).norm(dim=-1) <= 0.1 * t.box[:, None])[t.labelled].float().mean()
+        print(
+            f"geometry teacher on these maps: mean error {float(pose_error(decoded, t).mean()):.2f}% of the "
+            f"box, PCK@0.1 {100 * float(pck):.1f}"
         )
-    configured = {k: v for k, v in weights.items() if k in out and k in GEOMETRIC and v > 0}
+    available = {"geo_body", "geo_depth"} | ({"geo_norm"} if normal_prior else set())
+    available |= ({"manifold"} if vae is not None else set()) | ({"geo_pose"} if extras else set())
+
+    def term(names: dict[str, float]) -> Objective:
+        def f(kp: torch.Tensor, rows: slice) -> torch.Tensor:
+            rendered, _ = codec.encode(kp, torch.ones(kp.shape[:2]))
+            inputs = objectives.prepare_inputs(
+                rendered,
+                codec,
+                maps=_rows(t.maps, rows),
+                lambda_z=cache.lambda_z,
+                normal_prior=normal_prior,
+                vae=vae,
+                extras={k: v[rows] for k, v in extras.items()},
+                options=options,
+                keypoints=kp,
+            )
+            return objectives.weighted_sum(objectives.label_free_objective(inputs, names), names)
+
+        return f
+
+    out: dict[str, Objective] = {name: term({name: 1.0}) for name in sorted(available)}
+    configured = {k: v for k, v in weights.items() if k in available and k in GEOMETRIC and v > 0}
     if configured:
-        out["configured"] = lambda kp, rows: sum(v * out[k](kp, rows) for k, v in configured.items())
+        out["configured"] = term(configured)
     return out
 
 
@@ -213,7 +235,9 @@ def perturb(t: Targets, family: str, level: float, rng: np.random.Generator) -> 
         return kp + torch.from_numpy(rng.normal(0, 1, kp.shape)).float() * (0.25 * level) * box[..., None]
     for i in range(n):
         if family == "swap":
-            a, b = (LIMB_CHAINS[0], LIMB_CHAINS[1]) if rng.random() < 0.5 else (LIMB_CHAINS[2], LIMB_CHAINS[3])
+            a, b = (
+                (LIMB_CHAINS[0], LIMB_CHAINS[1]) if rng.random() < 0.5 else (LIMB_CHAINS[2], LIMB_CHAINS[3])
+            )
             keep = int(rng.integers(1, 3))  # swap the last 1 or 2 joints of the chain (wrist / elbow+wrist)
             ia, ib = list(a[-keep:]), list(b[-keep:])
             kp[i, ia], kp[i, ib] = t.keypoints[i, ib], t.keypoints[i, ia]
@@ -300,11 +324,15 @@ def measure(args: argparse.Namespace) -> dict:
     t = load_targets(Path(args.data), args.annotation, cache, args.images, args.padding)
     t.maps = degrade(t.maps, args.degrade)
     weights, options = read_config(args.config)
-    objectives = build_objectives(t, args, weights, options)
-    print(f"{len(t.paths)} images, {t.images.shape[-2]}x{t.images.shape[-1]} crops, objectives: {list(objectives)}")
+    terms = build_objectives(t, args, weights, options, cache)
+    print(
+        f"{len(t.paths)} images, {t.images.shape[-2]}x{t.images.shape[-1]} crops, objectives: {list(terms)}"
+    )
 
-    perturbed = {f: [perturb(t, f, lvl, rng) for lvl in np.linspace(0.05, 1, args.levels)]
-                 for f in ("iid", "swap", "off_body", "slide")}
+    perturbed = {
+        f: [perturb(t, f, lvl, rng) for lvl in np.linspace(0.05, 1, args.levels)]
+        for f in ("iid", "swap", "off_body", "slide")
+    }
     perturbed["iid"].insert(0, t.keypoints.clone())  # the ground truth itself
     starts = {"noise5": perturb(t, "iid", 0.2, rng), "noise10": perturb(t, "iid", 0.4, rng)}
     if args.network:
@@ -312,13 +340,20 @@ def measure(args: argparse.Namespace) -> dict:
         perturbed["network"] = [starts["network"]]
 
     errors = {f: np.concatenate([pose_error(kp, t).numpy() for kp in kps]) for f, kps in perturbed.items()}
-    result: dict = {"configured": "configured" if "configured" in objectives else None, "objectives": {},
-                    "images": len(t.paths), "degrade": args.degrade, "weights": weights}
-    for name, objective in objectives.items():
+    result: dict = {
+        "configured": "configured" if "configured" in terms else None,
+        "objectives": {},
+        "images": len(t.paths),
+        "degrade": args.degrade,
+        "weights": weights,
+    }
+    for name, objective in terms.items():
         t0 = time.perf_counter()
         values = {f: np.concatenate([per_pose(objective, kp) for kp in kps]) for f, kps in perturbed.items()}
         row: dict = {
-            "spearman": spearman(np.concatenate(list(values.values())), np.concatenate(list(errors.values()))),
+            "spearman": spearman(
+                np.concatenate(list(values.values())), np.concatenate(list(errors.values()))
+            ),
             "spearman_by_family": {f: spearman(values[f], errors[f]) for f in values},
             "zero_fraction": float(np.mean(np.concatenate(list(values.values())) == 0)),
         }
@@ -339,15 +374,27 @@ def print_table(result: dict) -> None:
     names = list(result["objectives"])
     families = list(next(iter(result["objectives"].values()))["spearman_by_family"]) if names else []
     starts = list(next(iter(result["objectives"].values()))["descent"]) if names else []
-    head = ["objective", "spearman", *[f"rho {f}" for f in families], "zeros", *[f"descent {s}" for s in starts]]
+    head = [
+        "objective",
+        "spearman",
+        *[f"rho {f}" for f in families],
+        "zeros",
+        *[f"descent {s}" for s in starts],
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in names:
         r = result["objectives"][name]
-        cells = [name, f"{r['spearman']:+.2f}", *[f"{r['spearman_by_family'][f]:+.2f}" for f in families],
-                 f"{100 * r['zero_fraction']:.0f}%"]
-        cells += [f"{d['before']:.2f}->{d['after']:.2f} ({100 * d['rel_change']:+.0f}%)"
-                  for d in r["descent"].values()]
+        cells = [
+            name,
+            f"{r['spearman']:+.2f}",
+            *[f"{r['spearman_by_family'][f]:+.2f}" for f in families],
+            f"{100 * r['zero_fraction']:.0f}%",
+        ]
+        cells += [
+            f"{d['before']:.2f}->{d['after']:.2f} ({100 * d['rel_change']:+.0f}%)"
+            for d in r["descent"].values()
+        ]
         print("| " + " | ".join(cells) + " |")
     print("errors in % of the box's longer side; descent: mean keypoint error before -> after")
 
@@ -361,31 +408,77 @@ def quick_inputs(work: Path) -> list[str]:
     configs = Path(__file__).resolve().parents[1] / "configs"
     steps = [
         ["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"],
-        ["critics", "cache", "--critic", "oracle", "--data", str(data / "SyRIP"), "--annotation", ann,
-         "--out", str(cache), "--input-size", "96", "96"],
-        ["priors", "fit", "--cache", str(cache), "--data", str(data / "SyRIP"), "--annotation",
-         "annotations/1000S/person_keypoints_train_infant.json", "--out", str(priors)],
-        ["fit", "--config", str(configs / "demo" / "geometry_teacher.yaml"),
-         f"--data.init_args.critic_cache={cache}", f"--data.init_args.data.init_args.root={data / 'SyRIP'}",
-         "--data.init_args.data.init_args.batch_size=8", "--data.init_args.data.init_args.num_workers=0",
-         "--trainer.max_steps=20", "--trainer.val_check_interval=10", f"--trainer.default_root_dir={work / 'gt'}",
-         f"--trainer.logger.init_args.save_dir={work / 'gt'}", "--trainer.enable_progress_bar=false"],
+        [
+            "critics",
+            "cache",
+            "--critic",
+            "oracle",
+            "--data",
+            str(data / "SyRIP"),
+            "--annotation",
+            ann,
+            "--out",
+            str(cache),
+            "--input-size",
+            "96",
+            "96",
+        ],
+        [
+            "priors",
+            "fit",
+            "--cache",
+            str(cache),
+            "--data",
+            str(data / "SyRIP"),
+            "--annotation",
+            "annotations/1000S/person_keypoints_train_infant.json",
+            "--out",
+            str(priors),
+        ],
+        [
+            "fit",
+            "--config",
+            str(configs / "demo" / "geometry_teacher.yaml"),
+            f"--data.init_args.critic_cache={cache}",
+            f"--data.init_args.data.init_args.root={data / 'SyRIP'}",
+            "--data.init_args.data.init_args.batch_size=8",
+            "--data.init_args.data.init_args.num_workers=0",
+            "--trainer.max_steps=20",
+            "--trainer.val_check_interval=10",
+            f"--trainer.default_root_dir={work / 'gt'}",
+            f"--trainer.logger.init_args.save_dir={work / 'gt'}",
+            "--trainer.enable_progress_bar=false",
+        ],
     ]
     for step in steps:
         done = subprocess.run([*cli, *step], env=env, cwd=work, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"--quick: `geosapiens {' '.join(step[:2])}` failed:\n{done.stderr[-2000:]}")
-    return ["--data", str(data / "SyRIP"), "--cache", str(cache), "--normal-priors", str(priors),
-            "--geometry-teacher", str(work / "gt" / "checkpoints" / "best.ckpt"),
-            "--annotation", "annotations/200R/person_keypoints_train_infant.json", "--geo-pose-threshold", "0"]
+    return [
+        "--data",
+        str(data / "SyRIP"),
+        "--cache",
+        str(cache),
+        "--normal-priors",
+        str(priors),
+        "--geometry-teacher",
+        str(work / "gt" / "checkpoints" / "best.ckpt"),
+        "--annotation",
+        "annotations/200R/person_keypoints_train_infant.json",
+        "--geo-pose-threshold",
+        "0",
+    ]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="SyRIP-layout root of the target images")
     p.add_argument("--cache", help="critic cache holding those images (canonical crop frame)")
-    p.add_argument("--annotation", default="annotations/200R/person_keypoints_train_infant.json",
-                   help="labelled target images to measure on (their labels only score)")
+    p.add_argument(
+        "--annotation",
+        default="annotations/200R/person_keypoints_train_infant.json",
+        help="labelled target images to measure on (their labels only score)",
+    )
     p.add_argument("--config", help="stage config whose loss weights make the configured objective")
     p.add_argument("--network", help="pose checkpoint whose predictions are a perturbation and a start")
     p.add_argument("--normal-priors", help="normal priors file (geo_norm)")
@@ -397,7 +490,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="descent steps")
     p.add_argument("--lr", type=float, default=0.5, help="descent step size (Adam, crop px)")
     p.add_argument("--padding", type=float, default=1.25, help="crop padding (the cache's)")
-    p.add_argument("--degrade", default="", help="critic-map degradation: blur=S,normals=DEG,depth=STD,nomask")
+    p.add_argument(
+        "--degrade", default="", help="critic-map degradation: blur=S,normals=DEG,depth=STD,nomask"
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--quick", action="store_true", help="generate tiny data and run on it (< 3 min)")
     return p

@@ -34,8 +34,22 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     assert main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
     syrip = next(p for p in (data / "SyRIP", data / "syrip") if p.is_dir())
     cache = root / "cache"
-    argv = ["critics", "cache", "--critic", "oracle", "--data", str(syrip), "--annotation", TRAIN,
-            "--out", str(cache), "--input-size", "64", "64", "--no-progress"]
+    argv = [
+        "critics",
+        "cache",
+        "--critic",
+        "oracle",
+        "--data",
+        str(syrip),
+        "--annotation",
+        TRAIN,
+        "--out",
+        str(cache),
+        "--input-size",
+        "64",
+        "64",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return {"root": root, "syrip": syrip, "cache": cache}
 
@@ -48,7 +62,9 @@ def test_maps_follow_the_view_and_a_mirror_swaps_channels_and_negates_normal_x(t
     records = read_syrip(tiny["syrip"], TRAIN)
     cache = CriticCache(tiny["cache"])
     canonical = CriticMapsDataset(records, cache, (64, 64))
-    mirrored = CriticMapsDataset(records, cache, (64, 64), geometry=ViewAugment((1.0, 1.0), 0.0, 0.0, 1.0, 0.0))
+    mirrored = CriticMapsDataset(
+        records, cache, (64, 64), geometry=ViewAugment((1.0, 1.0), 0.0, 0.0, 1.0, 0.0)
+    )
     on_body, agree = [], []
     for i in range(len(records)):
         a, b = canonical[i], mirrored[i]
@@ -69,7 +85,9 @@ def test_maps_follow_the_view_and_a_mirror_swaps_channels_and_negates_normal_x(t
 
 def test_degradation_is_keyed_and_keeps_unit_normals_on_the_body(tiny):
     records = read_syrip(tiny["syrip"], TRAIN)
-    ds = CriticMapsDataset(records, CriticCache(tiny["cache"]), (64, 64), degradation=MapDegradation(prob=1.0))
+    ds = CriticMapsDataset(
+        records, CriticCache(tiny["cache"]), (64, 64), degradation=MapDegradation(prob=1.0)
+    )
     x, y = ds[3]["image"], ds[3]["image"]
     assert torch.equal(x, y)
     clean = CriticMapsDataset(records, CriticCache(tiny["cache"]), (64, 64))[3]["image"]
@@ -83,29 +101,56 @@ def test_degradation_is_keyed_and_keeps_unit_normals_on_the_body(tiny):
 def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(tiny, tmp_path):
     config = REPO / "configs" / "demo" / "geometry_teacher.yaml"
     gt_dir = tmp_path / "gt"
-    common = ["--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false"]
-    fit = ["fit", "--config", str(config), f"--data.init_args.critic_cache={tiny['cache']}",
-           f"--data.init_args.data.init_args.root={tiny['syrip']}", "--data.init_args.data.init_args.batch_size=4",
-           "--data.init_args.data.init_args.num_workers=0", "--data.init_args.data.init_args.input_size=[64,64]",
-           "--model.init_args.input_size=[64,64]", f"--trainer.default_root_dir={gt_dir}",
-           f"--trainer.logger.init_args.save_dir={gt_dir}", *common]
+    common = [
+        "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3",
+        "--trainer.enable_progress_bar=false",
+    ]
+    fit = [
+        "fit",
+        "--config",
+        str(config),
+        f"--data.init_args.critic_cache={tiny['cache']}",
+        f"--data.init_args.data.init_args.root={tiny['syrip']}",
+        "--data.init_args.data.init_args.batch_size=4",
+        "--data.init_args.data.init_args.num_workers=0",
+        "--data.init_args.data.init_args.input_size=[64,64]",
+        "--model.init_args.input_size=[64,64]",
+        f"--trainer.default_root_dir={gt_dir}",
+        f"--trainer.logger.init_args.save_dir={gt_dir}",
+        *common,
+    ]
     assert main(fit) == 0
     teacher = gt_dir / "checkpoints" / "best.ckpt"
     assert teacher.is_file()
 
     uda_dir = tmp_path / "uda"
-    terms = "{cons: {weight: 1.0}, manifold: {weight: 0.0}, geo_depth: {weight: 0.0}, geo_norm: {weight: 0.0}, " \
-            "geo_pose: {weight: 1.0}}"
-    uda = ["fit", "--config", str(REPO / "configs" / "demo" / "uda.yaml"),
-           f"--data.init_args.source.init_args.root={tiny['syrip']}",
-           f"--data.init_args.target.init_args.root={tiny['syrip']}",
-           "--model.init_args.init_checkpoint=null", "--model.init_args.pose_prior=null",
-           "--model.init_args.normal_priors=null", f"--data.init_args.target.init_args.critic_cache={tiny['cache']}",
-           f"--model.init_args.geometry_teacher={teacher}", f"--model.init_args.loss_terms={terms}",
-           "--model.init_args.input_size=[64,64]",
-           *[f"--data.init_args.{d}.init_args.{k}" for d in ("source", "target")
-             for k in ("batch_size=4", "num_workers=0", "input_size=[64,64]")],
-           f"--trainer.default_root_dir={uda_dir}", f"--trainer.logger.init_args.save_dir={uda_dir}", *common]
+    terms = (
+        "{cons: {weight: 1.0}, manifold: {weight: 0.0}, geo_depth: {weight: 0.0}, geo_norm: {weight: 0.0}, "
+        "geo_pose: {weight: 1.0}}"
+    )
+    uda = [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "demo" / "uda.yaml"),
+        f"--data.init_args.source.init_args.root={tiny['syrip']}",
+        f"--data.init_args.target.init_args.root={tiny['syrip']}",
+        "--model.init_args.init_checkpoint=null",
+        "--model.init_args.pose_prior=null",
+        "--model.init_args.normal_priors=null",
+        f"--data.init_args.target.init_args.critic_cache={tiny['cache']}",
+        f"--model.init_args.geometry_teacher={teacher}",
+        f"--model.init_args.loss_terms={terms}",
+        "--model.init_args.input_size=[64,64]",
+        *[
+            f"--data.init_args.{d}.init_args.{k}"
+            for d in ("source", "target")
+            for k in ("batch_size=4", "num_workers=0", "input_size=[64,64]")
+        ],
+        f"--trainer.default_root_dir={uda_dir}",
+        f"--trainer.logger.init_args.save_dir={uda_dir}",
+        *common,
+    ]
     assert main(uda) == 0
     metrics = pd.read_csv(uda_dir / "metrics.csv")
     geo = metrics["train/loss_geo_pose"].dropna()
@@ -115,9 +160,14 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
         from geosapiens.stages import MeanTeacherAdaptation
 
         MeanTeacherAdaptation(
-            backbone="timm:regnetx_002", backbone_kwargs={"output_stride": 16}, input_size=(64, 64),
-            loss_terms={"geo_pose": {"weight": 1.0}, "manifold": {"weight": 0.0},
-                                                          "geo_norm": {"weight": 0.0}},
+            backbone="timm:regnetx_002",
+            backbone_kwargs={"output_stride": 16},
+            input_size=(64, 64),
+            loss_terms={
+                "geo_pose": {"weight": 1.0},
+                "manifold": {"weight": 0.0},
+                "geo_norm": {"weight": 0.0},
+            },
         )
 
 
@@ -139,7 +189,11 @@ def test_geometry_signal_quick_writes_the_documented_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "geometry_signal.py"), "--quick", "--json", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

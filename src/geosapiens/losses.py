@@ -124,10 +124,10 @@ def warp_heatmaps(
     """Heatmaps of one crop frame resampled into another (a teacher's into the student's view).
 
     The affine is given in input (crop) pixels; heatmaps are UDP-aligned with the input, so in
-    ``align_corners=True`` normalised coordinates both grids read ``2 x / (W - 1) - 1``: the warp is built once
-    in the input frame and applies to heatmaps of any stride. When the two frames are mirrored relative to
-    each other (``det < 0``), flip augmentation relabelled the joints left <-> right, so the channels are
-    swapped with ``flip_indices`` first.
+    ``align_corners=True`` normalised coordinates both grids read ``2 x / (W - 1) - 1``: the warp is built
+    once in the input frame and applies to heatmaps of any stride. When the two frames are mirrored
+    relative to each other (``det < 0``), flip augmentation relabelled the joints left <-> right, so the
+    channels are swapped with ``flip_indices`` first.
 
     Args:
         heatmaps: (B, K, h, w) in the source frame.

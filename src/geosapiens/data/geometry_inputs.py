@@ -47,10 +47,10 @@ GEOMETRY_CHANNELS = ("depth", "normal_x", "normal_y", "normal_z", "body")
 
 
 def maps_to_input(maps: GeometryMaps) -> torch.Tensor:
-    """(B, 5, H, W) network input from critic maps: relative depth, unit normals, body mask, 0 off the body."""
-    valid = (
-        torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()
-    ).to(maps.depth.device)
+    """(B, 5, H, W) network input from critic maps: relative depth, normals, body mask; 0 off the body."""
+    valid = (torch.ones_like(maps.depth, dtype=torch.bool) if maps.valid is None else maps.valid.bool()).to(
+        maps.depth.device
+    )
     body = valid.to(torch.float32)
     return torch.cat([maps.depth.float() * body, maps.normals.float() * body, body], dim=1)
 
@@ -152,12 +152,15 @@ class CriticMapsDataset(Dataset):
         canonical = view_affine(record.bbox, self.input_size, None, self.padding)
         keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), affine)
         keypoints, labelled, visible = flip_channels(
-            params is not None and params.flip, keypoints, np.asarray(record.labelled, bool),
+            params is not None and params.flip,
+            keypoints,
+            np.asarray(record.labelled, bool),
             np.asarray(record.visible, bool),
         )
         maps = self.cache.load([record.image_path])
         cache_to_view = compose_affine(
-            compose_affine(affine, invert_affine(canonical)), cache_to_crop(maps.depth.shape[-2:], self.input_size)
+            compose_affine(affine, invert_affine(canonical)),
+            cache_to_crop(maps.depth.shape[-2:], self.input_size),
         )
         view = warp_maps(maps, torch.from_numpy(cache_to_view[None]).float(), self.input_size)
         image = maps_to_input(view)[0]
@@ -228,7 +231,10 @@ class CriticInputDataModule(L.LightningDataModule):
 
     def _dataset(self, records: Sequence[PoseRecord], train: bool) -> CriticMapsDataset:
         return CriticMapsDataset(
-            records, self.cache, self.data.input_size, self.data.padding,
+            records,
+            self.cache,
+            self.data.input_size,
+            self.data.padding,
             geometry=self.data.geometry if train else None,
             degradation=self.degradation if train else None,
         )
