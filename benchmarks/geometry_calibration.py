@@ -70,6 +70,10 @@ def real_like_heatmaps(model, records, input_size, batch: int = 64):
 def keypoint_report(heatmaps: torch.Tensor, codec: UDPHeatmapCodec) -> dict:
     decoded, peaks = codec.decode(heatmaps)
     report = {"median_peak": float(peaks.median())}
+    B, K, h, w = heatmaps.shape
+    index = heatmaps.reshape(B, K, -1).argmax(-1)
+    integer = codec.to_input(torch.stack([index % w, index // w], dim=-1).float())
+    report["integer argmax (reference)"] = pct((integer - decoded).norm(dim=-1).flatten().numpy())
     for name, opts in OPTIONS.items():
         options = objectives.ObjectiveOptions().override(**opts)
         found = objectives.label_free_keypoints(heatmaps, codec, options)
@@ -166,6 +170,7 @@ def gradient_report(args, input_size) -> dict:
         "manifold": {"weight": 1.0 if args.pose_prior else 0.0},
     }
     stage = MeanTeacherAdaptation(
+        objective=args.objective,
         backbone="timm:regnetx_002",
         backbone_kwargs={"output_stride": 16},
         head_kwargs={"channels": [128, 64]},
@@ -240,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=4, help="adaptation batches averaged for the gradients")
     p.add_argument("--images", type=int, default=600, help="real-like crops for the keypoint/occlusion rows")
+    p.add_argument("--objective", type=json.loads, default=None, help="ObjectiveOptions overrides (JSON)")
+    p.add_argument(
+        "--skip", nargs="*", default=(), choices=("keypoints", "occlusion", "lambda_z", "gradients")
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -252,15 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     data = real_like_heatmaps(model, records, input_size)
     maps = cache.load(data["paths"])
     confidence = data["heatmaps"].amax(dim=(-2, -1))
-    report = {
-        "checkpoint": str(args.checkpoint),
-        "keypoints": keypoint_report(data["heatmaps"], codec),
-        "occlusion": occlusion_report(
+    sections = {
+        "keypoints": lambda: keypoint_report(data["heatmaps"], codec),
+        "occlusion": lambda: occlusion_report(
             data, maps, confidence, codec, objectives.ObjectiveOptions().edge_threshold
         ),
-        "lambda_z": lambda_z_report(cache, records, input_size),
-        "gradients": gradient_report(args, input_size),
+        "lambda_z": lambda: lambda_z_report(cache, records, input_size),
+        "gradients": lambda: gradient_report(args, input_size),
     }
+    report = {"checkpoint": str(args.checkpoint), "objective": args.objective}
+    report |= {name: run() for name, run in sections.items() if name not in args.skip}
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -215,6 +215,8 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
         str(out),
         "--input-size",
         *map(str, INPUT_HW),
+        "--stride",
+        "1",  # full resolution: the mirrored lookup below is compared pixel for pixel
         "--no-progress",
         "--device",
         "cpu",
