@@ -18,7 +18,8 @@ the signal falls as the critic errs. ``--quick`` generates tiny-preset data with
 geometry teacher and the normal priors in a temporary folder, and runs everything on it (a test runs it).
 
     python benchmarks/geometry_signal.py --data demo_data/SyRIP --cache demo_data/critic_cache/oracle_96x96 \
-        --config configs/demo/uda.yaml --network runs/demo/warmup/checkpoints/best.ckpt \
+        --config configs/demo/uda.yaml --config configs/demo/geo_pose.yaml \
+        --network runs/demo/warmup/checkpoints/best.ckpt \
         --normal-priors runs/demo/priors/normal_priors.json \
         --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
         --geometry-teacher runs/demo/geometry_teacher/checkpoints/best.ckpt --json geometry_signal.json
@@ -304,14 +305,18 @@ def network_predictions(path: str, t: Targets) -> torch.Tensor:
 # -- the measurement -------------------------------------------------------------------------------------
 
 
-def read_config(path: str | None) -> tuple[dict[str, float], dict]:
-    """Loss weights and options of a stage config (``model.init_args``)."""
-    if not path:
-        return {"geo_depth": 0.1, "geo_norm": 0.1, "geo_pose": 1.0}, {}
-    init = (yaml.safe_load(Path(path).read_text()).get("model") or {}).get("init_args") or {}
-    terms = init.get("loss_terms") or {}
+def read_config(paths: list[str] | None) -> tuple[dict[str, float], dict]:
+    """Loss weights and ``model.init_args`` of stacked stage configs (later files win, loss terms merged)."""
     from geosapiens.callbacks.schedule import PLAN_LOSS_TERMS
 
+    if not paths:
+        return {"geo_body": 1.0, "geo_depth": 1e-3, "geo_norm": 0.13, "geo_pose": 1.0}, {}
+    init: dict = {}
+    terms: dict = {}
+    for path in paths:
+        doc = (yaml.safe_load(Path(path).read_text()).get("model") or {}).get("init_args") or {}
+        terms.update(doc.pop("loss_terms", None) or {})
+        init.update(doc)
     weights = {k: float(v.weight) for k, v in PLAN_LOSS_TERMS.items()}
     weights.update({k: float(v.get("weight", 1.0)) for k, v in terms.items()})
     return weights, init
@@ -479,7 +484,9 @@ def parser() -> argparse.ArgumentParser:
         default="annotations/200R/person_keypoints_train_infant.json",
         help="labelled target images to measure on (their labels only score)",
     )
-    p.add_argument("--config", help="stage config whose loss weights make the configured objective")
+    p.add_argument(
+        "--config", action="append", help="stage config(s) whose loss weights make the configured objective"
+    )
     p.add_argument("--network", help="pose checkpoint whose predictions are a perturbation and a start")
     p.add_argument("--normal-priors", help="normal priors file (geo_norm)")
     p.add_argument("--pose-prior", help="pose VAE checkpoint (manifold)")
