@@ -21,9 +21,10 @@ STACKS = [
     *[
         [f"demo/{p.name}"]
         for p in sorted((CONFIGS / "demo").glob("*.yaml"))
-        if p.name not in ("pose_vae.yaml", "fidip.yaml")
+        if p.name not in ("pose_vae.yaml", "fidip.yaml", "geo_pose.yaml")
     ],
     ["demo/uda.yaml", "demo/fidip.yaml"],
+    ["demo/uda.yaml", "demo/geo_pose.yaml"],
     ["priors/pose_vae.yaml", "demo/pose_vae.yaml"],
     ["critics/small_critic.yaml"],
 ]
