@@ -3,12 +3,12 @@
     (a) supervised      SupervisedPose: student forward + backward on B source crops
     (b) mean teacher    MeanTeacherAdaptation, cons only: student on B source + B strong target crops in one
                         forward, EMA teacher forward on B weak crops (no grad), EMA update after the step
-    (c) (b) + cached    + geo_body, geo_depth, geo_norm and manifold; critic maps from a critic cache (built
-                        here with the oracle critic on generated data), read into the batches by the
-                        DataLoader as in training, a pose VAE and normal priors
+    (c) (b) + cached    + geo_depth, geo_norm and manifold; critic maps read from a critic cache (built here
+                        with the oracle critic on generated data), a pose VAE and normal priors
     (d) (b) + online    + geo_depth and geo_norm with a critic run on every strong view: a stand-in of
-                        SapiensCritic's shape (a depth and a normal model, each a copy of the pose backbone
-                        with the official Sapiens depth / normal head, random weights) at the pose input size
+                        SapiensCritic's shape (a depth and a normal model, each a ``--critic-backbone``
+                        backbone, by default the pose one, with the official Sapiens depth / normal head,
+                        random weights) at the pose input size
 
 Each runs through a real ``lightning.Trainer`` (optimiser, schedulers, callbacks, EMA update) on batches
 prepared beforehand, so data loading is not timed. Time per step is the median interval between batch starts
@@ -20,6 +20,8 @@ forward (two backbones).
 
     python benchmarks/step_cost.py   # CPU: sapiens_tiny, 128x128, B=4, 10 steps; ~3 min on 2 cores
     python benchmarks/step_cost.py --backbone sapiens_0.6b --size 1024 --device cuda   # bf16-mixed
+    python benchmarks/step_cost.py --backbone sapiens_0.6b --critic-backbone sapiens_1b --size 1024 \
+        --batch 2 --device cuda                     # the paper setting, as benchmarks/gpu_check.py runs it
 """
 
 from __future__ import annotations
@@ -64,11 +66,25 @@ class StandInSapiensCritic(_WholeImageCritic):
         return self.depth_model(images), self.normal_model(images)
 
 
-def prepare(root: Path, size: int) -> dict[str, Path]:
+def generated_roots(data: Path) -> dict[str, Path]:
+    """The SyRIP and MINI-RGBD roots of ``geosapiens data synth`` output, under either folder layout (the
+    generator's ``syrip``/``mini_rgbd`` or the paper configs' ``SyRIP``/``MINI-RGBD_web``)."""
+    roots = {}
+    for key, names in (("syrip", ("SyRIP", "syrip")), ("mini_rgbd", ("MINI-RGBD_web", "mini_rgbd"))):
+        found = [data / n for n in names if (data / n).is_dir()]
+        if not found:
+            raise FileNotFoundError(f"{data}: no {' or '.join(names)} folder of generated data")
+        roots[key] = found[0]
+    return roots
+
+
+def prepare(root: Path, size: int, preset: str = "tiny", workers: int | None = None) -> dict[str, Path]:
     """Generated data, an oracle critic cache at ``size``, normal priors and a pose VAE file."""
     data = root / "data"
-    assert geosapiens_main(["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"]) == 0
-    syrip, cache = data / "syrip", root / "cache"
+    synth = ["data", "synth", "--out", str(data), "--preset", preset, "--seed", "0", "--quiet"]
+    assert geosapiens_main(synth + (["--workers", str(workers)] if workers else [])) == 0
+    roots = generated_roots(data)
+    syrip, cache = roots["syrip"], root / "cache"
     args = ["critics", "cache", "--critic", "oracle", "--data", str(syrip), "--annotation", TRAIN]
     assert (
         geosapiens_main([*args, "--out", str(cache), "--input-size", str(size), str(size), "--no-progress"])
@@ -85,12 +101,11 @@ def prepare(root: Path, size: int) -> dict[str, Path]:
     )
     save_normal_priors(root / "priors.json", priors)
     PoseVAE().save(root / "vae.safetensors")
-    return {"syrip": syrip, "cache": cache, "priors": root / "priors.json", "vae": root / "vae.safetensors"}
+    return {**roots, "cache": cache, "priors": root / "priors.json", "vae": root / "vae.safetensors"}
 
 
 def adaptation_batches(syrip: Path, size: int, batch: int, count: int, cache: Path) -> list[dict]:
-    """``count`` real training batches ``{"source": ..., "target": ...}`` from the adaptation DataModule, the
-    target's with their cached critic maps."""
+    """``count`` real training batches ``{"source": ..., "target": ...}`` from the adaptation DataModule."""
     common = {"input_size": (size, size), "batch_size": batch, "num_workers": 0, "pin_memory": False}
     common["persistent_workers"] = False
     dm = AdaptationDataModule(
@@ -180,7 +195,7 @@ def build(kind: str, args: argparse.Namespace, paths: dict[str, Path]) -> L.Ligh
         terms["manifold"] = {"weight": 0.05, "start_epoch": 0}
         extra["pose_prior"] = str(paths["vae"])
     if kind == "d":
-        extra["critic"] = StandInSapiensCritic(args.backbone, (args.size, args.size))
+        extra["critic"] = StandInSapiensCritic(args.critic_backbone or args.backbone, (args.size, args.size))
     return MeanTeacherAdaptation(loss_terms=terms, ema_decay=0.999, **common, **extra)
 
 
@@ -192,47 +207,65 @@ LABELS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="sapiens_tiny", help="pose backbone preset (or timm:NAME)")
+    parser.add_argument("--critic-backbone", default=None,
+                        help="backbone preset of the online critic's two models in (d); default: --backbone")
     parser.add_argument("--size", type=int, default=128, help="square crop size")
     parser.add_argument("--batch", type=int, default=4, help="images per domain per step (B)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--stages", default="abcd", help="subset of a, b, c, d")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, tuple[float, int]]:
+    """{stage: (median seconds per step, FLOPs per step)} for ``args.stages`` on ``prepare``'s files."""
     device = torch.device(args.device)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*ckpt_path.*|.*LeafSpec.*|.*val_dataloader.*")
     L.seed_everything(0, verbose=False)
-    with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
-        paths = prepare(Path(tmp), args.size)
-        count = args.warmup + args.steps + 1
-        batches = adaptation_batches(paths["syrip"], args.size, args.batch, count, paths["cache"])
-        rows = {}
-        for kind in args.stages:
-            stage = build(kind, args, paths)
-            data = [b["source"] for b in batches] if kind == "a" else batches
-            rows[kind] = run_stage(stage, data, args.warmup, device)
-            del stage
-    threads = torch.get_num_threads() if device.type == "cpu" else None
-    print(
-        f"\nstep cost: {args.backbone} at {args.size}x{args.size}, B={args.batch} per domain, {args.device}"
+    count = args.warmup + args.steps + 1
+    batches = adaptation_batches(paths["syrip"], args.size, args.batch, count, paths["cache"])
+    rows = {}
+    for kind in args.stages:
+        stage = build(kind, args, paths)
+        data = [b["source"] for b in batches] if kind == "a" else batches
+        rows[kind] = run_stage(stage, data, args.warmup, device)
+        del stage
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def table(args: argparse.Namespace, rows: dict[str, tuple[float, int]]) -> str:
+    """The printed table: seconds and GFLOP per step, and both as ratios to (a) (or the first stage run)."""
+    threads = torch.get_num_threads() if args.device == "cpu" else None
+    lines = [
+        f"step cost: {args.backbone} at {args.size}x{args.size}, B={args.batch} per domain, {args.device}"
         + (f" ({threads} threads)" if threads else " (bf16-mixed)")
         + f", median of {args.steps} steps after {args.warmup} warm-up"
-    )
+    ]
     if "d" in rows:
-        print(
-            f"(d) critic: stand-in SapiensCritic = 2 x ({args.backbone} backbone + Sapiens depth/normal head)"
-        )
+        critic = args.critic_backbone or args.backbone
+        lines.append(f"(d) critic: stand-in SapiensCritic = 2 x ({critic} + Sapiens depth/normal head)")
     base_t, base_f = rows.get("a", next(iter(rows.values())))
-    print(f"\n{'stage':<42}{'s/step':>9}{'GFLOP/step':>12}{'time ratio':>12}{'FLOP ratio':>12}")
+    lines.append(f"\n{'stage':<42}{'s/step':>9}{'GFLOP/step':>12}{'time ratio':>12}{'FLOP ratio':>12}")
     for kind, (seconds, flops) in rows.items():
-        print(
+        lines.append(
             f"{LABELS[kind]:<42}{seconds:>9.3f}{flops / 1e9:>12.2f}"
             f"{seconds / base_t:>12.2f}{flops / base_f if base_f else float('nan'):>12.2f}"
         )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
+        rows = measure(args, prepare(Path(tmp), args.size))
+    print("\n" + table(args, rows))
     return 0
 
 

@@ -50,7 +50,7 @@ def test_fast_demo_reports_every_method(demo):
 
 
 def test_seeds_tool_runs_a_config_under_two_seeds(demo, tmp_path):
-    data = demo[1] / "syrip"
+    data = demo[1] / "SyRIP"
     out = tmp_path / "warmup"
     fit = ["--config", str(CONFIGS / "demo" / "warmup.yaml"), f"--data.init_args.root={data}",
            "--data.init_args.batch_size=4", "--data.init_args.num_workers=0", "--trainer.max_steps=2",
