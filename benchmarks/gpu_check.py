@@ -329,7 +329,7 @@ def fit_args(p: Preset, paths: dict[str, Path], run_dir: Path) -> list[str]:
         "--trainer.accelerator", "gpu" if p.device == "cuda" else "cpu",
         "--trainer.devices", "1",
         "--model.init_args.backbone_kwargs", '{"family": "pretrain"}',  # random init, the checkpoint's layout
-        "--model.init_args.critic_cache", str(paths["cache"]),
+        "--data.init_args.target.init_args.critic_cache", str(paths["cache"]),
         "--model.init_args.pose_prior", str(paths["vae"]),
         "--model.init_args.normal_priors", str(paths["priors"]),
         "--model.init_args.loss_terms", json.dumps(terms),
