@@ -27,8 +27,9 @@ runs every stage and baseline on it through the same commands a user runs on rea
 
 Protocols (:data:`PROTOCOLS`, each stated once and applied to every run as command-line overrides):
 ``demo`` is the new user's first run (one seed, about a quarter of an hour on 2 CPU cores); ``full`` is the
-calibrated comparison (``--protocol full --seeds 0 1 2``): crop size, steps and data sized so the oracle is
-far enough above source-only for a gap reduction to be measurable. Every run gets the same augmentation
+comparison (``--protocol full --seeds 0 1 2``), whose crop size and steps are being calibrated so that the
+oracle is far enough above source-only for a gap reduction to be measurable (the probes and where they stand:
+``docs/results/protocol/calibration.md``). Every run gets the same augmentation
 (geometry, elastic scale, cut-occlude, strong photometric). Every number in the table comes from this
 invocation: each run's folder is emptied before it trains. ``--fast`` runs the same chain on the ``tiny``
 preset with a few steps per run (for tests). Paths in the configs (``demo_data/``, ``runs/demo/``) are
@@ -152,7 +153,8 @@ PROTOCOLS: dict[str, Protocol] = {
             ),
             ABLATIONS,
             small_critic_epochs=3,
-            about="the calibrated comparison: every main row under 3 seeds, paired CIs",
+            about="the comparison: every main row under 3 seeds, paired CIs (its calibration: "
+            "docs/results/protocol/calibration.md)",
         ),
     )
 }
@@ -498,7 +500,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate infant data, build the critic caches and the priors, train the warm-up "
         "(source-only), oracle, AdaBN, mean-teacher, SHIFT-style, Geo-Sapiens, few-shot (and FiDIP, "
         "small-critic, distilled, ablation) runs under one or more seeds, test each on the real-like test "
-        "split and report one table: mean +- std over seeds, paired differences with 95%% CIs, gap "
+        "split and report one table: mean +- std over seeds, paired differences with 95% CIs, gap "
         "reduction.",
     )
     p.add_argument(
