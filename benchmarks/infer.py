@@ -17,7 +17,8 @@ one streaming pass computes it) comes from the same timed pipeline over every pe
 split (validate100 of the demo data), so the gap is the one a deployment would see.
 
     python benchmarks/infer.py                          # after `geosapiens demo` (+ the distillation run)
-    python benchmarks/infer.py --teacher runs/demo/uda/checkpoints/best.ckpt --student S.ckpt --frames 300
+    python benchmarks/infer.py --teacher runs/demo/uda/seed0/checkpoints/best.ckpt --student S.ckpt
+        --frames 300
 
 (with the package installed; otherwise prefix ``PYTHONPATH=src``). Targets (issue #8): the student >= 30
 frames/s, PCK gap to the teacher <= 3 points.
@@ -64,9 +65,9 @@ HEADER = (
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=Path("runs/demo/uda/checkpoints/best.ckpt"))
+    p.add_argument("--teacher", type=Path, default=Path("runs/demo/uda/seed0/checkpoints/best.ckpt"))
     p.add_argument("--teacher-weights", choices=("model", "teacher"), default=None)
-    p.add_argument("--student", type=Path, default=Path("runs/demo/distill/checkpoints/best.ckpt"))
+    p.add_argument("--student", type=Path, default=Path("runs/demo/distill/seed0/checkpoints/best.ckpt"))
     p.add_argument("--student-weights", choices=("model", "teacher"), default=None)
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo data (default: demo_data)")
     p.add_argument("--annotation", type=Path, help=f"test annotation file (default: DATA/{VALIDATE100})")

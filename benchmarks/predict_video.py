@@ -65,7 +65,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, default=Path("runs/demo"), help="the demo's --out")
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="the demo's --data")
-    p.add_argument("--model", type=Path, default=None, help="default: <runs>/uda/checkpoints/best.ckpt")
+    p.add_argument("--model", type=Path, default=None, help="default: <runs>/uda/seed0/checkpoints/best.ckpt")
     p.add_argument("--pose_prior", type=Path, default=None, help="default: <runs>/pose_vae/.../last.ckpt")
     p.add_argument("--tta_steps", type=int, default=5)
     p.add_argument("--tta_lr", type=float, default=1e-4)
@@ -73,7 +73,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = args.model or args.runs / "uda" / "checkpoints" / "best.ckpt"
+    model = args.model or args.runs / "uda" / "seed0" / "checkpoints" / "best.ckpt"
     prior = args.pose_prior or args.runs / "pose_vae" / "checkpoints" / "last.ckpt"
     mini = args.data / "MINI-RGBD_web"
     for path in (model, prior, mini):

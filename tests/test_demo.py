@@ -69,7 +69,7 @@ def test_seeds_tool_runs_a_config_under_two_seeds(demo, tmp_path):
 
 def test_fast_protocol_runs_every_main_row_under_two_seeds(demo, tmp_path):
     runs = tmp_path / "protocol"
-    argv = ["demo", "--protocol", "full", "--fast", "--seeds", "0", "1"]
+    argv = ["demo", "--protocol", "full", "--fast", "--seeds", "0", "1", "--jobs", "2"]  # child processes
     assert main([*argv, "--out", str(runs), "--data", str(demo[1])]) == 0
     rows = _rows(runs / "report")
     methods = list(dict.fromkeys(m for m, _ in rows))
@@ -82,6 +82,7 @@ def test_fast_protocol_runs_every_main_row_under_two_seeds(demo, tmp_path):
     assert (runs / "small_critic" / "small_critic.safetensors").is_file()
     assert (runs / "report" / "seed_noise.csv").is_file()
     assert not (runs / "deploy").exists()
+    assert (runs / "logs" / "fewshot-seed1.log").read_text().count("==> ") == 2  # its fit and its test
 
 
 def test_walkthrough_notebook_runs_on_the_demo_outputs(demo, monkeypatch):

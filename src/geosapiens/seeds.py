@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,31 +75,54 @@ def _argv0_only() -> Iterator[None]:
 
 
 class Runner:
-    """Runs ``geosapiens`` command lines in this process, one after the other, timing each one."""
+    """Runs ``geosapiens`` command lines, timing each one: in this process, one after the other, or (with a
+    ``log`` file) as a child process, so that several can run at once from threads (``geosapiens demo
+    --jobs``)."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.index = 0
         self.times: list[StepTime] = []
+        self._lock = threading.Lock()
 
-    def __call__(self, title: str, argv: list[str], note: str = "") -> None:
-        from geosapiens import cli
-
-        self.index += 1
-        print(f"\n==> [{self.index}/{self.total}] {title}\n    geosapiens {' '.join(argv)}", flush=True)
+    def __call__(self, title: str, argv: list[str], note: str = "", log: Path | None = None) -> None:
+        with self._lock:
+            self.index += 1
+            print(f"\n==> [{self.index}/{self.total}] {title}\n    geosapiens {' '.join(argv)}", flush=True)
         wall, cpu = time.perf_counter(), cpu_seconds()
-        try:
-            with _argv0_only():
-                code = cli.main(argv)
-        except SystemExit as err:  # argparse / jsonargparse errors
-            code = err.code if isinstance(err.code, int) else 1
+        if log is None:
+            from geosapiens import cli
+
+            try:
+                with _argv0_only():
+                    code = cli.main(argv)
+            except SystemExit as err:  # argparse / jsonargparse errors
+                code = err.code if isinstance(err.code, int) else 1
+            cpu = cpu_seconds() - cpu
+        else:
+            code, cpu = _child(argv, title, log)
         if code:
-            raise SeedError(f"step '{title}' failed (exit code {code}): geosapiens {' '.join(argv)}")
-        self.record(title, time.perf_counter() - wall, cpu_seconds() - cpu, note)
+            where = f" (log: {log})" if log is not None else ""
+            raise SeedError(f"step '{title}' failed (exit code {code}){where}: geosapiens {' '.join(argv)}")
+        self.record(title, time.perf_counter() - wall, cpu, note)
 
     def record(self, title: str, wall: float, cpu: float, note: str = "") -> None:
-        self.times.append(StepTime(title, wall, cpu, note))
-        print(f"<== {title}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+        with self._lock:
+            self.times.append(StepTime(title, wall, cpu, note))
+            print(f"<== {title}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+
+
+def _child(argv: list[str], title: str, log: Path) -> tuple[int, float]:
+    """Run ``geosapiens argv`` as a child process appending to ``log``: its exit code and CPU seconds (its
+    own and its reaped children's, the DataLoader workers)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"\n==> {title}\n    geosapiens {' '.join(argv)}\n")
+        out.flush()
+        child = subprocess.Popen([sys.executable, "-m", "geosapiens.cli", *argv], stdout=out, stderr=out)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_utime + usage.ru_stime
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -126,18 +152,21 @@ def fit_and_test(
     seed: int,
     fit_args: list[str],
     test_args: list[str] | None = None,
+    log: Path | None = None,
 ) -> Path:
     """``fit`` ``fit_args`` under ``seed`` into ``run_dir`` (emptied first), then ``test`` its best checkpoint
-    with ``test_args`` (default: ``fit_args``) into ``run_dir/test``; returns the best checkpoint."""
+    with ``test_args`` (default: ``fit_args``) into ``run_dir/test``; returns the best checkpoint. With a
+    ``log`` file both run as child processes writing to it."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     seed_arg = f"--seed_everything={seed}"
-    run(f"fit {title}", ["fit", *fit_args, *_logs(run_dir), seed_arg])
+    run(f"fit {title}", ["fit", *fit_args, *_logs(run_dir), seed_arg], log=log)
     best = best_checkpoint(run_dir)
     run(
         f"test {title} (best checkpoint by validation) on the test split",
         ["test", *(fit_args if test_args is None else test_args), *_logs(run_dir / "test"), seed_arg,
          f"--ckpt_path={best}", "--verbose=false"],
+        log=log,
     )  # fmt: skip
     from geosapiens.callbacks.results import RESULTS_FILENAME
 

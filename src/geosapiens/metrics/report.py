@@ -685,7 +685,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="geosapiens report",
         description="Turn finished runs (folders holding test_metrics.json, or seed<k>/ folders of them) "
         "into "
-        "one comparison over seeds: mean +- std, paired differences to a baseline with 95%% bootstrap CIs "
+        "one comparison over seeds: mean +- std, paired differences to a baseline with 95% bootstrap CIs "
         "(markdown + CSV) and plots.",
     )
     p.add_argument(
