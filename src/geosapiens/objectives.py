@@ -74,18 +74,19 @@ class ObjectiveOptions:
             depth discontinuity and reads no depth.
         visibility_threshold: teacher confidence (heatmap peak) below which a joint reads no depth: where
             the teacher does not see a joint, the map shows the surface in front of it, not the joint.
+        manifold_margin: pose-prior reconstruction error that costs nothing (``losses.manifold_loss``).
+        geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are no pseudo-label.
+        flip_indices: left/right channel swap for mirrored views.
 
     Occlusion, measured (600 real-like demo crops, ground-truth joints, the generator's depth-test
     visibility; 33% of the joints are occluded, 64% of the bone pairs hold one): the discontinuity gate lets
     76% of the occluded joints read depth and 91% of the visible ones (stride-4 maps; 65% / 88% at full
-    resolution); the warm-up teacher's confidence (step 200) barely tells them apart either: >= 0.1 passes
-    75% / 91%, >= 0.15 60% / 71%, >= 0.2 43% / 47%. Neither a wider edge test (any discontinuity within
-    2-10% of the crop), nor a joint nearer than its own limb, nor a jump along the limb's depth profile did
-    better (each rejects visible joints about as often as occluded ones). No gate tested here makes the map's
-    depth the joint's; 0.1 only drops joints the teacher does not find at all.
-        manifold_margin: pose-prior reconstruction error that costs nothing (``losses.manifold_loss``).
-        geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are no pseudo-label.
-        flip_indices: left/right channel swap for mirrored views.
+    resolution); the warm-up teacher's confidence (step 400) barely tells them apart either: >= 0.1 passes
+    76% / 92%, >= 0.15 66% / 80%, >= 0.2 50% / 55% (at step 200: 75 / 91, 60 / 71, 43 / 47). Neither a
+    wider edge test (any discontinuity within 2-10% of the crop), nor a joint nearer than its own limb, nor a
+    jump along the limb's depth profile did better (each rejects visible joints about as often as occluded
+    ones). No gate tested here makes the map's depth the joint's; 0.1 only drops joints the teacher does not
+    find at all.
     """
 
     temperature: float = 0.2
@@ -182,10 +183,10 @@ def label_free_keypoints(
 
     The raw soft-argmax at T = 0.05 does not see the prediction on real-like crops. Measured on the demo
     warm-up network's heatmaps of 600 real-like training crops (96 px crops, 24 px heatmaps, median peak
-    0.21; the warm-up at step 200 of 600; ``benchmarks/geometry_calibration.py``), distance to the decoded
-    keypoints (argmax + DARK), median / 90th percentile in input px: raw T = 0.05 11.1 / 29.8 (pulled to
-    the crop centre); peak-normalised T = 0.05 2.3 / 9.4; window 2 / 3 / 4, peak-normalised, T = 0.2
-    1.8 / 3.1, 1.7 / 3.6 (the default), 1.0 / 4.9; the integer argmax itself is 1.7 / 4.0 from them (DARK's
+    0.23; the warm-up at step 400 of 600; ``benchmarks/geometry_calibration.py``), distance to the decoded
+    keypoints (argmax + DARK), median / 90th percentile in input px: raw T = 0.05 11.6 / 28.5 (pulled to
+    the crop centre); peak-normalised T = 0.05 2.3 / 9.9; window 2 / 3 / 4, peak-normalised, T = 0.2
+    1.7 / 3.0, 1.5 / 3.4 (the default), 0.9 / 4.7; the integer argmax itself is 1.9 / 4.0 from them (DARK's
     refinement), so the default reads the prediction as closely as its argmax does. On weak synthetic
     heatmaps (0.2 peak over a 0.03 background) it lies within 0.6 px of the true peak, window 4 within 0.9
     and T = 0.3 within 1.0-1.8. The gradient still flows to the (2r + 1)^2 pixels around the peak: on

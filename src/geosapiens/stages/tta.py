@@ -32,7 +32,7 @@ __all__ = ["HeadAdaptation", "TestTimeAdaptation", "TTA_WEIGHTS"]
 # Weights of the label-free terms at test time (nothing else pulls the head: no L_sup, no L_cons): the
 # training weights of configs/demo/uda.yaml, which give each term the same gradient on the head; temporal's
 # 0.1 is not measured yet.
-TTA_WEIGHTS = {"geo_body": 0.4, "geo_depth": 1e-3, "geo_norm": 0.13, "manifold": 6e-4, "temporal": 0.1}
+TTA_WEIGHTS = {"geo_body": 0.4, "geo_depth": 1.5e-3, "geo_norm": 0.1, "manifold": 5e-3, "temporal": 0.1}
 
 
 class HeadAdaptation:
