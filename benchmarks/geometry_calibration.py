@@ -8,10 +8,10 @@ On real-like target crops of generated data, an oracle critic cache and a traine
                 depth gate lets read depth: the discontinuity gate, the teacher's confidence, both
     body        the share of ground-truth joints off the critic's body mask, and their distance to it
     lambda_z    the cache manifest's metric units (oracle: mm) and the real-like images' own median
-    gradients   each term's gradient norm on the head on real adaptation batches (student = teacher = the
-                warm-up network, as at the start of stage 2), and the weight that makes it match L_cons'
 
-    python benchmarks/geometry_calibration.py --data demo_data/syrip \\
+Each term's gradient scale on the head (the loss weights) is section (c) of ``benchmarks/geometry_signal.py``.
+
+    python benchmarks/geometry_calibration.py --data demo_data/SyRIP \\
         --cache demo_data/critic_cache/oracle_96x96 --checkpoint runs/demo/warmup/checkpoints/best.ckpt \\
         [--pose-prior ... --normal-priors ...] --json out.json
 """
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from geosapiens import losses, objectives
-from geosapiens.data.datamodules import AdaptationDataModule, SyRIPRealDataModule, SyRIPSynthDataModule
 from geosapiens.data.datasets import PoseDataset
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.models.codec import UDPHeatmapCodec
@@ -145,94 +144,6 @@ def lambda_z_report(cache: CriticCache, records, input_size) -> dict:
     }
 
 
-def gradient_report(args, input_size) -> dict:
-    from geosapiens.stages import MeanTeacherAdaptation
-
-    common = dict(input_size=input_size, batch_size=args.batch, num_workers=0, pin_memory=False)
-    common["persistent_workers"] = False
-    dm = AdaptationDataModule(
-        source=SyRIPSynthDataModule(root=args.data, train_file=SYNTH, **common),
-        target=SyRIPRealDataModule(
-            root=args.data,
-            mode="unlabelled",
-            train_file=REAL,
-            val_file=args.val_file,
-            critic_cache=args.cache,
-            **common,
-        ),
-    )
-    dm.setup("fit")
-    terms = {
-        "cons": {"weight": 1.0},
-        "geo_body": {"weight": 1.0},
-        "geo_depth": {"weight": 1.0},
-        "geo_norm": {"weight": 1.0 if args.normal_priors else 0.0},
-        "manifold": {"weight": 1.0 if args.pose_prior else 0.0},
-    }
-    stage = MeanTeacherAdaptation(
-        objective=args.objective,
-        backbone="timm:regnetx_002",
-        backbone_kwargs={"output_stride": 16},
-        head_kwargs={"channels": [128, 64]},
-        input_size=input_size,
-        flip_test=False,
-        init_checkpoint=args.checkpoint,
-        loss_terms=terms,
-        pose_prior=args.pose_prior,
-        normal_priors=args.normal_priors,
-        manifold_margin=args.manifold_margin,
-    )
-    stage.train()
-    head = list(stage.model.head.parameters())
-    norms: dict[str, list[float]] = {}
-    for i, batch in enumerate(dm.train_dataloader()):
-        if i >= args.batches:
-            break
-        terms = _step_terms(stage, batch[0] if isinstance(batch, tuple) else batch)
-        for name, value in terms.items():
-            grads = torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)
-            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
-            norms.setdefault(name, []).append(float(norm))
-    cons = float(np.mean(norms["cons"]))
-    return {
-        name: {
-            "head_grad_norm": float(np.mean(v)),
-            "weight_matching_cons": cons / max(float(np.mean(v)), 1e-12),
-        }
-        for name, v in norms.items()
-    }
-
-
-def _step_terms(stage, batch: dict) -> dict[str, torch.Tensor]:
-    """The terms of ``MeanTeacherAdaptation.training_step`` at full weight, unweighted, graphs kept."""
-    from geosapiens.stages.mean_teacher import SUPERVISED_TERMS
-
-    source, target = batch["source"], batch["target"]
-    n_src = source["image"].shape[0]
-    heatmaps = stage.model(torch.cat([source["image"], target["strong"]]))
-    hm_source, hm_strong = heatmaps[:n_src], heatmaps[n_src:]
-    targets, target_weights = stage.codec.encode(source["keypoints"], source["weights"])
-    out = {"sup": losses.heatmap_mse(hm_source, targets, target_weights)}
-    with torch.no_grad():
-        hm_weak = stage.teacher(target["weak"])
-    out["cons"], _ = losses.consistency_loss(
-        hm_strong, hm_weak, target["weak_to_strong"], tuple(stage.hparams.input_size), quantile=0.3
-    )
-    label_free = {
-        n: t.weight for n, t in stage.schedule.terms.items() if n not in SUPERVISED_TERMS and t.weight > 0
-    }
-    inputs = objectives.prepare_inputs(
-        hm_strong,
-        stage.codec,
-        **stage.critic_inputs(target),
-        confidence=hm_weak.amax(dim=(-2, -1)),
-        normal_prior=None if stage.prior_mean is None else (stage.prior_mean, stage.prior_kappa),
-        vae=stage.vae,
-        options=stage.options,
-    )
-    return out | objectives.label_free_objective(inputs, label_free)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="generated SyRIP-style root (demo preset)")
@@ -247,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=600, help="real-like crops for the keypoint/occlusion rows")
     p.add_argument("--objective", type=json.loads, default=None, help="ObjectiveOptions overrides (JSON)")
     p.add_argument(
-        "--skip", nargs="*", default=(), choices=("keypoints", "occlusion", "lambda_z", "gradients")
+        "--skip", nargs="*", default=(), choices=("keypoints", "occlusion", "lambda_z")
     )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -267,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             data, maps, confidence, codec, objectives.ObjectiveOptions().edge_threshold
         ),
         "lambda_z": lambda: lambda_z_report(cache, records, input_size),
-        "gradients": lambda: gradient_report(args, input_size),
     }
     report = {"checkpoint": str(args.checkpoint), "objective": args.objective}
     report |= {name: run() for name, run in sections.items() if name not in args.skip}

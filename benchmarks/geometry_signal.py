@@ -178,12 +178,12 @@ def build_objectives(
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
             objectives.geometry_pseudo_labels(
-                net, _rows(t.maps, slice(i, i + 64)), None, (h, w), options.geo_pose_threshold
+                net, _rows(t.maps, slice(i, i + 64)), None, codec, options.geo_pose_threshold
             )
             for i in range(0, len(t.paths), 64)
         ]
         extras = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        decoded = codec.decode(extras["geo_heatmaps"])[0].float()
+        decoded = extras["geo_keypoints"]
         pck = ((decoded - t.keypoints).norm(dim=-1) <= 0.1 * t.box[:, None])[t.labelled].float().mean()
         print(
             f"geometry teacher on these maps: mean error {float(pose_error(decoded, t).mean()):.2f}% of the "
@@ -375,6 +375,80 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def gradient_scale(args: argparse.Namespace, work: Path) -> dict:
+    """(c) each term's gradient norm on the head, relative to ``L_sup`` and ``L_cons``, on real adaptation
+    batches of the stage the stacked ``--config`` files describe (student = teacher = ``--network``, as at
+    the start of adaptation; every term at weight 1), and the weight that would match ``L_cons``'s norm."""
+    from geosapiens.cli import trainer_cli
+
+    overrides = {
+        "model.init_args.init_checkpoint": args.network,
+        "model.init_args.pose_prior": args.pose_prior,
+        "model.init_args.normal_priors": args.normal_priors,
+        "model.init_args.geometry_teacher": args.geometry_teacher,
+        "data.init_args.source.init_args.root": args.data,
+        "data.init_args.target.init_args.root": args.data,
+        "data.init_args.target.init_args.critic_cache": args.cache,
+    }
+    cli_args = [x for c in args.config for x in ("--config", c)]
+    cli_args += [f"--{k}={v}" for k, v in overrides.items() if v]
+    for side in ("source", "target"):
+        cli_args += [f"--data.init_args.{side}.init_args.num_workers=0"]
+        cli_args += [f"--data.init_args.{side}.init_args.persistent_workers=false"]
+    cli_args += ["--trainer.logger=false", f"--trainer.default_root_dir={work}", "--trainer.accelerator=cpu"]
+    cli = trainer_cli(cli_args, run=False)
+    stage, dm = cli.model, cli.datamodule
+    weights = {"sup": 1.0, "cons": 1.0} | {name: 1.0 for name in stage.label_free}
+    weights = {n: v for n, v in weights.items() if n in ("sup", "cons") or _usable(stage, n)}
+    dm.setup("fit")
+    stage.train()
+    head = [p for p in stage.model.head.parameters() if p.requires_grad]
+    grads: dict[str, list[torch.Tensor]] = {}
+    for i, batch in enumerate(dm.train_dataloader()):
+        if i >= args.gradients:
+            break
+        terms, _ = stage.step_terms(batch[0] if isinstance(batch, tuple) else batch, weights)
+        for name, value in terms.items():
+            g = torch.autograd.grad(value, head, retain_graph=True, allow_unused=True)
+            parts = [torch.zeros_like(p) if x is None else x for x, p in zip(g, head, strict=True)]
+            flat = torch.cat([x.flatten() for x in parts])
+            grads.setdefault(name, []).append(flat)
+    norm = {n: float(np.mean([float(g.norm()) for g in v])) for n, v in grads.items()}
+    out = {}
+    for name, values in grads.items():
+        pairs = zip(values, grads["cons"], strict=True)
+        cosine = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in pairs]
+        out[name] = {
+            "head_grad_norm": norm[name],
+            "relative_to_sup": norm[name] / max(norm["sup"], 1e-12),
+            "relative_to_cons": norm[name] / max(norm["cons"], 1e-12),
+            "weight_matching_cons": norm["cons"] / max(norm[name], 1e-12),
+            "cosine_to_cons": float(np.mean(cosine)),
+        }
+    return {"batches": args.gradients, "terms": out}
+
+
+def _usable(stage, name: str) -> bool:
+    """Whether the stage has what the label-free term ``name`` reads (its prior, priors file, teacher)."""
+    needs = {"manifold": stage.vae, "geo_norm": stage.prior_mean, "geo_pose": stage.geometry_teacher}
+    return name != "temporal" and (name not in needs or needs[name] is not None)
+
+
+def print_gradients(section: dict) -> None:
+    print(f"gradient scale on the head ({section['batches']} adaptation batches, every term at weight 1):")
+    print("| term | head grad norm | / L_sup | / L_cons | weight matching L_cons | cosine to L_cons |")
+    print("|---|---|---|---|---|---|")
+    for name, r in section["terms"].items():
+        cells = (
+            f"{r['head_grad_norm']:.4g}",
+            f"{r['relative_to_sup']:.3g}",
+            f"{r['relative_to_cons']:.3g}",
+            f"{r['weight_matching_cons']:.3g}",
+            f"{r['cosine_to_cons']:+.3f}",
+        )
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def print_table(result: dict) -> None:
     names = list(result["objectives"])
     families = list(next(iter(result["objectives"].values()))["spearman_by_family"]) if names else []
@@ -500,6 +574,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--degrade", default="", help="critic-map degradation: blur=S,normals=DEG,depth=STD,nomask"
     )
+    p.add_argument(
+        "--gradients",
+        type=int,
+        default=4,
+        help="adaptation batches for (c), with --network and --config (0: skip)",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--quick", action="store_true", help="generate tiny data and run on it (< 3 min)")
     return p
@@ -516,7 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data or not args.cache:
             raise SystemExit("geometry_signal: --data and --cache are required (or --quick)")
         result = measure(args)
+        if args.gradients and args.network and args.config:
+            result["gradients"] = gradient_scale(args, Path(tmp))
     print_table(result)
+    if "gradients" in result:
+        print_gradients(result["gradients"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

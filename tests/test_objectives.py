@@ -227,3 +227,47 @@ def test_lambda_z_comes_from_the_critic_unless_set():
     )
     with pytest.raises(ValueError, match="no option"):
         objectives.ObjectiveOptions().override(temprature=0.1)
+
+
+class _FixedPose(torch.nn.Module):
+    """A geometry teacher whose heatmaps are known: Gaussians at fixed canonical keypoints."""
+
+    def __init__(self, heatmaps: torch.Tensor):
+        super().__init__()
+        self.heatmaps = heatmaps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heatmaps.expand(x.shape[0], -1, -1, -1)
+
+
+def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_pull_toward_it():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    g = torch.Generator().manual_seed(5)
+    canonical = torch.rand(1, 17, 2, generator=g) * 70.0 + 13.0
+    teacher = _FixedPose(codec.encode(canonical, torch.ones(1, 17))[0])
+    H, W = INPUT_HW
+    maps = GeometryMaps(
+        torch.zeros(2, 1, H, W), torch.zeros(2, 3, H, W), torch.ones(2, 1, H, W, dtype=torch.bool)
+    )
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    mirror = torch.tensor([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]])
+    labels = objectives.geometry_pseudo_labels(teacher, maps, torch.stack([identity, mirror]), codec, 0.5)
+    flip = list(COCO17.flip_indices)
+    expected_mirrored = canonical[0, flip] * torch.tensor([-1.0, 1.0]) + torch.tensor([W - 1.0, 0.0])
+    assert (labels["geo_keypoints"][0] - canonical[0]).norm(dim=-1).max() < 0.5
+    assert (labels["geo_keypoints"][1] - expected_mirrored).norm(dim=-1).max() < 0.5
+    assert labels["geo_keep"].all()
+
+    # the term is 0 at the pseudo-labels and pulls a displaced pose back, however far it is
+    def geo_pose(kp: torch.Tensor) -> torch.Tensor:
+        inputs = objectives.prepare_inputs(
+            codec.encode(kp.detach(), torch.ones(kp.shape[:2]))[0], codec, extras=labels, keypoints=kp
+        )
+        return objectives.label_free_objective(inputs, {"geo_pose": 1.0})["geo_pose"]
+
+    assert float(geo_pose(labels["geo_keypoints"].clone())) < 1e-3
+    for shift in (5.0, 40.0):  # input px: overlapping and no longer overlapping Gaussians
+        kp = (labels["geo_keypoints"] + shift).requires_grad_(True)
+        geo_pose(kp).backward()
+        toward = (kp.grad * (kp.detach() - labels["geo_keypoints"])).sum(-1)  # -grad points back
+        assert (toward > 0).all()

@@ -40,6 +40,7 @@ __all__ = [
     "sample_maps",
     "warp_heatmaps",
     "pseudo_label_loss",
+    "keypoint_distance_loss",
     "silhouette_loss",
     "BODY_BONES",
     "DEFAULT_LAMBDA_Z",
@@ -183,6 +184,31 @@ def pseudo_label_loss(
     pixels = inside.sum(dim=(-2, -1))  # (B, 1)
     per_joint = (error * inside).sum(dim=(-2, -1)) / pixels.clamp_min(1.0)
     return _masked_mean(per_joint, keep.to(per_joint.dtype) * (pixels > 0))
+
+
+def keypoint_distance_loss(
+    keypoints: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    scale: float,
+    eps: float = 1.0,
+) -> torch.Tensor:
+    """Mean distance of the ``keep`` joints to their target, in units of ``scale`` (0 when none).
+
+    A pseudo-label read as a point, not a heatmap: ``sqrt(d^2 + eps^2) - eps`` (px, smoothed at 0) keeps a
+    constant pull however far a joint is, where a heatmap MSE against the target's Gaussian is flat once the
+    two no longer overlap (measured in ``docs/results/geometry_signal.md``).
+
+    Args:
+        keypoints: (B, K, 2) px.
+        target: (B, K, 2) px, detached by the caller.
+        keep: (B, K) joints that count.
+        scale: px per unit (the crop's longer side: errors in crop units).
+        eps: smoothing radius in px.
+    """
+    d = (keypoints - target).pow(2).sum(-1).add(eps**2).sqrt().sub(eps) / scale
+    return _masked_mean(d, keep.to(d.dtype))
 
 
 def consistency_loss(

@@ -25,8 +25,8 @@ Terms (:data:`TERMS`, name -> pure function of :class:`ObjectiveInputs`; registe
                read only at joints the teacher sees and off depth discontinuities; ``lambda_z`` in metric
                terms, from the critic
     geo_norm   per-joint normal priors (:func:`geosapiens.losses.normal_prior_loss`)
-    geo_pose   the geometry teacher's heatmaps on the critic maps as pseudo-labels
-               (:func:`geometry_pseudo_labels`; :mod:`geosapiens.data.geometry_inputs`)
+    geo_pose   distance to the geometry teacher's confident keypoints on the critic maps (point pseudo-labels:
+               :func:`geometry_pseudo_labels`; :mod:`geosapiens.data.geometry_inputs`)
     manifold   pose-VAE reconstruction error beyond a margin (:func:`geosapiens.losses.manifold_loss`)
     temporal   bone-length consistency over consecutive video frames, in image px (TTA)
 """
@@ -115,6 +115,7 @@ class ObjectiveInputs:
     Attributes:
         heatmaps: (B, K, h, w) the prediction, view frame, view channel order.
         keypoints: (B, K, 2) label-free keypoints, view crop px, view channel order (manifold, temporal).
+        crop_size: (H, W) of the view (and canonical) crop in input px.
         uv: (B, K, 2) the same keypoints in the map frame, normalised, canonical joint order; None without
             maps.
         maps: critic maps in the map frame (depth (B, 1, Hm, Wm), normals (B, 3, Hm, Wm), valid), or None.
@@ -131,6 +132,7 @@ class ObjectiveInputs:
 
     heatmaps: torch.Tensor
     keypoints: torch.Tensor
+    crop_size: tuple[int, int]
     uv: torch.Tensor | None
     maps: GeometryMaps | None
     body_distance: torch.Tensor | None
@@ -257,6 +259,7 @@ def prepare_inputs(
     return ObjectiveInputs(
         heatmaps=heatmaps,
         keypoints=keypoints,
+        crop_size=tuple(codec.input_size),
         uv=uv,
         maps=maps,
         body_distance=None if maps is None else maps.body_distance,
@@ -346,43 +349,53 @@ def geometry_pseudo_labels(
     geometry_teacher: nn.Module,
     maps: GeometryMaps,
     maps_to_view: torch.Tensor | None,
-    input_size_hw: Sequence[int],
+    codec: UDPHeatmapCodec,
     threshold: float,
+    flip_indices: Sequence[int] = COCO17.flip_indices,
 ) -> dict[str, torch.Tensor]:
-    """The geometry teacher's heatmaps on critic maps, moved into the view: ``extras`` of ``geo_pose``.
+    """The geometry teacher's keypoints on critic maps, moved into the view: ``extras`` of ``geo_pose``.
 
-    The teacher sees the maps of the canonical crop (at the stage's crop size) and its heatmaps are warped
-    into the view with :func:`geosapiens.losses.warp_heatmaps` (channels swapped back on mirrored views).
+    The teacher sees the maps of the canonical crop (at the stage's crop size); its heatmaps are decoded
+    (argmax + DARK), taken into the view by ``maps_to_view`` and their channels swapped back on mirrored
+    views. A joint is a pseudo-label where the teacher's heatmap peak reaches ``threshold`` and the point
+    lies inside the view.
 
     Args:
         geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`.
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
         maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop.
-        input_size_hw: the crop size (H, W).
+        codec: the stage's codec (input size = the crop size).
         threshold: minimum heatmap peak of a pseudo-label joint.
+        flip_indices: left/right channel swap for mirrored views.
 
     Returns:
-        ``geo_heatmaps`` (B, K, h, w) in the view, ``geo_inside`` (B, 1, h, w), ``geo_keep`` (B, K) bool.
+        ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool.
     """
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
 
+    size = tuple(codec.input_size)
     x = maps_to_input(maps)
-    if tuple(x.shape[-2:]) != tuple(input_size_hw):
-        x = resize_aligned(x, input_size_hw)
+    if tuple(x.shape[-2:]) != size:
+        x = resize_aligned(x, size)
     with torch.no_grad():
         heatmaps = geometry_teacher(x).float()
-        if maps_to_view is None:
-            inside = heatmaps.new_ones((heatmaps.shape[0], 1, *heatmaps.shape[-2:]))
-            swapped, warped = heatmaps, heatmaps
-        else:
-            swapped, warped, inside = losses.warp_heatmaps(heatmaps, maps_to_view, input_size_hw)
-    return {"geo_heatmaps": warped, "geo_inside": inside, "geo_keep": swapped.amax(dim=(-2, -1)) >= threshold}
+        keypoints, _ = codec.decode(heatmaps)
+        keypoints = keypoints.to(heatmaps)
+        keep = heatmaps.amax(dim=(-2, -1)) >= threshold
+        if maps_to_view is not None:
+            keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
+            mirrored = torch.linalg.det(maps_to_view[:, :, :2].double()) < 0
+            keypoints = _swap_mirrored(keypoints, mirrored, flip_indices)
+            keep = _swap_mirrored(keep, mirrored, flip_indices)
+        h, w = size
+        inside = (keypoints >= 0).all(-1) & (keypoints[..., 0] <= w - 1) & (keypoints[..., 1] <= h - 1)
+    return {"geo_keypoints": keypoints, "geo_keep": keep & inside}
 
 
-@register_term("geo_pose", needs=("geo_heatmaps",))
+@register_term("geo_pose", needs=("geo_keypoints",))
 def _geo_pose(inputs: ObjectiveInputs) -> torch.Tensor:
     extras = inputs.extras
-    return losses.pseudo_label_loss(
-        inputs.heatmaps.float(), extras["geo_heatmaps"], extras["geo_inside"], extras["geo_keep"]
+    return losses.keypoint_distance_loss(
+        inputs.keypoints, extras["geo_keypoints"], extras["geo_keep"], scale=float(max(inputs.crop_size))
     )

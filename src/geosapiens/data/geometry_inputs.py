@@ -2,7 +2,7 @@
 
 The geometry teacher is a pose network that never sees RGB: its input is a critic's depth, normals and body
 mask of the crop (:data:`GEOMETRY_CHANNELS`). Trained on the labelled source images' critic maps, it carries
-no RGB style gap to the target, only the critic's own gap; on the target its heatmaps are pseudo-labels for
+no RGB style gap to the target, only the critic's own gap; on the target its keypoints are pseudo-labels for
 the RGB student (``geo_pose`` in :mod:`geosapiens.stages.mean_teacher`).
 
 Maps come from a critic cache (canonical crop frame, any stride) and are warped into each augmented view with

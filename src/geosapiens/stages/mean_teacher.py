@@ -59,7 +59,7 @@ class MeanTeacherAdaptation(PoseStage):
             objective's default (0: the plain error).
         normal_priors: per-keypoint normal priors file (``geosapiens priors fit``); required for ``geo_norm``.
         geometry_teacher: checkpoint of a pose network trained on critic maps (``configs/demo/
-            geometry_teacher.yaml``); required for ``geo_pose``, whose pseudo-labels are its heatmaps on the
+            geometry_teacher.yaml``); required for ``geo_pose``, whose pseudo-labels are its keypoints on the
             critic maps of each target image. Frozen, and like the pose VAE re-read from its file.
         **kwargs: :class:`PoseStage` arguments.
     """
@@ -164,13 +164,29 @@ class MeanTeacherAdaptation(PoseStage):
         }
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        source, target = batch["source"], batch["target"]
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
-        label_free = {name: w[name] for name in self.label_free if w[name] > 0}
+        terms, kept = self.step_terms(batch, w)
+        n_src = batch["source"]["image"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in kept.items()}, batch_size=n_src)
+        total = sum(w[name] * value for name, value in terms.items())
+        self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=n_src)
+        self.log("train/loss", total, prog_bar=True, batch_size=n_src)
+        return total
+
+    def step_terms(
+        self, batch: dict, w: dict[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The step's terms, unweighted (``sup`` always, the others where ``w`` is positive), and the share
+        of teacher joints each pseudo-label term kept (``cons_kept``, ``geo_pose_kept``).
+
+        ``training_step`` weights them; ``benchmarks/geometry_signal.py`` measures each one's gradient."""
+        source, target = batch["source"], batch["target"]
+        label_free = {name: w[name] for name in self.label_free if w.get(name, 0.0) > 0}
+        kept: dict[str, torch.Tensor] = {}
         n_src = source["image"].shape[0]
         # Source and strong target views in one forward; the target is left out while no term needs it
         # (warm-up epochs, the source-only baseline), so BatchNorm statistics never see it then either.
-        uses_target = w["cons"] > 0 or bool(label_free)
+        uses_target = w.get("cons", 0.0) > 0 or bool(label_free)
         images = torch.cat([source["image"], target["strong"]]) if uses_target else source["image"]
         heatmaps = self.model(images)
         hm_source, hm_strong = heatmaps[:n_src], heatmaps[n_src:]
@@ -179,12 +195,12 @@ class MeanTeacherAdaptation(PoseStage):
         terms = {"sup": losses.heatmap_mse(hm_source, targets, target_weights)}
         confidence = None
         needs_confidence = "geo_depth" in label_free and self.options.visibility_threshold is not None
-        if w["cons"] > 0 or needs_confidence:
+        if w.get("cons", 0.0) > 0 or needs_confidence:
             with torch.no_grad():
                 hm_weak = self.teacher(target["weak"])
             confidence = hm_weak.amax(dim=(-2, -1))  # weak and strong views share the channel order
-        if w["cons"] > 0:
-            terms["cons"], kept = losses.consistency_loss(
+        if w.get("cons", 0.0) > 0:
+            terms["cons"], cons_kept = losses.consistency_loss(
                 hm_strong,
                 hm_weak,
                 target["weak_to_strong"],
@@ -192,7 +208,7 @@ class MeanTeacherAdaptation(PoseStage):
                 threshold=self.hparams.confidence_threshold,
                 quantile=self.hparams.confidence_quantile,
             )
-            self.log("train/cons_kept", kept, batch_size=n_src)
+            kept["cons_kept"] = cons_kept
         if label_free:
             geo_pose = "geo_pose" in label_free
             geometric = geo_pose or any(objectives.TERMS[name].needs_maps for name in label_free)
@@ -203,10 +219,11 @@ class MeanTeacherAdaptation(PoseStage):
                     self.geometry_teacher,
                     critic["maps"],
                     canonical_to_view(target["canonical_affine"], target["strong_affine"]),
-                    tuple(self.hparams.input_size),
+                    self.codec,
                     self.options.geo_pose_threshold,
+                    self.options.flip_indices,
                 )
-                self.log("train/geo_pose_kept", extras["geo_keep"].float().mean(), batch_size=n_src)
+                kept["geo_pose_kept"] = extras["geo_keep"].float().mean()
             inputs = objectives.prepare_inputs(
                 hm_strong,
                 self.codec,
@@ -218,7 +235,4 @@ class MeanTeacherAdaptation(PoseStage):
                 options=self.options,
             )
             terms |= objectives.label_free_objective(inputs, label_free)
-        total = sum(w[name] * value for name, value in terms.items())
-        self.log_dict({f"train/loss_{k}": v for k, v in terms.items()}, batch_size=n_src)
-        self.log("train/loss", total, prog_bar=True, batch_size=n_src)
-        return total
+        return terms, kept
