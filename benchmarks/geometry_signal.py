@@ -18,7 +18,7 @@ the signal falls as the critic errs. ``--quick`` generates tiny-preset data with
 geometry teacher and the normal priors in a temporary folder, and runs everything on it (a test runs it).
 
     python benchmarks/geometry_signal.py --data demo_data/SyRIP --cache demo_data/critic_cache/oracle_96x96 \
-        --config configs/demo/uda.yaml --config configs/demo/geo_pose.yaml \
+        --config configs/demo/uda.yaml \
         --network runs/demo/warmup/checkpoints/best.ckpt \
         --normal-priors runs/demo/priors/normal_priors.json \
         --pose-prior runs/demo/pose_vae/checkpoints/last.ckpt \
@@ -147,7 +147,11 @@ def _rows(maps: GeometryMaps, rows: slice) -> GeometryMaps:
 
 
 def build_objectives(
-    t: Targets, args: argparse.Namespace, weights: dict[str, float], init: dict, cache: CriticCache
+    t: Targets,
+    args: argparse.Namespace,
+    weights: dict[str, float],
+    options: objectives.ObjectiveOptions,
+    cache: CriticCache,
 ) -> dict:
     """name -> f(keypoints (n, K, 2) crop px, rows) -> () objective of those rows of the targets.
 
@@ -156,10 +160,6 @@ def build_objectives(
     """
     h, w = t.images.shape[-2:]
     codec = UDPHeatmapCodec((h, w), (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
-    margin = init.get("manifold_margin")
-    options = objectives.ObjectiveOptions().override(
-        **(init.get("objective") or {}), **({} if margin is None else {"manifold_margin": margin})
-    )
     if args.geo_pose_threshold is not None:
         options = options.override(geo_pose_threshold=args.geo_pose_threshold)
     normal_prior = vae = None
@@ -305,30 +305,50 @@ def network_predictions(path: str, t: Targets) -> torch.Tensor:
 # -- the measurement -------------------------------------------------------------------------------------
 
 
-def read_config(paths: list[str] | None) -> tuple[dict[str, float], dict]:
-    """Loss weights and ``model.init_args`` of stacked stage configs (later files win, loss terms merged)."""
-    from geosapiens.callbacks.schedule import PLAN_LOSS_TERMS
+def stage_from_configs(args: argparse.Namespace, work: Path):
+    """The stage and DataModule the stacked ``--config`` files describe, exactly as ``geosapiens fit`` builds
+    them (later files win; a stacked ``loss_terms`` replaces the whole mapping), with this run's files."""
+    from geosapiens.cli import trainer_cli
 
-    if not paths:
-        return {"geo_body": 1.0, "geo_depth": 1e-3, "geo_norm": 0.13, "geo_pose": 1.0}, {}
-    init: dict = {}
-    terms: dict = {}
-    for path in paths:
-        doc = (yaml.safe_load(Path(path).read_text()).get("model") or {}).get("init_args") or {}
-        terms.update(doc.pop("loss_terms", None) or {})
-        init.update(doc)
-    weights = {k: float(v.weight) for k, v in PLAN_LOSS_TERMS.items()}
-    weights.update({k: float(v.get("weight", 1.0)) for k, v in terms.items()})
-    return weights, init
+    overrides = {
+        "model.init_args.init_checkpoint": args.network or "null",
+        "model.init_args.pose_prior": args.pose_prior,
+        "model.init_args.normal_priors": args.normal_priors,
+        "model.init_args.geometry_teacher": args.geometry_teacher,
+        "data.init_args.source.init_args.root": args.data,
+        "data.init_args.target.init_args.root": args.data,
+        "data.init_args.target.init_args.critic_cache": args.cache,
+    }
+    cli_args = [x for c in args.config for x in ("--config", c)]
+    cli_args += [f"--{k}={v}" for k, v in overrides.items() if v]
+    for side in ("source", "target"):
+        cli_args += [f"--data.init_args.{side}.init_args.num_workers=0"]
+        cli_args += [f"--data.init_args.{side}.init_args.persistent_workers=false"]
+    cli_args += ["--trainer.logger=false", f"--trainer.default_root_dir={work}", "--trainer.accelerator=cpu"]
+    cli = trainer_cli(cli_args, run=False)
+    return cli.model, cli.datamodule
 
 
-def measure(args: argparse.Namespace) -> dict:
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "uda.yaml"
+
+
+def demo_weights() -> dict[str, float]:
+    """The label-free weights of ``configs/demo/uda.yaml`` (the configured objective without ``--config``)."""
+    terms = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["init_args"]["loss_terms"]
+    return {name: float(term["weight"]) for name, term in terms.items()}
+
+
+def measure(args: argparse.Namespace, stage=None) -> dict:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cache = CriticCache(args.cache)
     t = load_targets(Path(args.data), args.annotation, cache, args.images, args.padding)
     t.maps = degrade(t.maps, args.degrade)
-    weights, options = read_config(args.config)
+    if stage is None:
+        weights, options = demo_weights(), objectives.ObjectiveOptions()
+    else:
+        weights = {name: float(term.weight) for name, term in stage.schedule.terms.items()}
+        options = stage.options
     terms = build_objectives(t, args, weights, options, cache)
     print(
         f"{len(t.paths)} images, {t.images.shape[-2]}x{t.images.shape[-1]} crops, objectives: {list(terms)}"
@@ -375,29 +395,10 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
-def gradient_scale(args: argparse.Namespace, work: Path) -> dict:
+def gradient_scale(args: argparse.Namespace, stage, dm) -> dict:
     """(c) each term's gradient norm on the head, relative to ``L_sup`` and ``L_cons``, on real adaptation
-    batches of the stage the stacked ``--config`` files describe (student = teacher = ``--network``, as at
-    the start of adaptation; every term at weight 1), and the weight that would match ``L_cons``'s norm."""
-    from geosapiens.cli import trainer_cli
-
-    overrides = {
-        "model.init_args.init_checkpoint": args.network,
-        "model.init_args.pose_prior": args.pose_prior,
-        "model.init_args.normal_priors": args.normal_priors,
-        "model.init_args.geometry_teacher": args.geometry_teacher,
-        "data.init_args.source.init_args.root": args.data,
-        "data.init_args.target.init_args.root": args.data,
-        "data.init_args.target.init_args.critic_cache": args.cache,
-    }
-    cli_args = [x for c in args.config for x in ("--config", c)]
-    cli_args += [f"--{k}={v}" for k, v in overrides.items() if v]
-    for side in ("source", "target"):
-        cli_args += [f"--data.init_args.{side}.init_args.num_workers=0"]
-        cli_args += [f"--data.init_args.{side}.init_args.persistent_workers=false"]
-    cli_args += ["--trainer.logger=false", f"--trainer.default_root_dir={work}", "--trainer.accelerator=cpu"]
-    cli = trainer_cli(cli_args, run=False)
-    stage, dm = cli.model, cli.datamodule
+    batches of the stage (student = teacher = ``--network``, as at the start of adaptation; every term at
+    weight 1), and the weight that would match ``L_cons``'s norm."""
     weights = {"sup": 1.0, "cons": 1.0} | {name: 1.0 for name in stage.label_free}
     weights = {n: v for n, v in weights.items() if n in ("sup", "cons") or _usable(stage, n)}
     dm.setup("fit")
@@ -484,7 +485,7 @@ def quick_inputs(work: Path) -> list[str]:
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
     data, cache, priors = work / "data", work / "cache", work / "normal_priors.json"
     ann = "annotations/200R_1000S/person_keypoints_train_infant.json"
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = DEMO_CONFIG.parents[1]
     steps = [
         ["data", "synth", "--out", str(data), "--preset", "tiny", "--seed", "0"],
         [
@@ -595,9 +596,10 @@ def main(argv: list[str] | None = None) -> int:
             args.images, args.levels, args.steps = min(args.images, 8), 2, 20
         if not args.data or not args.cache:
             raise SystemExit("geometry_signal: --data and --cache are required (or --quick)")
-        result = measure(args)
-        if args.gradients and args.network and args.config:
-            result["gradients"] = gradient_scale(args, Path(tmp))
+        stage, dm = stage_from_configs(args, Path(tmp)) if args.config else (None, None)
+        result = measure(args, stage)
+        if args.gradients and args.network and stage is not None:
+            result["gradients"] = gradient_scale(args, stage, dm)
     print_table(result)
     if "gradients" in result:
         print_gradients(result["gradients"])

@@ -9,8 +9,10 @@ runs every stage and baseline on it through the same commands a user runs on rea
    size: the ORACLE critic, the generator's rendered depth and normals. The full protocol also trains the
    small learned critic (``configs/critics/small_critic.yaml``) on the synthetic renders and caches its maps
    (``critics cache --critic small:FILE``);
-3. ``priors fit`` (per-keypoint normal priors, per critic) and the pose VAE (``configs/priors/pose_vae.yaml``
-   + ``configs/demo/pose_vae.yaml``);
+3. ``priors fit`` (per-keypoint normal priors, per critic), the pose VAE (``configs/priors/pose_vae.yaml``
+   + ``configs/demo/pose_vae.yaml``) and the geometry teacher (``configs/demo/geometry_teacher.yaml``: a pose
+   network on the oracle critic's maps of the synthetic stills, whose keypoints are ``geo_pose``'s
+   pseudo-labels);
 4. per seed, the training runs: each ``fit`` (model selection on a validation split: ``ModelCheckpoint`` on
    ``val/pck@0.1``) then ``test`` of its best checkpoint on the real-like test split (validate100), into
    ``<out>/<run>/seed<k>/``: the warm-up on "synthetic" stills (= the source-only baseline, shared by the
@@ -82,8 +84,8 @@ class Protocol:
         preset: generator preset of its data (``--preset`` overrides).
         seeds: default training seeds.
         input_size: square crop side of every pose network (and of the critic caches).
-        steps: ``stage -> (max_steps, val_check_interval)`` for the stages ``warmup``, ``oracle``, ``adabn``,
-            ``adapt`` (every mean-teacher and FiDIP row), ``fewshot`` and ``distill``.
+        steps: ``stage -> (max_steps, val_check_interval)`` for the stages ``warmup``, ``geometry_teacher``,
+            ``oracle``, ``adabn``, ``adapt`` (every mean-teacher and FiDIP row), ``fewshot`` and ``distill``.
         rows: the runs of the table, in order (names of :func:`_catalogue`).
         ablations: runs added by ``--ablations``.
         small_critic_epochs: train the small learned critic for this many epochs (None: oracle critic only).
@@ -104,7 +106,7 @@ class Protocol:
     about: str = ""
 
 
-ABLATIONS = ("no_depth", "no_normal", "no_manifold", "no_elastic", "no_cutocclude")
+ABLATIONS = ("no_geo_pose", "no_depth", "no_normal", "no_manifold", "no_elastic", "no_cutocclude")
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -115,6 +117,7 @@ PROTOCOLS: dict[str, Protocol] = {
             96,
             {
                 "warmup": (250, 125),
+                "geometry_teacher": (250, 125),
                 "oracle": (150, 75),
                 "adabn": (40, 40),
                 "adapt": (60, 30),
@@ -134,6 +137,7 @@ PROTOCOLS: dict[str, Protocol] = {
             128,
             {
                 "warmup": (600, 100),
+                "geometry_teacher": (600, 100),
                 "oracle": (300, 100),
                 "adabn": (40, 40),
                 "adapt": (150, 50),
@@ -247,6 +251,10 @@ class DemoPlan:
         return self.out / "pose_vae"
 
     @property
+    def geometry_teacher(self) -> Path:
+        return self.out / "geometry_teacher"
+
+    @property
     def deploy(self) -> Path:
         return self.out / "deploy"
 
@@ -304,10 +312,12 @@ def _catalogue(p: DemoPlan) -> dict[str, Run]:
             *adaptation(seed),
             f"--data.init_args.target.init_args.critic_cache={cache}",
             f"--model.init_args.normal_priors={priors}",
+            f"--model.init_args.geometry_teacher={p.geometry_teacher / 'checkpoints' / 'best.ckpt'}",
         ]
 
     oracle_geometry = geometry(p.cache, p.normal_priors)
     ablation_switches = {
+        "no_geo_pose": ("-geometry teacher", "--model.init_args.loss_terms.geo_pose.weight=0.0"),
         "no_depth": ("-depth", "--model.init_args.loss_terms.geo_depth.weight=0.0"),
         "no_normal": ("-normal", "--model.init_args.loss_terms.geo_norm.weight=0.0"),
         "no_manifold": ("-manifold", "--model.init_args.loss_terms.manifold.weight=0.0"),
@@ -584,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.steps_scale
     p = plan(out, args.data, args.preset, seeds, args.fast, args.protocol, args.ablations, accelerator, scale)
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    prepare_steps = 4 + (3 if p.protocol.small_critic_epochs else 0)
+    prepare_steps = 5 + (3 if p.protocol.small_critic_epochs else 0)
     run = Runner(total=prepare_steps + 2 * len(p.runs) * len(p.seeds) + 1 + (3 if p.protocol.deploy else 0))
     h, w = p.input_size
     print(
@@ -661,7 +671,8 @@ def _report_args(p: DemoPlan) -> list[str]:
 
 
 def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
-    """Data, critic caches, normal priors and pose prior (shared by every seed: they are the data's)."""
+    """Data, critic caches, normal priors, pose prior and geometry teacher (shared by every seed: they are
+    the data's)."""
     have = data_matches(p.data, p.preset, data_seed)
     if have:
         print(
@@ -739,6 +750,19 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             *(["--trainer.max_epochs=2"] if p.fast else []),
         ],
     )
+    steps, val_every = (4, 4) if p.fast else p.protocol.steps["geometry_teacher"]
+    size = json.dumps([h, w])
+    _clean(p.geometry_teacher)
+    run(
+        "geometry teacher: a pose network on the oracle critic's maps of the synthetic stills (no RGB)",
+        ["fit", *p.config_args(["demo/geometry_teacher.yaml"]), *_logs(p.geometry_teacher),
+         "--seed_everything=0", f"--trainer.accelerator={p.accelerator}", f"--trainer.max_steps={steps}",
+         f"--trainer.val_check_interval={val_every}", f"--data.init_args.critic_cache={p.cache}",
+         f"--data.init_args.data.init_args.root={p.syrip}", f"--model.init_args.input_size={size}",
+         f"--data.init_args.data.init_args.input_size={size}",
+         *(["--data.init_args.data.init_args.batch_size=8", "--data.init_args.data.init_args.num_workers=0"]
+           if p.fast else [])],
+    )  # fmt: skip
 
 
 def _deploy(p: DemoPlan, run: Runner) -> None:
