@@ -178,7 +178,10 @@ def build_objectives(
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
             objectives.geometry_pseudo_labels(
-                net, _rows(t.maps, slice(i, i + 64)), None, codec, options.geo_pose_threshold
+                *objectives.geometry_teacher_keypoints(net, _rows(t.maps, slice(i, i + 64)), codec),
+                None,
+                codec,
+                options.geo_pose_threshold,
             )
             for i in range(0, len(t.paths), 64)
         ]

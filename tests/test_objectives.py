@@ -251,7 +251,8 @@ def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_p
     )
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     mirror = torch.tensor([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]])
-    labels = objectives.geometry_pseudo_labels(teacher, maps, torch.stack([identity, mirror]), codec, 0.5)
+    keypoints, peaks = objectives.geometry_teacher_keypoints(teacher, maps, codec)
+    labels = objectives.geometry_pseudo_labels(keypoints, peaks, torch.stack([identity, mirror]), codec, 0.5)
     flip = list(COCO17.flip_indices)
     expected_mirrored = canonical[0, flip] * torch.tensor([-1.0, 1.0]) + torch.tensor([W - 1.0, 0.0])
     assert (labels["geo_keypoints"][0] - canonical[0]).norm(dim=-1).max() < 0.5
@@ -271,3 +272,40 @@ def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_p
         geo_pose(kp).backward()
         toward = (kp.grad * (kp.detach() - labels["geo_keypoints"])).sum(-1)  # -grad points back
         assert (toward > 0).all()
+
+
+class _Counting(_FixedPose):
+    def __init__(self, heatmaps: torch.Tensor):
+        super().__init__(heatmaps)
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return super().forward(x)
+
+
+def test_the_geometry_teacher_runs_once_per_cached_target_image():
+    from geosapiens.stages import MeanTeacherAdaptation
+
+    stage = MeanTeacherAdaptation(
+        backbone="timm:regnetx_002",
+        backbone_kwargs={"output_stride": 16},
+        input_size=INPUT_HW,
+        loss_terms={"manifold": {"weight": 0.0}, "geo_norm": {"weight": 0.0}},
+    )
+    codec = stage.codec
+    points = torch.rand(1, 17, 2, generator=torch.Generator().manual_seed(1)) * 70.0 + 13.0
+    stage.geometry_teacher = _Counting(codec.encode(points, torch.ones(1, 17))[0])
+    H, W = INPUT_HW
+    maps = GeometryMaps(
+        torch.zeros(3, 1, H, W), torch.zeros(3, 3, H, W), torch.ones(3, 1, H, W, dtype=torch.bool)
+    )
+    target = {"critic_maps": torch.zeros(3), "image_path": ["a.jpg", "b.jpg", "a.jpg"]}
+    first = stage.geometry_keypoints(target, maps)
+    target["image_path"] = ["b.jpg", "c.jpg", "a.jpg"]
+    second = stage.geometry_keypoints(target, maps)
+    assert stage.geometry_teacher.images == 3 + 1  # a, b, (a again) in the first batch; only c in the second
+    assert torch.equal(first[0][1], second[0][0]) and (second[0] - points).norm(dim=-1).max() < 0.5
+    del target["critic_maps"]  # an online critic's maps follow the view: computed every time
+    stage.geometry_keypoints(target, maps)
+    assert stage.geometry_teacher.images == 7

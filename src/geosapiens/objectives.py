@@ -55,9 +55,9 @@ __all__ = [
     "prepare_inputs",
     "label_free_objective",
     "weighted_sum",
+    "geometry_teacher_keypoints",
     "geometry_pseudo_labels",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -345,31 +345,16 @@ def _temporal(inputs: ObjectiveInputs) -> torch.Tensor:
     return losses.bone_length_consistency(keypoints)
 
 
-def geometry_pseudo_labels(
-    geometry_teacher: nn.Module,
-    maps: GeometryMaps,
-    maps_to_view: torch.Tensor | None,
-    codec: UDPHeatmapCodec,
-    threshold: float,
-    flip_indices: Sequence[int] = COCO17.flip_indices,
-) -> dict[str, torch.Tensor]:
-    """The geometry teacher's keypoints on critic maps, moved into the view: ``extras`` of ``geo_pose``.
-
-    The teacher sees the maps of the canonical crop (at the stage's crop size); its heatmaps are decoded
-    (argmax + DARK), taken into the view by ``maps_to_view`` and their channels swapped back on mirrored
-    views. A joint is a pseudo-label where the teacher's heatmap peak reaches ``threshold`` and the point
-    lies inside the view.
+def geometry_teacher_keypoints(
+    geometry_teacher: nn.Module, maps: GeometryMaps, codec: UDPHeatmapCodec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The geometry teacher on critic maps of the canonical crop: (B, K, 2) keypoints in canonical px
+    (argmax + DARK) and (B, K) heatmap peaks. Cached maps never change, so callers may keep these per image.
 
     Args:
         geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`.
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
-        maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop.
         codec: the stage's codec (input size = the crop size).
-        threshold: minimum heatmap peak of a pseudo-label joint.
-        flip_indices: left/right channel swap for mirrored views.
-
-    Returns:
-        ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool.
     """
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
@@ -381,16 +366,43 @@ def geometry_pseudo_labels(
     with torch.no_grad():
         heatmaps = geometry_teacher(x).float()
         keypoints, _ = codec.decode(heatmaps)
-        keypoints = keypoints.to(heatmaps)
-        keep = heatmaps.amax(dim=(-2, -1)) >= threshold
-        if maps_to_view is not None:
-            keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
-            mirrored = torch.linalg.det(maps_to_view[:, :, :2].double()) < 0
-            keypoints = _swap_mirrored(keypoints, mirrored, flip_indices)
-            keep = _swap_mirrored(keep, mirrored, flip_indices)
-        h, w = size
-        inside = (keypoints >= 0).all(-1) & (keypoints[..., 0] <= w - 1) & (keypoints[..., 1] <= h - 1)
-    return {"geo_keypoints": keypoints, "geo_keep": keep & inside}
+    return keypoints.to(heatmaps), heatmaps.amax(dim=(-2, -1))
+
+
+def geometry_pseudo_labels(
+    keypoints: torch.Tensor,
+    peaks: torch.Tensor,
+    maps_to_view: torch.Tensor | None,
+    codec: UDPHeatmapCodec,
+    threshold: float,
+    flip_indices: Sequence[int] = COCO17.flip_indices,
+) -> dict[str, torch.Tensor]:
+    """The geometry teacher's keypoints moved into the view: ``extras`` of ``geo_pose``.
+
+    Keypoints are taken into the view by ``maps_to_view`` and their channels swapped back on mirrored views.
+    A joint is a pseudo-label where the teacher's heatmap peak reaches ``threshold`` and the point lies
+    inside the view.
+
+    Args:
+        keypoints: (B, K, 2) canonical px, from :func:`geometry_teacher_keypoints`.
+        peaks: (B, K) their heatmap peaks.
+        maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop.
+        codec: the stage's codec (input size = the crop size).
+        threshold: minimum heatmap peak of a pseudo-label joint.
+        flip_indices: left/right channel swap for mirrored views.
+
+    Returns:
+        ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool.
+    """
+    keep = peaks >= threshold
+    if maps_to_view is not None:
+        keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
+        mirrored = torch.linalg.det(maps_to_view[:, :, :2].double()) < 0
+        keypoints = _swap_mirrored(keypoints, mirrored, flip_indices)
+        keep = _swap_mirrored(keep, mirrored, flip_indices)
+    h, w = codec.input_size
+    inside = (keypoints >= 0).all(-1) & (keypoints[..., 0] <= w - 1) & (keypoints[..., 1] <= h - 1)
+    return {"geo_keypoints": keypoints.detach(), "geo_keep": keep & inside}
 
 
 @register_term("geo_pose", needs=("geo_keypoints",))

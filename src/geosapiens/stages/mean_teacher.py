@@ -12,6 +12,7 @@ batch; or run online on the strong view). Each term has a weight, a start epoch 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import lightning.pytorch as L
@@ -22,7 +23,7 @@ from geosapiens import losses, objectives
 from geosapiens.callbacks.ema import EMATeacher
 from geosapiens.callbacks.schedule import LossSchedule, LossTerm, fractional_epoch
 from geosapiens.models.critic_cache import canonical_to_view, maps_from_entries
-from geosapiens.models.critics import GeometricCritic
+from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance, warp_maps
 from geosapiens.models.prior import PoseVAE
 from geosapiens.normal_priors import load_normal_priors
@@ -111,6 +112,7 @@ class MeanTeacherAdaptation(PoseStage):
                     f"uses {self.hparams.input_size[0]}x{self.hparams.input_size[1]}"
                 )
             self.geometry_teacher = net.requires_grad_(False).eval()
+        self._geometry_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
         priors = load_normal_priors(normal_priors) if normal_priors else None
         self.register_buffer(
@@ -162,6 +164,24 @@ class MeanTeacherAdaptation(PoseStage):
             "view_to_maps": strong_to_canonical,
             "lambda_z": getattr(self.critic, "lambda_z", None),
         }
+
+    def geometry_keypoints(self, target: dict, maps) -> tuple[torch.Tensor, torch.Tensor]:
+        """The geometry teacher's canonical keypoints and peaks for the target batch. Cached critic maps
+        never change, so each image's are computed once and kept (in memory, not in checkpoints): the
+        teacher then costs one forward per target image per run, not one per step."""
+        if "critic_maps" not in target:  # an online critic's maps follow the view: no reuse
+            return objectives.geometry_teacher_keypoints(self.geometry_teacher, maps, self.codec)
+        paths = list(target["image_path"])
+        todo = [i for i, path in enumerate(paths) if path not in self._geometry_memo]
+        if todo:
+            index = torch.as_tensor(todo, device=maps.depth.device)
+            parts = (getattr(maps, f.name) for f in dataclasses.fields(maps))
+            rows = GeometryMaps(*(None if m is None else m[index] for m in parts))
+            keypoints, peaks = objectives.geometry_teacher_keypoints(self.geometry_teacher, rows, self.codec)
+            for j, i in enumerate(todo):
+                self._geometry_memo[paths[i]] = (keypoints[j], peaks[j])
+        keypoints, peaks = zip(*(self._geometry_memo[path] for path in paths), strict=True)
+        return torch.stack(keypoints), torch.stack(peaks)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
@@ -216,8 +236,7 @@ class MeanTeacherAdaptation(PoseStage):
             extras = {}
             if geo_pose:
                 extras = objectives.geometry_pseudo_labels(
-                    self.geometry_teacher,
-                    critic["maps"],
+                    *self.geometry_keypoints(target, critic["maps"]),
                     canonical_to_view(target["canonical_affine"], target["strong_affine"]),
                     self.codec,
                     self.options.geo_pose_threshold,
