@@ -601,16 +601,20 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("geometry_signal: --data and --cache are required (or --quick)")
         stage, dm = stage_from_configs(args, Path(tmp)) if args.config else (None, None)
         result = measure(args, stage)
+        print_table(result)
+        write(result, args.json)
         if args.gradients and args.network and stage is not None:
             result["gradients"] = gradient_scale(args, stage, dm)
-    print_table(result)
-    if "gradients" in result:
-        print_gradients(result["gradients"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+            print_gradients(result["gradients"])
+            write(result, args.json)
     return 0
+
+
+def write(result: dict, path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
