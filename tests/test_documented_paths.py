@@ -188,11 +188,30 @@ def demo_warmup(workdir) -> Path:
 def test_demo_test_with_ckpt_path_best_in_a_new_call(demo_warmup, capsys):
     args = ["test", *_configs("demo/warmup.yaml", "demo/test_real.yaml"), "--config", "demo_tiny.yaml"]
     assert main([*args, "--ckpt_path", "best"]) == 0
-    assert (demo_warmup / "test_metrics.json").is_file()
+    assert (demo_warmup / "test/version_0/test_metrics.json").is_file()
     capsys.readouterr()
     assert main([*args, "--ckpt_path", "best", "--trainer.default_root_dir", "runs/elsewhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "best.ckpt" in err[0] and "runs/elsewhere/checkpoints" in err[0]
+
+
+def test_test_and_predict_from_the_headers_keep_the_training_log(demo_warmup, workdir, capsys):
+    # The demo configs fix the CSV folder (runs/demo/warmup, version ""), where Lightning's CSV writer
+    # deletes the metrics.csv it finds: the fit's log must survive test and predict run as documented.
+    log = demo_warmup / "metrics.csv"
+    before = log.read_text()
+    assert "val/pck@0.1" in before
+    configs = [*_configs("demo/warmup.yaml", "demo/test_real.yaml"), "--config", "demo_tiny.yaml"]
+    tested = lambda: sorted((demo_warmup / "test").glob("version_*/test_metrics.json"))  # noqa: E731
+    earlier = tested()
+    assert main(["test", *configs, "--ckpt_path", "best"]) == 0
+    predict = ["predict", *configs, "--ckpt_path", str(demo_warmup / "checkpoints/best.ckpt")]
+    predict += ["--trainer.callbacks+=geosapiens.callbacks.prediction_writer.PredictionWriter"]
+    assert main([*predict, "--trainer.callbacks.output_dir", str(workdir / "predictions/warmup")]) == 0
+    assert log.read_text() == before
+    assert len(tested()) == len(earlier) + 1 and set(earlier) <= set(tested())  # each test its own folder
+    assert (demo_warmup / "predict/version_0/hparams.yaml").is_file()
+    assert "predict: logs in runs/demo/warmup/predict/version_0" in capsys.readouterr().err
 
 
 def test_dataset_level_predict_writes_results_for_the_test_split(demo_warmup, workdir):

@@ -99,6 +99,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     from geosapiens.runs import (
         bind_wandb_runs,
         finish_wandb_runs,
+        keep_csv_logs,
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
@@ -115,6 +116,10 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         def _resolve(self) -> None:
             config = self.config_init[self.subcommand]
             config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), self.subcommand)
+            for folder in keep_csv_logs(self.trainer, self.subcommand):
+                if self.trainer.is_global_zero:
+                    print(f"geosapiens {self.subcommand}: logs in {folder} (the earlier metrics.csv is kept)",
+                          file=sys.stderr)
             if self.subcommand == "fit":
                 bind_wandb_runs(self.trainer, resume=config["ckpt_path"] is not None)
 
