@@ -22,8 +22,8 @@ runs every stage and baseline on it through the same commands a user runs on rea
    (``SHIFT-style`` for the Geo-Sapiens rows, ``source-only`` for the others) with a 95% bootstrap CI, and the
    gap reduction between source-only and the oracle. A single-seed table marks the differences inside the
    seed noise the full protocol measured (:data:`DEMO_SEED_NOISE`);
-6. (demo) deployment: ``export`` of the distilled student to ONNX, and ``predict`` of a real-like sequence
-   written as an mp4 video (ONNX Runtime, tracked box, One-Euro smoothing, quality flags, overlay video).
+6. (demo) deployment: ``export`` of the distilled student to ONNX, and ``infer`` of a real-like sequence
+   written as an mp4 video (ONNX Runtime, one box around the motion, One-Euro smoothing, quality flags, overlay video).
 
 Protocols (:data:`PROTOCOLS`, each stated once and applied to every run as command-line overrides):
 ``demo`` is the new user's first run (one seed, about a quarter of an hour on 2 CPU cores); ``full`` is the
@@ -87,7 +87,7 @@ class Protocol:
         rows: the runs of the table, in order (names of :func:`_catalogue`).
         ablations: runs added by ``--ablations``.
         small_critic_epochs: train the small learned critic for this many epochs (None: oracle critic only).
-        deploy: export and predict with the distilled student after the report.
+        deploy: export and infer with the distilled student after the report.
         seed_noise: thresholds for a single-seed table (``geosapiens report --seed-noise``).
     """
 
@@ -772,9 +772,9 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     run.record("write a real-like sequence as an mp4 video", time.perf_counter() - wall, cpu_seconds() - cpu)
     run(
-        "predict the video on ONNX Runtime (one box, One-Euro, quality flags, overlay)",
+        "infer: the video on ONNX Runtime (one box, One-Euro, quality flags, overlay)",
         [
-            "predict",
+            "infer",
             str(video),
             "--model",
             str(onnx),
