@@ -23,7 +23,8 @@ runs every stage and baseline on it through the same commands a user runs on rea
    gap reduction between source-only and the oracle. A single-seed table marks the differences inside the
    seed noise the full protocol measured (:data:`DEMO_SEED_NOISE`);
 6. (demo) deployment: ``export`` of the distilled student to ONNX, and ``infer`` of a real-like sequence
-   written as an mp4 video (ONNX Runtime, one box around the motion, One-Euro smoothing, quality flags, overlay video).
+   written as an mp4 video (ONNX Runtime, one box around the motion, One-Euro smoothing, quality flags,
+   overlay video).
 
 Protocols (:data:`PROTOCOLS`, each stated once and applied to every run as command-line overrides):
 ``demo`` is the new user's first run (one seed, about a quarter of an hour on 2 CPU cores); ``full`` is the
@@ -457,8 +458,11 @@ def plan(
 
 
 def data_matches(data: Path, preset: str, seed: int) -> bool | None:
-    """True when ``data`` holds finished generator output of ``preset``/``seed`` (its ``manifest.json``,
-    written last), False when it holds another preset or seed, None when it holds none."""
+    """True when ``data`` holds finished generator output of ``preset``/``seed`` in today's layout (its
+    ``manifest.json``, written last), False when it holds another preset, seed or ``format_version`` (an
+    older generator's ``syrip/``/``mini_rgbd/`` folders, which no config reads), None when it holds none."""
+    from geosapiens.data.synth.generate import FORMAT_VERSION
+
     path = data / "manifest.json"
     if not path.is_file():
         return None
@@ -468,6 +472,7 @@ def data_matches(data: Path, preset: str, seed: int) -> bool | None:
         return False
     return (
         doc.get("generator") == "geosapiens.data.synth"
+        and doc.get("format_version") == FORMAT_VERSION
         and doc.get("preset") == preset
         and doc.get("seed") == seed
     )
@@ -684,6 +689,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             str(min(2, os.cpu_count() or 1)),
         ]
         if have is False:  # other generator output: replace it, and the critic maps computed from it
+            print(f"\n{p.data}: generator output of another preset, seed or format version; regenerating it")
             synth.append("--overwrite")
             _clean(p.data / "critic_cache")
         run(f"data synth: procedural infant data, preset {p.preset!r}", synth)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from geosapiens.cli_style import both_styles
 from geosapiens.data.records import MAPS_DIRNAME
-from geosapiens.data.synth.generate import MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
+from geosapiens.data.synth.generate import LEGACY_DIRNAMES, MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.data.synth.preview import write_contact_sheet
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     existing = [out / name for name in _OUTPUTS if (out / name).exists()]
+    if (out / "manifest.json").is_file():  # our output: an older format's folders go with it
+        existing += [out / name for name in LEGACY_DIRNAMES if (out / name).is_dir()]
     if existing and not args.overwrite:
         print(
             f"geosapiens data synth: {out} already holds generator output "
