@@ -14,6 +14,7 @@ say, on generated data in the layout the paper configs read (``$GEOSAPIENS_DATA/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -320,3 +321,22 @@ def test_one_flag_style_with_the_other_accepted():
         assert evaluate.parse_args(["--gt", "g", "--pred", "p", flag, "torso"]).pck_norm == "torso"
     text = evaluate.format_help()
     assert 0 < text.index("--pck_norm {") < text.index("--pck-norm {")  # snake case first, as LightningCLI
+
+
+@pytest.mark.parametrize(
+    ("before", "flag", "values", "after_parsing"),
+    [
+        (["critics", "cache", "--critic", "bogus:x", "--data", "d", "--out", "o"], "input_size", ["64", "48"],
+         "unknown critic 'bogus:x'"),
+        (["report", "runs/a"], "source_only", ["a"], "--source-only and --oracle go together"),
+        (["demo"], "steps_scale", ["-1"], "--steps-scale must be > 0"),
+        (["seeds", "--seeds", "0", "--out", "o"], "test_config", ["t.yaml"], "give the `fit` arguments after --"),
+    ],
+)  # fmt: skip
+def test_the_other_tools_accept_both_spellings_too(before, flag, values, after_parsing, capsys):
+    # Each spelling gets past the parser, to the tool's own check of the parsed values.
+    for spelling in (flag, flag.replace("_", "-")):
+        with contextlib.suppress(SystemExit):  # argparse's parser.error
+            main([*before, f"--{spelling}", *values])
+        err = capsys.readouterr().err
+        assert after_parsing in err and "unrecognized arguments" not in err, (spelling, err)

@@ -54,6 +54,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
 
@@ -565,7 +566,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles
+
 __all__ = [
     "SeedError",
     "Runner",
@@ -209,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     fit_args = args.fit_args[1:] if args.fit_args[:1] == ["--"] else args.fit_args
     if not fit_args:

@@ -48,6 +48,7 @@ import numpy as np
 
 from geosapiens import viz
 from geosapiens.callbacks.results import RESULTS_FILENAME
+from geosapiens.cli_style import both_styles
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write_file
 from geosapiens.metrics.compare import (
@@ -718,7 +719,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     expanded = [(d, seed, folder) for d in args.run_dirs for seed, folder in seed_folders(d)]
     default_names = {

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geosapiens.cli_style import both_styles
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError, GeoSapiensError
 from geosapiens.io import atomic_write, atomic_write_json
@@ -617,7 +618,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     intrinsics = None
     try:
