@@ -330,7 +330,8 @@ def test_one_flag_style_with_the_other_accepted():
          "unknown critic 'bogus:x'"),
         (["report", "runs/a"], "source_only", ["a"], "--source-only and --oracle go together"),
         (["demo"], "steps_scale", ["-1"], "--steps-scale must be > 0"),
-        (["seeds", "--seeds", "0", "--out", "o"], "test_config", ["t.yaml"], "give the `fit` arguments after --"),
+        (["seeds", "--seeds", "0", "--out", "o"], "test_config", ["t.yaml"],
+         "give the `fit` arguments after --"),
     ],
 )  # fmt: skip
 def test_the_other_tools_accept_both_spellings_too(before, flag, values, after_parsing, capsys):
