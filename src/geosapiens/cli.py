@@ -35,7 +35,7 @@ TRAINER_HELP = {
 
 # "group command" -> (module, help); each module's ``main`` takes the remaining argv, returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("geosapiens.deploy.predict", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
+    "infer": ("geosapiens.deploy.infer", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
     "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
     "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
     "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
     "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
     "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
-    "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
+    "critics cache": ("geosapiens.models.critic_cache_cli", "precomputes a critic's depth/normal maps"),
     "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
     "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }

@@ -12,22 +12,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from geosapiens.cli_style import both_styles
-from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
-from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.errors import GeoSapiensError
-from geosapiens.losses import sample_maps
-from geosapiens.models.critic_cache import CriticCache, canonical_affines
-from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_priors
+
+if TYPE_CHECKING:
+    from geosapiens.models.critic_cache import CriticCache
 
 
 def sample_keypoint_normals(cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64):
     """(N, K, 3) cached normals at each record's keypoints and (N, K) validity (labelled and on the body)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from geosapiens.losses import sample_maps
+    from geosapiens.models.critic_cache import canonical_affines
+
     h, w = cache.input_size
     affines = canonical_affines(records, (h, w), padding)
     normals, valid = [], []
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = both_styles(_parser()).parse_args(argv)
+    # The work's imports (torch, the cache) only now: --help answers at once.
+    from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
+    from geosapiens.data.formats.syrip import read_syrip
+    from geosapiens.models.critic_cache import CriticCache
+    from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_priors
+
     try:
         records = (
             read_syrip(args.data, args.annotation, domain=args.domain)
