@@ -275,10 +275,11 @@ def test_version_top_help_and_unknown_command():
     assert _cli("no-such-command").returncode == 2
 
 
-# Tools whose --help needs no torch (each imports its work when it runs). Not yet: evaluate and convert
-# (their option choices come from torch modules) and LightningCLI's verbs (the parser needs the classes).
+# Tools whose --help needs no torch (each imports its work when it runs). Not yet: convert (its --family
+# choices come from the torch checkpoint module) and LightningCLI's verbs (the parser needs the classes).
 LIGHT_HELP = [["--help"], ["--version"], ["data", "--help"], ["critics", "--help"], ["priors", "--help"],
-              ["infer", "--help"], ["report", "--help"], ["export", "--help"], ["seeds", "--help"],
+              ["infer", "--help"], ["evaluate", "--help"], ["report", "--help"], ["export", "--help"],
+              ["seeds", "--help"],
               ["critics", "cache", "--help"], ["priors", "fit", "--help"], ["data", "check", "--help"],
               ["data", "synth", "--help"], ["demo", "--help"]]
 
@@ -319,7 +320,7 @@ def test_old_file_predict_form_still_works_with_a_deprecation(tmp_path, capsys):
 def test_one_flag_style_with_the_other_accepted():
     from geosapiens.cli_style import both_styles
     from geosapiens.deploy.infer import build_parser
-    from geosapiens.metrics.evaluate import _parser
+    from geosapiens.metrics.evaluate_cli import _parser
 
     parser = both_styles(build_parser())
     for flag in ("--no_progress", "--no-progress"):

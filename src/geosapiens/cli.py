@@ -36,7 +36,7 @@ TRAINER_HELP = {
 # "group command" -> (module, help); each module's ``main`` takes the remaining argv, returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("geosapiens.deploy.infer", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
-    "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
+    "evaluate": ("geosapiens.metrics.evaluate_cli", "scores COCO-keypoints results against ground truth"),
     "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
     "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
     "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
