@@ -246,6 +246,20 @@ def test_tensorboard_logger_is_installed_with_the_package_and_receives_images(de
     assert tags["scalars"] and tags["images"] == ["val/predictions"], tags  # the overlays went there too
 
 
+def test_print_config_shows_the_paths_the_run_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GEOSAPIENS_DATA", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = ["fit", *_configs("uda.yaml"), "--data.init_args.target.init_args.critic_cache", "~/cache"]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--print_config"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert "$GEOSAPIENS_DATA" not in printed and "~/" not in printed
+    data = tmp_path / "datasets"
+    assert f"root: {data}/MINI-RGBD_web" in printed and f"root: {data}/SyRIP" in printed
+    assert f"critic_cache: {tmp_path}/home/cache" in printed
+
+
 # -- the command tree ----------------------------------------------------------------------------------------
 
 

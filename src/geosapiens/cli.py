@@ -91,7 +91,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     # Given args, LightningCLI warns when sys.argv has arguments too (ours always does: the same ones).
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
@@ -103,6 +103,14 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
+
+    class ExpandedPathsParser(LightningArgumentParser):
+        """``--print_config`` (and the run's saved ``config.yaml``) show paths as the run reads them:
+        ``$GEOSAPIENS_DATA`` and ``~`` expanded (an unset variable stays as written; the DataModule names
+        it in its error)."""
+
+        def dump(self, cfg, *args, **kwargs):
+            return super().dump(_expand_paths(cfg), *args, **kwargs)
 
     class GeoSapiensCLI(LightningCLI):
         def instantiate_trainer(self, **kwargs):
@@ -136,9 +144,26 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_class=ExpandedPathsParser,
         args=args,
         run=run,
     )
+
+
+def _expand_paths(value):
+    """``value`` (a parsed config, or any value in it) with ``$VARS`` and a leading ``~`` expanded in every
+    string, as :func:`geosapiens.data.datamodules.data_path` reads them."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, str) and ("$" in value or value.startswith("~")):
+        return os.path.expanduser(os.path.expandvars(value))
+    if isinstance(value, Namespace):
+        return Namespace(**{k: _expand_paths(v) for k, v in vars(value).items()})
+    if isinstance(value, dict):
+        return {k: _expand_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_expand_paths(v) for v in value)
+    return value
 
 
 def _raised_here(error: BaseException) -> bool:
