@@ -347,6 +347,24 @@ def test_one_flag_style_with_the_other_accepted():
     assert 0 < text.index("--pck_norm {") < text.index("--pck-norm {")  # snake case first, as LightningCLI
 
 
+@pytest.mark.parametrize("command", ["infer", "critics cache", "priors fit", "data synth", "seeds", "demo"])
+def test_one_progress_switch_on_every_tool_with_a_bar(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command.split(), "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no_progress," in text and "--no-progress" in text and "--trainer.enable_progress_bar false" in text
+
+
+def test_demo_no_progress_reaches_the_trainer_runs_and_the_tools():
+    from geosapiens.demo import plan
+
+    p = plan(Path("runs/demo"), Path("demo_data"), None, [0], fast=True)
+    run = p.runs[0]
+    assert not any("progress" in a for a in p.run_args(run, 0))
+    p.progress = False
+    assert "--trainer.enable_progress_bar=false" in p.run_args(run, 0) and p.bars() == ["--no_progress"]
+
+
 @pytest.mark.parametrize(
     ("before", "flag", "values", "after_parsing"),
     [

@@ -54,7 +54,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
 
@@ -209,6 +209,13 @@ class DemoPlan:
     steps_scale: float = 1.0
     num_shots: int = 0
     runs: list[Run] = field(default_factory=list)
+    progress: bool = True
+
+    def bars(self, trainer: bool = False) -> list[str]:
+        """The progress switch for one command: nothing, or the trainer's / the tools' way to say no bars."""
+        if self.progress:
+            return []
+        return ["--trainer.enable_progress_bar=false"] if trainer else ["--no_progress"]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -285,7 +292,7 @@ class DemoPlan:
             f"--trainer.max_steps={steps * run.optimizer_steps}",
             f"--trainer.val_check_interval={val_every}",
         ]
-        return args + run.extra(seed)
+        return args + self.bars(trainer=True) + run.extra(seed)
 
 
 def _catalogue(p: DemoPlan) -> dict[str, Run]:
@@ -562,6 +569,7 @@ def _parser() -> argparse.ArgumentParser:
         help="torch threads of the trainer process (default 1: with one DataLoader worker per loader this "
         "fills 2 cores; more threads only help when cores are idle)",
     )
+    progress_switch(p)
     return p
 
 
@@ -589,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps-scale must be > 0")
     scale = args.steps_scale
     p = plan(out, args.data, args.preset, seeds, args.fast, args.protocol, args.ablations, accelerator, scale)
+    p.progress = args.progress
     started, cpu_started = time.perf_counter(), cpu_seconds()
     prepare_steps = 4 + (3 if p.protocol.small_critic_epochs else 0)
     run = Runner(total=prepare_steps + 2 * len(p.runs) * len(p.seeds) + 1 + (3 if p.protocol.deploy else 0))
@@ -688,6 +697,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             str(data_seed),
             "--workers",
             str(min(2, os.cpu_count() or 1)),
+            *p.bars(),
         ]
         if have is False:  # other generator output: replace it, and the critic maps computed from it
             print(f"\n{p.data}: generator output of another preset, seed or format version; regenerating it")
@@ -701,7 +711,8 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
         run(
             title,
             ["critics", "cache", "--critic", critic, "--data", str(p.syrip), "--annotation", CACHE_ANNOTATION,
-             "--out", str(out), "--input-size", str(h), str(w), "--batch-size", "64", "--device", device],
+             "--out", str(out), "--input-size", str(h), str(w), "--batch-size", "64", "--device", device,
+             *p.bars()],
         )  # fmt: skip
 
     def priors(cache_dir: Path, out: Path, title: str) -> None:
@@ -709,7 +720,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
         run(
             title,
             ["priors", "fit", "--cache", str(cache_dir), "--data", str(p.syrip), "--annotation",
-             SYNTH_ANNOTATION, "--domain", "synthetic", "--out", str(out)],
+             SYNTH_ANNOTATION, "--domain", "synthetic", "--out", str(out), *p.bars()],
         )  # fmt: skip
 
     cache("oracle", p.cache, "critic cache: the ORACLE critic (the generator's rendered depth/normals)")
@@ -722,7 +733,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             ["fit", *p.config_args(["critics/small_critic.yaml"]), "--seed_everything=0",
              f"--trainer.default_root_dir={p.small_critic.parent}", f"--trainer.max_epochs={epochs}",
              f"--trainer.accelerator={p.accelerator}", f"--data.init_args.data_root={p.syrip}",
-             f"--model.init_args.export_path={p.small_critic}",
+             f"--model.init_args.export_path={p.small_critic}", *p.bars(trainer=True),
              *(["--data.init_args.num_workers=0"] if p.fast else [])],
         )  # fmt: skip
         cache(f"small:{p.small_critic}", p.small_cache, "critic cache: the small learned critic")
@@ -744,6 +755,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             f"--data.init_args.mini_rgbd_root={p.mini_rgbd}",
             f"--data.init_args.mini_rgbd_sequences={json.dumps(synthetic_sequences)}",
             *(["--trainer.max_epochs=2"] if p.fast else []),
+            *p.bars(trainer=True),
         ],
     )
 
@@ -791,7 +803,7 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
             "--pose_prior",
             str(p.pose_vae / "checkpoints" / "last.ckpt"),
             "--overlay",
-            "--no-progress",
+            "--no_progress",  # one video of the demo's size: a bar would only add lines to the log
             "--out",
             str(folder / "predictions"),
         ],

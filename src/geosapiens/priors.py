@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.errors import GeoSapiensError
 
 if TYPE_CHECKING:
     from geosapiens.models.critic_cache import CriticCache
 
 
-def sample_keypoint_normals(cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64):
+def sample_keypoint_normals(
+    cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64, progress: bool = True
+):
     """(N, K, 3) cached normals at each record's keypoints and (N, K) validity (labelled and on the body)."""
     import numpy as np
     import torch
@@ -33,7 +35,7 @@ def sample_keypoint_normals(cache: CriticCache, records, padding: float = 1.25, 
     h, w = cache.input_size
     affines = canonical_affines(records, (h, w), padding)
     normals, valid = [], []
-    for start in tqdm(range(0, len(records), batch_size), desc="priors", unit="batch"):
+    for start in tqdm(range(0, len(records), batch_size), desc="priors", unit="batch", disable=not progress):
         batch = records[start : start + batch_size]
         maps = cache.load([r.image_path for r in batch])
         points = np.stack([r.keypoints for r in batch]).astype(np.float64)
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", type=float, default=1.25)
     p.add_argument("--min-count", type=int, default=10, help="joints with fewer samples get no prior")
     p.add_argument("--out", required=True, help="priors file to write (JSON)")
+    progress_switch(p)
     return p
 
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             else read_mini_rgbd(args.data)
         )
         cache = CriticCache(args.cache)
-        normals, valid = sample_keypoint_normals(cache, records, args.padding)
+        normals, valid = sample_keypoint_normals(cache, records, args.padding, progress=args.progress)
         critic = json.dumps(cache.manifest["critic"], sort_keys=True)
         priors = fit_keypoint_normal_priors(
             normals,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality.min_score", dest="min_score", type=float, default=0.3)
     p.add_argument("--quality.max_pose_error", dest="max_pose_error", type=float, default=0.3)
     p.add_argument("--overlay", action="store_true", help="write overlay videos / images")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    progress_switch(p)
     return p
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.errors import DataError, GeoSapiensError
 
 __all__ = ["main"]
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images")
     p.add_argument("--device", default="auto", help="auto (default: cuda if there is one), cpu, cuda:1...")
-    p.add_argument("--no-progress", action="store_true")
+    progress_switch(p)
     return p
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             num_workers=args.workers,
             device=device,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
     except (GeoSapiensError, ValueError) as err:
         print(f"geosapiens critics cache: error: {err}", file=sys.stderr)

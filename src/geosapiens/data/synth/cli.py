@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.data.records import MAPS_DIRNAME
 from geosapiens.data.synth.generate import LEGACY_DIRNAMES, MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preview-only", action="store_true", help="write only the contact sheet")
     p.add_argument("--overwrite", action="store_true", help="replace earlier generator output in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    progress_switch(p, "--quiet")
     return p
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     start = time.perf_counter()
     preset = PRESETS[args.preset]
-    generate(out, preset, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    generate(out, preset, seed=args.seed, workers=args.workers, progress=args.progress)
     if args.preview:
         write_contact_sheet(out / "preview.png", args.seed)
     print(
