@@ -352,7 +352,8 @@ def test_one_progress_switch_on_every_tool_with_a_bar(command, capsys):
     with pytest.raises(SystemExit):
         main([*command.split(), "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--no_progress," in text and "--no-progress" in text and "--trainer.enable_progress_bar false" in text
+    assert "--no_progress," in text and "--no-progress" in text
+    assert "--trainer.enable_progress_bar false" in text
 
 
 def test_demo_no_progress_reaches_the_trainer_runs_and_the_tools():
