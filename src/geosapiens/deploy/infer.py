@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--box",
         default="whole",
-        help="whole (default) | tracked | x,y,w,h | a file of boxes (COCO annotations, JSON or CSV)",
+        help="whole (default) | tracked | auto (no detector: coarse whole-frame pass, then the confident "
+        "joints' box; tracked over videos) | x,y,w,h | a file of boxes (COCO annotations, JSON or CSV)",
     )
     p.add_argument("--initial_box", default=None, help="with --box tracked: the first frame's box spec")
     p.add_argument("--sequence", action="store_true", help="read each folder as the frames of one video")

@@ -129,7 +129,7 @@ class Predictor:
 
         Args:
             model: the model file.
-            box: ``whole`` | ``tracked`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
+            box: ``whole`` | ``tracked`` | ``auto`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
             initial_box: the tracker's starting box (``--initial_box``).
             runtime: ``torch`` or ``onnx``; by default from the file's suffix.
             weights: a checkpoint's network, ``model`` or ``teacher`` (None: the one its stage evaluated).
@@ -168,12 +168,23 @@ class Predictor:
             heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(mirrored, COCO17.flip_indices))
         return heatmaps
 
+    def _refined_box(self, frame: Frame, box: np.ndarray) -> np.ndarray:
+        """A coarse pass in ``box``, then the box source's box of its prediction (``box`` if none)."""
+        image, affine = self.crop(frame, box)
+        kp_crop, sc = self.codec.decode(self.heatmaps(image[None]))
+        to_image = invert_affine_torch(torch.as_tensor(affine[None])).double()
+        kp = apply_affine(kp_crop.double(), to_image).numpy()[0]
+        refined = self.boxes.refine(kp, sc[0].double().numpy(), frame.image.shape)
+        return box if refined is None else refined
+
     def _batches(self, clip: Clip) -> Iterator[list[tuple[Frame, np.ndarray, torch.Tensor, np.ndarray]]]:
         """Boxed, cropped frames in batches; the box of a frame is asked for only once the previous batch
         was observed, so tracking sees every prediction before it boxes the next frame."""
         batch = []
         for frame in clip.frames():
             box = self.boxes.box(frame.image.shape, frame.index, frame.path)
+            if self.boxes.coarse:
+                box = self._refined_box(frame, box)
             batch.append((frame, box, *self.crop(frame, box)))
             if len(batch) == self.batch_size:
                 yield batch
