@@ -9,7 +9,9 @@ say, on generated data in the layout the paper configs read (``$GEOSAPIENS_DATA/
   configs/uda.yaml --ckpt_path best`` in a new CLI call;
 - the demo configs' headers: ``fit``, ``test --ckpt_path best`` and dataset-level ``predict`` with
   ``PredictionWriter``; a TensorBoard logger;
-- the command tree: group help, ``--version``, a closed pipe.
+- the paper chain's ``test`` with ``TestTimeAdaptation`` and ``fit configs/distill.yaml`` from the uda run;
+- the command tree: group help, ``--version``, a closed pipe, one flag style, one progress switch, and
+  ``--help`` without torch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,17 @@ model:
 data:
   init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0, num_shots: 3}
 """
+DISTILL_TINY = """
+trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, precision: 32-true,
+          accelerator: cpu, devices: 1, num_sanity_val_steps: 0, enable_progress_bar: false}
+model:
+  init_args: {backbone: "timm:resnet10t", backbone_kwargs: {}, head_kwargs: {channels: [64, 64, 64]},
+              input_size: [64, 64], teacher_flip: false}
+data:
+  init_args:
+    source: {init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}}
+    target: {init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}}
+"""
 # The demo configs at 64 px, 3 steps, validating at the end (so best.ckpt exists).
 DEMO_TINY = """
 trainer: {max_steps: 3, val_check_interval: 3, enable_progress_bar: false}
@@ -86,7 +100,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("documented")
     assert main(["data", "synth", "--out", str(root / "demo_data"), "--preset", "tiny", "--quiet"]) == 0
     for name, text in (("paper_tiny.yaml", PAPER_TINY), ("fewshot_tiny.yaml", FEWSHOT_TINY),
-                       ("demo_tiny.yaml", DEMO_TINY)):
+                       ("demo_tiny.yaml", DEMO_TINY), ("distill_tiny.yaml", DISTILL_TINY)):
         (root / name).write_text(text)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -174,6 +188,35 @@ def test_fewshot_default_init_checkpoint_is_what_uda_writes_and_test_best_works(
     assert main(["test", *_configs("uda.yaml"), "--config", "paper_tiny.yaml", "--ckpt_path", "best"]) == 0
     metrics = json.loads(next((workdir / "runs/uda").rglob("test_metrics.json")).read_text())
     assert 0.0 <= metrics["metrics"]["test/pck@0.1"] <= 1.0
+
+
+def test_tta_test_command_of_the_readme(paper, workdir):
+    # README "Training the paper setting": test with TestTimeAdaptation, after a critic cache of the test
+    # images (the oracle critic again stands in for Sapiens).
+    data = f"{os.environ['GEOSAPIENS_DATA']}/SyRIP"
+    cache = ["critics", "cache", "--critic", "oracle", "--data", data, "--annotation", TEST_FILE,
+             "--out", "runs/critics/sapiens_0.6b_test", "--input-size", "64", "64", "--no_progress"]
+    assert main(cache) == 0
+    args = ["test", *_configs("uda.yaml"), "--config", "paper_tiny.yaml", "--ckpt_path", "best",
+            "--trainer.inference_mode", "false",
+            "--trainer.callbacks+=geosapiens.stages.TestTimeAdaptation", "--trainer.callbacks.steps", "2",
+            "--trainer.callbacks.critic_cache", "runs/critics/sapiens_0.6b_test",
+            "--trainer.callbacks.normal_priors", "runs/critics/normal_priors_sapiens_0.6b.json",
+            "--trainer.callbacks.pose_prior", "runs/pose_vae/checkpoints/last.ckpt"]
+    started = time.time()
+    assert main(args) == 0
+    newest = max(paper.rglob("test_metrics.json"), key=lambda p: p.stat().st_mtime)
+    assert newest.stat().st_mtime >= started
+    metrics = json.loads(newest.read_text())
+    assert metrics["run"]["checkpoint"] == str(paper / "checkpoints/best.ckpt")
+    assert 0.0 <= metrics["metrics"]["test/pck@0.1"] <= 1.0
+
+
+def test_distil_command_of_the_readme(paper, workdir):
+    # `geosapiens fit --config configs/distill.yaml` (teacher: runs/uda/checkpoints/best.ckpt), then its test.
+    assert main(["fit", *_configs("distill.yaml"), "--config", "distill_tiny.yaml"]) == 0
+    assert (workdir / "runs/distill/checkpoints/best.ckpt").is_file()
+    assert main(["test", *_configs("distill.yaml"), "--config", "distill_tiny.yaml", "--ckpt_path=best"]) == 0
 
 
 # -- the demo configs' headers ------------------------------------------------------------------------------
