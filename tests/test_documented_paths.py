@@ -17,6 +17,7 @@ say, on generated data in the layout the paper configs read (``$GEOSAPIENS_DATA/
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -217,6 +218,25 @@ def test_distil_command_of_the_readme(paper, workdir):
     assert main(["fit", *_configs("distill.yaml"), "--config", "distill_tiny.yaml"]) == 0
     assert (workdir / "runs/distill/checkpoints/best.ckpt").is_file()
     assert main(["test", *_configs("distill.yaml"), "--config", "distill_tiny.yaml", "--ckpt_path=best"]) == 0
+
+
+def test_seeds_and_report_commands_of_the_readme(paper, workdir, capsys):
+    # README "Comparing methods", one seed per method: seeds of the baseline overlays, then the report.
+    for name, overlay in (("source_only", ["--config", str(CONFIGS / "baselines/source_only.yaml")]),
+                          ("shift_style", ["--config", str(CONFIGS / "baselines/shift_style.yaml")]),
+                          ("uda", [])):
+        fit = [*_configs("uda.yaml"), *overlay, "--config", "paper_tiny.yaml"]
+        seeds = ["seeds", "--seeds", "0", "--out", f"runs/seeds/{name}", "--no_progress"]
+        assert main([*seeds, "--", *fit]) == 0
+        assert list((workdir / f"runs/seeds/{name}/seed0").rglob("test_metrics.json"))
+    report = ["report", "runs/seeds/source_only", "runs/seeds/shift_style", "runs/seeds/uda",
+              "--names", "source-only", "SHIFT-style", "Geo-Sapiens", "--baseline", "source-only",
+              "--baseline-of", "Geo-Sapiens*=SHIFT-style", "--out", "report/"]
+    assert main(report) == 0
+    table = (workdir / "report/results.md").read_text()
+    assert all(name in table for name in ("source-only", "SHIFT-style", "Geo-Sapiens"))
+    rows = list(csv.DictReader((workdir / "report/results.csv").open()))
+    assert {r["baseline"] for r in rows if r["method"] == "Geo-Sapiens"} == {"SHIFT-style"}
 
 
 # -- the demo configs' headers ------------------------------------------------------------------------------
