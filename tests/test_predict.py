@@ -99,6 +99,20 @@ def test_box_auto_boxes_the_coarse_pass_then_tracks(checkpoint, sequence, tmp_pa
             np.testing.assert_allclose(auto.boxes[t], tracked, atol=1e-6)
 
 
+def test_two_videos_with_tta_as_in_the_readme(checkpoint, sequence, tmp_path, capsys):
+    # `geosapiens infer a.mp4 b.mp4 --model best.ckpt --tta.steps 5 --pose_prior vae.ckpt --out predictions/`
+    vae = tmp_path / "vae.safetensors"
+    PoseVAE(num_keypoints=17).save(vae)
+    b = tmp_path / "b.avi"
+    b.write_bytes(sequence["video"].read_bytes())
+    out = tmp_path / "predictions"
+    args = ["infer", str(sequence["video"]), str(b), "--model", str(checkpoint), "--tta.steps", "5"]
+    assert main([*args, "--pose_prior", str(vae), "--out", str(out), "--no_progress"]) == 0
+    assert {p.name for p in (out / "tracks").glob("*.npz")} == {"infant02.npz", "b.npz"}
+    n = len(sequence["truth"])
+    assert f"geosapiens infer: {2 * n} frames from 2 input(s)" in capsys.readouterr().out
+
+
 def test_outputs_round_trip_with_smoothing_flags_and_overlay(checkpoint, sequence, tmp_path, capsys):
     vae = tmp_path / "vae.safetensors"
     PoseVAE(num_keypoints=17).save(vae)

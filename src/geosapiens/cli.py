@@ -5,7 +5,8 @@
 there is dataset-level prediction from a config. ``infer`` is prediction on files (images, folders, videos)
 from a checkpoint or an ONNX file. The other commands are small tools, each a ``main(argv) -> int`` in the
 module that owns the work, listed in :data:`COMMANDS`; groups (``data``, ``critics``, ``priors``) print
-their own help. Nothing heavy is imported before a command runs, so ``--help`` answers at once.
+their own help. A tool imports its work (torch, OpenCV...) only once its options are parsed, so its
+``--help`` answers at once; the trainer verbs need Lightning and the stage classes to build their parser.
 
 Exit codes, everywhere: 0 ok, 1 problems found (``data check``, bad data met during a run), 2 usage error
 (unknown command or option, a missing argument, a named file that is missing or unusable). A
