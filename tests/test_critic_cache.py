@@ -21,8 +21,8 @@ from geosapiens.models.critic_cache import (
     canonical_affines,
     canonical_to_view,
     critic_identity,
-    main,
 )
+from geosapiens.models.critic_cache_cli import main
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.oracle_critic import OracleCritic
 from test_geometry_warp import render_sphere, similarity

@@ -9,15 +9,20 @@ say, on generated data in the layout the paper configs read (``$GEOSAPIENS_DATA/
   configs/uda.yaml --ckpt_path best`` in a new CLI call;
 - the demo configs' headers: ``fit``, ``test --ckpt_path best`` and dataset-level ``predict`` with
   ``PredictionWriter``; a TensorBoard logger;
-- the command tree: group help, ``--version``, a closed pipe.
+- the paper chain's ``test`` with ``TestTimeAdaptation`` and ``fit configs/distill.yaml`` from the uda run;
+- the command tree: group help, ``--version``, a closed pipe, one flag style, one progress switch, and
+  ``--help`` without torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +68,17 @@ model:
 data:
   init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0, num_shots: 3}
 """
+DISTILL_TINY = """
+trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, precision: 32-true,
+          accelerator: cpu, devices: 1, num_sanity_val_steps: 0, enable_progress_bar: false}
+model:
+  init_args: {backbone: "timm:resnet10t", backbone_kwargs: {}, head_kwargs: {channels: [64, 64, 64]},
+              input_size: [64, 64], teacher_flip: false}
+data:
+  init_args:
+    source: {init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}}
+    target: {init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}}
+"""
 # The demo configs at 64 px, 3 steps, validating at the end (so best.ckpt exists).
 DEMO_TINY = """
 trainer: {max_steps: 3, val_check_interval: 3, enable_progress_bar: false}
@@ -85,7 +101,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("documented")
     assert main(["data", "synth", "--out", str(root / "demo_data"), "--preset", "tiny", "--quiet"]) == 0
     for name, text in (("paper_tiny.yaml", PAPER_TINY), ("fewshot_tiny.yaml", FEWSHOT_TINY),
-                       ("demo_tiny.yaml", DEMO_TINY)):
+                       ("demo_tiny.yaml", DEMO_TINY), ("distill_tiny.yaml", DISTILL_TINY)):
         (root / name).write_text(text)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -175,6 +191,54 @@ def test_fewshot_default_init_checkpoint_is_what_uda_writes_and_test_best_works(
     assert 0.0 <= metrics["metrics"]["test/pck@0.1"] <= 1.0
 
 
+def test_tta_test_command_of_the_readme(paper, workdir):
+    # README "Training the paper setting": test with TestTimeAdaptation, after a critic cache of the test
+    # images (the oracle critic again stands in for Sapiens).
+    data = f"{os.environ['GEOSAPIENS_DATA']}/SyRIP"
+    cache = ["critics", "cache", "--critic", "oracle", "--data", data, "--annotation", TEST_FILE,
+             "--out", "runs/critics/sapiens_0.6b_test", "--input-size", "64", "64", "--no_progress"]
+    assert main(cache) == 0
+    args = ["test", *_configs("uda.yaml"), "--config", "paper_tiny.yaml", "--ckpt_path", "best",
+            "--trainer.inference_mode", "false",
+            "--trainer.callbacks+=geosapiens.stages.TestTimeAdaptation", "--trainer.callbacks.steps", "2",
+            "--trainer.callbacks.critic_cache", "runs/critics/sapiens_0.6b_test",
+            "--trainer.callbacks.normal_priors", "runs/critics/normal_priors_sapiens_0.6b.json",
+            "--trainer.callbacks.pose_prior", "runs/pose_vae/checkpoints/last.ckpt"]
+    started = time.time()
+    assert main(args) == 0
+    newest = max(paper.rglob("test_metrics.json"), key=lambda p: p.stat().st_mtime)
+    assert newest.stat().st_mtime >= started
+    metrics = json.loads(newest.read_text())
+    assert metrics["run"]["checkpoint"] == str(paper / "checkpoints/best.ckpt")
+    assert 0.0 <= metrics["metrics"]["test/pck@0.1"] <= 1.0
+
+
+def test_distil_command_of_the_readme(paper, workdir):
+    # `geosapiens fit --config configs/distill.yaml` (teacher: runs/uda/checkpoints/best.ckpt), then its test.
+    assert main(["fit", *_configs("distill.yaml"), "--config", "distill_tiny.yaml"]) == 0
+    assert (workdir / "runs/distill/checkpoints/best.ckpt").is_file()
+    assert main(["test", *_configs("distill.yaml"), "--config", "distill_tiny.yaml", "--ckpt_path=best"]) == 0
+
+
+def test_seeds_and_report_commands_of_the_readme(paper, workdir, capsys):
+    # README "Comparing methods", one seed per method: seeds of the baseline overlays, then the report.
+    for name, overlay in (("source_only", ["--config", str(CONFIGS / "baselines/source_only.yaml")]),
+                          ("shift_style", ["--config", str(CONFIGS / "baselines/shift_style.yaml")]),
+                          ("uda", [])):
+        fit = [*_configs("uda.yaml"), *overlay, "--config", "paper_tiny.yaml"]
+        seeds = ["seeds", "--seeds", "0", "--out", f"runs/seeds/{name}", "--no_progress"]
+        assert main([*seeds, "--", *fit]) == 0
+        assert list((workdir / f"runs/seeds/{name}/seed0").rglob("test_metrics.json"))
+    report = ["report", "runs/seeds/source_only", "runs/seeds/shift_style", "runs/seeds/uda",
+              "--names", "source-only", "SHIFT-style", "Geo-Sapiens", "--baseline", "source-only",
+              "--baseline-of", "Geo-Sapiens*=SHIFT-style", "--out", "report/"]
+    assert main(report) == 0
+    table = (workdir / "report/results.md").read_text()
+    assert all(name in table for name in ("source-only", "SHIFT-style", "Geo-Sapiens"))
+    rows = list(csv.DictReader((workdir / "report/results.csv").open()))
+    assert {r["baseline"] for r in rows if r["method"] == "Geo-Sapiens"} == {"SHIFT-style"}
+
+
 # -- the demo configs' headers ------------------------------------------------------------------------------
 
 
@@ -188,11 +252,30 @@ def demo_warmup(workdir) -> Path:
 def test_demo_test_with_ckpt_path_best_in_a_new_call(demo_warmup, capsys):
     args = ["test", *_configs("demo/warmup.yaml", "demo/test_real.yaml"), "--config", "demo_tiny.yaml"]
     assert main([*args, "--ckpt_path", "best"]) == 0
-    assert (demo_warmup / "test_metrics.json").is_file()
+    assert (demo_warmup / "test/version_0/test_metrics.json").is_file()
     capsys.readouterr()
     assert main([*args, "--ckpt_path", "best", "--trainer.default_root_dir", "runs/elsewhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "best.ckpt" in err[0] and "runs/elsewhere/checkpoints" in err[0]
+
+
+def test_test_and_predict_from_the_headers_keep_the_training_log(demo_warmup, workdir, capsys):
+    # The demo configs fix the CSV folder (runs/demo/warmup, version ""), where Lightning's CSV writer
+    # deletes the metrics.csv it finds: the fit's log must survive test and predict run as documented.
+    log = demo_warmup / "metrics.csv"
+    before = log.read_text()
+    assert "val/pck@0.1" in before
+    configs = [*_configs("demo/warmup.yaml", "demo/test_real.yaml"), "--config", "demo_tiny.yaml"]
+    tested = lambda: sorted((demo_warmup / "test").glob("version_*/test_metrics.json"))  # noqa: E731
+    earlier = tested()
+    assert main(["test", *configs, "--ckpt_path", "best"]) == 0
+    predict = ["predict", *configs, "--ckpt_path", str(demo_warmup / "checkpoints/best.ckpt")]
+    predict += ["--trainer.callbacks+=geosapiens.callbacks.prediction_writer.PredictionWriter"]
+    assert main([*predict, "--trainer.callbacks.output_dir", str(workdir / "predictions/warmup")]) == 0
+    assert log.read_text() == before
+    assert len(tested()) == len(earlier) + 1 and set(earlier) <= set(tested())  # each test its own folder
+    assert (demo_warmup / "predict/version_0/hparams.yaml").is_file()
+    assert "predict: logs in runs/demo/warmup/predict/version_0" in capsys.readouterr().err
 
 
 def test_dataset_level_predict_writes_results_for_the_test_split(demo_warmup, workdir):
@@ -226,6 +309,20 @@ def test_tensorboard_logger_is_installed_with_the_package_and_receives_images(de
     assert tags["scalars"] and tags["images"] == ["val/predictions"], tags  # the overlays went there too
 
 
+def test_print_config_shows_the_paths_the_run_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GEOSAPIENS_DATA", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = ["fit", *_configs("uda.yaml"), "--data.init_args.target.init_args.critic_cache", "~/cache"]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--print_config"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert "$GEOSAPIENS_DATA" not in printed and "~/" not in printed
+    data = tmp_path / "datasets"
+    assert f"root: {data}/MINI-RGBD_web" in printed and f"root: {data}/SyRIP" in printed
+    assert f"critic_cache: {tmp_path}/home/cache" in printed
+
+
 # -- the command tree ----------------------------------------------------------------------------------------
 
 
@@ -255,10 +352,20 @@ def test_version_top_help_and_unknown_command():
     assert _cli("no-such-command").returncode == 2
 
 
-def test_help_imports_neither_torch_nor_lightning():
-    code = ("import sys; from geosapiens.cli import main; "
-            "[main(a) for a in (['--help'], ['data', '--help'], ['critics', '--help'], ['--version'])]; "
-            "print(sorted(m for m in ('torch', 'lightning', 'cv2') if m in sys.modules))")
+# Tools whose --help needs no torch (each imports its work when it runs). Not yet: convert (its --family
+# choices come from the torch checkpoint module) and LightningCLI's verbs (the parser needs the classes).
+LIGHT_HELP = [["--help"], ["--version"], ["data", "--help"], ["critics", "--help"], ["priors", "--help"],
+              ["infer", "--help"], ["evaluate", "--help"], ["report", "--help"], ["export", "--help"],
+              ["seeds", "--help"],
+              ["critics", "cache", "--help"], ["priors", "fit", "--help"], ["data", "check", "--help"],
+              ["data", "synth", "--help"], ["demo", "--help"]]
+
+
+@pytest.mark.parametrize("args", LIGHT_HELP, ids=" ".join)
+def test_help_imports_neither_torch_nor_lightning(args):
+    code = ("import contextlib, sys; from geosapiens.cli import main\n"
+            f"with contextlib.suppress(SystemExit): main({args!r})\n"
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert done.returncode == 0, done.stderr
@@ -289,8 +396,8 @@ def test_old_file_predict_form_still_works_with_a_deprecation(tmp_path, capsys):
 
 def test_one_flag_style_with_the_other_accepted():
     from geosapiens.cli_style import both_styles
-    from geosapiens.deploy.predict import build_parser
-    from geosapiens.metrics.evaluate import _parser
+    from geosapiens.deploy.infer import build_parser
+    from geosapiens.metrics.evaluate_cli import _parser
 
     parser = both_styles(build_parser())
     for flag in ("--no_progress", "--no-progress"):
@@ -301,3 +408,42 @@ def test_one_flag_style_with_the_other_accepted():
         assert evaluate.parse_args(["--gt", "g", "--pred", "p", flag, "torso"]).pck_norm == "torso"
     text = evaluate.format_help()
     assert 0 < text.index("--pck_norm {") < text.index("--pck-norm {")  # snake case first, as LightningCLI
+
+
+@pytest.mark.parametrize("command", ["infer", "critics cache", "priors fit", "data synth", "seeds", "demo"])
+def test_one_progress_switch_on_every_tool_with_a_bar(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command.split(), "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no_progress," in text and "--no-progress" in text
+    assert "--trainer.enable_progress_bar false" in text
+
+
+def test_demo_no_progress_reaches_the_trainer_runs_and_the_tools():
+    from geosapiens.demo import plan
+
+    p = plan(Path("runs/demo"), Path("demo_data"), None, [0], fast=True)
+    run = p.runs[0]
+    assert not any("progress" in a for a in p.run_args(run, 0))
+    p.progress = False
+    assert "--trainer.enable_progress_bar=false" in p.run_args(run, 0) and p.bars() == ["--no_progress"]
+
+
+@pytest.mark.parametrize(
+    ("before", "flag", "values", "after_parsing"),
+    [
+        (["critics", "cache", "--critic", "bogus:x", "--data", "d", "--out", "o"], "input_size", ["64", "48"],
+         "unknown critic 'bogus:x'"),
+        (["report", "runs/a"], "source_only", ["a"], "--source-only and --oracle go together"),
+        (["demo"], "steps_scale", ["-1"], "--steps-scale must be > 0"),
+        (["seeds", "--seeds", "0", "--out", "o"], "test_config", ["t.yaml"],
+         "give the `fit` arguments after --"),
+    ],
+)  # fmt: skip
+def test_the_other_tools_accept_both_spellings_too(before, flag, values, after_parsing, capsys):
+    # Each spelling gets past the parser, to the tool's own check of the parsed values.
+    for spelling in (flag, flag.replace("_", "-")):
+        with contextlib.suppress(SystemExit):  # argparse's parser.error
+            main([*before, f"--{spelling}", *values])
+        err = capsys.readouterr().err
+        assert after_parsing in err and "unrecognized arguments" not in err, (spelling, err)

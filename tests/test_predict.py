@@ -15,7 +15,7 @@ import torch
 
 from geosapiens.cli import main
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
-from geosapiens.deploy.boxes import WholeFrame
+from geosapiens.deploy.boxes import AutoBox, WholeFrame, joint_box
 from geosapiens.deploy.predict import Predictor
 from geosapiens.deploy.runtime import open_runner
 from geosapiens.deploy.sources import open_clips
@@ -76,6 +76,41 @@ def test_video_tracks_equal_image_mode_and_score_the_same_pck(checkpoint, sequen
     np.testing.assert_allclose(video["keypoints"], images["keypoints"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(video["bboxes"], images["bboxes"], rtol=0, atol=1e-6)  # the tracker agrees
     assert _pck(video, sequence["truth"]) == _pck(images, sequence["truth"])
+
+
+def test_box_auto_boxes_the_coarse_pass_then_tracks(checkpoint, sequence, tmp_path):
+    out = tmp_path / "auto"
+    args = ["infer", str(sequence["frames"]), "--sequence", "--model", str(checkpoint), "--box", "auto"]
+    assert main([*args, "--batch_size", "1", "--out", str(out), "--no_progress"]) == 0
+    track = np.load(out / "tracks" / "rgb.npz")
+    # Frame 0: the whole-frame pass, then the box of its confident joints (the whole frame if none).
+    runner = open_runner(checkpoint, runtime="torch")
+    (clip,) = open_clips([sequence["frames"]], as_sequence=True)
+    coarse = Predictor(runner, WholeFrame(), batch_size=1).predict_clip(clip)
+    shape = (*coarse.sizes[0], 3)
+    first = joint_box(coarse.keypoints[0], coarse.scores[0], shape)
+    np.testing.assert_allclose(track["bboxes"][0], coarse.boxes[0] if first is None else first, atol=1e-6)
+    # Later frames: the previous frame's confident joints (tracked), or a new search when lost.
+    auto = Predictor(runner, AutoBox(), batch_size=1).predict_clip(clip)
+    np.testing.assert_allclose(auto.boxes, track["bboxes"], atol=1e-6)
+    for t in range(1, len(auto.boxes)):
+        tracked = joint_box(auto.keypoints_raw[t - 1], auto.scores[t - 1], shape)
+        if tracked is not None:
+            np.testing.assert_allclose(auto.boxes[t], tracked, atol=1e-6)
+
+
+def test_two_videos_with_tta_as_in_the_readme(checkpoint, sequence, tmp_path, capsys):
+    # `geosapiens infer a.mp4 b.mp4 --model best.ckpt --tta.steps 5 --pose_prior vae.ckpt --out predictions/`
+    vae = tmp_path / "vae.safetensors"
+    PoseVAE(num_keypoints=17).save(vae)
+    b = tmp_path / "b.avi"
+    b.write_bytes(sequence["video"].read_bytes())
+    out = tmp_path / "predictions"
+    args = ["infer", str(sequence["video"]), str(b), "--model", str(checkpoint), "--tta.steps", "5"]
+    assert main([*args, "--pose_prior", str(vae), "--out", str(out), "--no_progress"]) == 0
+    assert {p.name for p in (out / "tracks").glob("*.npz")} == {"infant02.npz", "b.npz"}
+    n = len(sequence["truth"])
+    assert f"geosapiens infer: {2 * n} frames from 2 input(s)" in capsys.readouterr().out
 
 
 def test_outputs_round_trip_with_smoothing_flags_and_overlay(checkpoint, sequence, tmp_path, capsys):

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from geosapiens.errors import CheckpointError
 from geosapiens.models.critic_cache import CriticCache
-from geosapiens.models.critic_cache import main as cache_main
+from geosapiens.models.critic_cache_cli import main as cache_main
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.small_critic import (
     RenderedMapsDataset,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens.deploy.boxes import BoxFile, FixedBox, TrackedBox, WholeFrame, parse_box_source
+from geosapiens.deploy.boxes import AutoBox, BoxFile, FixedBox, TrackedBox, WholeFrame, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import OneEuroFilter, smooth_track
 from geosapiens.deploy.sources import open_clips
@@ -101,6 +101,29 @@ def test_tracked_box_follows_confident_keypoints_and_falls_back_when_lost():
     tracker.observe(kp, np.full(4, 0.9))
     tracker.start("w")  # a new video forgets the old track
     np.testing.assert_array_equal(tracker.box((100, 100, 3), 0, "w#0"), [0, 0, 10, 10])
+
+
+def test_auto_box_searches_without_a_track_and_tracks_only_videos():
+    auto = parse_box_source("auto")
+    assert isinstance(auto, AutoBox)
+    with pytest.raises(ValueError, match="--initial_box"):
+        parse_box_source("auto", "1,2,3,4")
+    kp = np.array([[40.0, 40.0], [60.0, 40.0], [50.0, 70.0], [45.0, 60.0], [0.0, 0.0]])
+    confident = np.array([0.9, 0.9, 0.9, 0.9, 0.1])
+    auto.start("video")
+    assert auto.coarse  # the first frame: a coarse pass in the whole frame ...
+    np.testing.assert_array_equal(auto.box((100, 200, 3), 0, "v#0"), [0, 0, 200, 100])
+    boxed = [38.0, 37.0, 24.0, 36.0]  # ... then the confident joints' box, 1.2x
+    np.testing.assert_allclose(auto.refine(kp, confident, (100, 200, 3)), boxed)
+    assert auto.refine(kp, np.full(5, 0.1), (100, 200, 3)) is None  # nothing confident: keep the whole frame
+    auto.observe(kp, confident)
+    assert not auto.coarse  # tracked to the next frame
+    np.testing.assert_allclose(auto.box((100, 200, 3), 1, "v#1"), boxed)
+    auto.observe(kp, np.full(5, 0.1))
+    assert auto.coarse  # lost: searched again
+    auto.start(None)  # stills: unrelated images, each searched
+    auto.observe(kp, confident)
+    assert auto.coarse
 
 
 # -- sources -------------------------------------------------------------------------------------------------

@@ -161,3 +161,21 @@ def test_cli_refuses_to_mix_outputs_and_writes_the_preview(tiny, tmp_path, capsy
     sheet = cv2.imread(str(tmp_path / "preview.png"))
     assert sheet.shape == (4 * 240, 4 * 320, 3)
     assert main(["--out", str(tmp_path), "--seed", "-1"]) == 2
+
+
+def test_older_format_is_stale_for_the_demo_and_overwrite_removes_its_folders(tmp_path):
+    from geosapiens.data.synth.generate import FORMAT_VERSION, manifest
+    from geosapiens.demo import data_matches
+
+    out = tmp_path / "demo_data"
+    for legacy in ("syrip", "mini_rgbd"):  # format_version 1's folder names
+        (out / legacy / "images").mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps(manifest(TINY, 3) | {"format_version": 1}))
+    assert data_matches(out, "tiny", 3) is False  # the demo regenerates it
+    assert main(["--out", str(out), "--preset", "tiny", "--seed", "3", "--workers", "1", "--quiet"]) == 1
+    assert main(["--out", str(out), "--preset", "tiny", "--seed", "3", "--workers", "1", "--quiet",
+                 "--overwrite"]) == 0  # fmt: skip
+    assert not (out / "syrip").exists() and not (out / "mini_rgbd").exists()
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+    assert data_matches(out, "tiny", 3) is True and data_matches(out, "tiny", 4) is False
+    assert data_matches(tmp_path / "none", "tiny", 3) is None

@@ -5,7 +5,8 @@
 there is dataset-level prediction from a config. ``infer`` is prediction on files (images, folders, videos)
 from a checkpoint or an ONNX file. The other commands are small tools, each a ``main(argv) -> int`` in the
 module that owns the work, listed in :data:`COMMANDS`; groups (``data``, ``critics``, ``priors``) print
-their own help. Nothing heavy is imported before a command runs, so ``--help`` answers at once.
+their own help. A tool imports its work (torch, OpenCV...) only once its options are parsed, so its
+``--help`` answers at once; the trainer verbs need Lightning and the stage classes to build their parser.
 
 Exit codes, everywhere: 0 ok, 1 problems found (``data check``, bad data met during a run), 2 usage error
 (unknown command or option, a missing argument, a named file that is missing or unusable). A
@@ -35,15 +36,15 @@ TRAINER_HELP = {
 
 # "group command" -> (module, help); each module's ``main`` takes the remaining argv, returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("geosapiens.deploy.predict", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
-    "evaluate": ("geosapiens.metrics.evaluate", "scores a COCO-keypoints results file against ground truth"),
+    "infer": ("geosapiens.deploy.infer", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
+    "evaluate": ("geosapiens.metrics.evaluate_cli", "scores COCO-keypoints results against ground truth"),
     "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
     "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
     "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
     "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
     "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
     "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
-    "critics cache": ("geosapiens.models.critic_cache", "precomputes critic depth/normal maps for a dataset"),
+    "critics cache": ("geosapiens.models.critic_cache_cli", "precomputes a critic's depth/normal maps"),
     "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
     "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }
@@ -91,7 +92,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     # Given args, LightningCLI warns when sys.argv has arguments too (ours always does: the same ones).
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
@@ -99,9 +100,18 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     from geosapiens.runs import (
         bind_wandb_runs,
         finish_wandb_runs,
+        keep_csv_logs,
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
+
+    class ExpandedPathsParser(LightningArgumentParser):
+        """``--print_config`` (and the run's saved ``config.yaml``) show paths as the run reads them:
+        ``$GEOSAPIENS_DATA`` and ``~`` expanded (an unset variable stays as written; the DataModule names
+        it in its error)."""
+
+        def dump(self, cfg, *args, **kwargs):
+            return super().dump(_expand_paths(cfg), *args, **kwargs)
 
     class GeoSapiensCLI(LightningCLI):
         def instantiate_trainer(self, **kwargs):
@@ -115,6 +125,10 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         def _resolve(self) -> None:
             config = self.config_init[self.subcommand]
             config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), self.subcommand)
+            for folder in keep_csv_logs(self.trainer, self.subcommand):
+                if self.trainer.is_global_zero:
+                    print(f"geosapiens {self.subcommand}: logs in {folder} (the earlier metrics.csv is kept)",
+                          file=sys.stderr)
             if self.subcommand == "fit":
                 bind_wandb_runs(self.trainer, resume=config["ckpt_path"] is not None)
 
@@ -131,9 +145,26 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_class=ExpandedPathsParser,
         args=args,
         run=run,
     )
+
+
+def _expand_paths(value):
+    """``value`` (a parsed config, or any value in it) with ``$VARS`` and a leading ``~`` expanded in every
+    string, as :func:`geosapiens.data.datamodules.data_path` reads them."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, str) and ("$" in value or value.startswith("~")):
+        return os.path.expanduser(os.path.expandvars(value))
+    if isinstance(value, Namespace):
+        return Namespace(**{k: _expand_paths(v) for k, v in vars(value).items()})
+    if isinstance(value, dict):
+        return {k: _expand_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_expand_paths(v) for v in value)
+    return value
 
 
 def _raised_here(error: BaseException) -> bool:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["both_styles"]
+__all__ = ["both_styles", "progress_switch"]
 
 
 def _other(option: str) -> str:
     name = option[2:]
     return "--" + (name.replace("-", "_") if "-" in name else name.replace("_", "-"))
+
+
+def progress_switch(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    """The one progress switch of every tool that draws a bar: ``--no_progress`` (``args.progress`` False),
+    what ``--trainer.enable_progress_bar false`` is to the trainer commands."""
+    parser.add_argument(
+        "--no_progress", *aliases, dest="progress", action="store_false",
+        help="no progress bars (the trainer commands: --trainer.enable_progress_bar false)",
+    )  # fmt: skip
 
 
 def both_styles(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -24,8 +24,9 @@ runs every stage and baseline on it through the same commands a user runs on rea
    (``SHIFT-style`` for the Geo-Sapiens rows, ``source-only`` for the others) with a 95% bootstrap CI, and the
    gap reduction between source-only and the oracle. A single-seed table marks the differences inside the
    seed noise the full protocol measured (:data:`DEMO_SEED_NOISE`);
-6. (demo) deployment: ``export`` of the distilled student to ONNX, and ``predict`` of a real-like sequence
-   written as an mp4 video (ONNX Runtime, tracked box, One-Euro smoothing, quality flags, overlay video).
+6. (demo) deployment: ``export`` of the distilled student to ONNX, and ``infer`` of a real-like sequence
+   written as an mp4 video (ONNX Runtime, one box around the motion, One-Euro smoothing, quality flags,
+   overlay video).
 
 Protocols (:data:`PROTOCOLS`, each stated once and applied to every run as command-line overrides):
 ``demo`` is the new user's first run (one seed, about a quarter of an hour on 2 CPU cores); ``full`` is the
@@ -55,6 +56,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
 
@@ -89,7 +91,7 @@ class Protocol:
         rows: the runs of the table, in order (names of :func:`_catalogue`).
         ablations: runs added by ``--ablations``.
         small_critic_epochs: train the small learned critic for this many epochs (None: oracle critic only).
-        deploy: export and predict with the distilled student after the report.
+        deploy: export and infer with the distilled student after the report.
         seed_noise: thresholds for a single-seed table (``geosapiens report --seed-noise``).
     """
 
@@ -219,6 +221,13 @@ class DemoPlan:
     steps_scale: float = 1.0
     num_shots: int = 0
     runs: list[Run] = field(default_factory=list)
+    progress: bool = True
+
+    def bars(self, trainer: bool = False) -> list[str]:
+        """The progress switch for one command: nothing, or the trainer's / the tools' way to say no bars."""
+        if self.progress:
+            return []
+        return ["--trainer.enable_progress_bar=false"] if trainer else ["--no_progress"]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -299,7 +308,7 @@ class DemoPlan:
             f"--trainer.max_steps={steps * run.optimizer_steps}",
             f"--trainer.val_check_interval={val_every}",
         ]
-        return args + run.extra(seed)
+        return args + self.bars(trainer=True) + run.extra(seed)
 
 
 def _catalogue(p: DemoPlan) -> dict[str, Run]:
@@ -478,8 +487,11 @@ def plan(
 
 
 def data_matches(data: Path, preset: str, seed: int) -> bool | None:
-    """True when ``data`` holds finished generator output of ``preset``/``seed`` (its ``manifest.json``,
-    written last), False when it holds another preset or seed, None when it holds none."""
+    """True when ``data`` holds finished generator output of ``preset``/``seed`` in today's layout (its
+    ``manifest.json``, written last), False when it holds another preset, seed or ``format_version`` (an
+    older generator's ``syrip/``/``mini_rgbd/`` folders, which no config reads), None when it holds none."""
+    from geosapiens.data.synth.generate import FORMAT_VERSION
+
     path = data / "manifest.json"
     if not path.is_file():
         return None
@@ -489,6 +501,7 @@ def data_matches(data: Path, preset: str, seed: int) -> bool | None:
         return False
     return (
         doc.get("generator") == "geosapiens.data.synth"
+        and doc.get("format_version") == FORMAT_VERSION
         and doc.get("preset") == preset
         and doc.get("seed") == seed
     )
@@ -581,11 +594,12 @@ def _parser() -> argparse.ArgumentParser:
         help="torch threads of the trainer process (default 1: with one DataLoader worker per loader this "
         "fills 2 cores; more threads only help when cores are idle)",
     )
+    progress_switch(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
@@ -608,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps-scale must be > 0")
     scale = args.steps_scale
     p = plan(out, args.data, args.preset, seeds, args.fast, args.protocol, args.ablations, accelerator, scale)
+    p.progress = args.progress
     started, cpu_started = time.perf_counter(), cpu_seconds()
     prepare_steps = 5 + (3 if p.protocol.small_critic_epochs else 0)
     run = Runner(total=prepare_steps + 2 * len(p.runs) * len(p.seeds) + 1 + (3 if p.protocol.deploy else 0))
@@ -708,8 +723,10 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             str(data_seed),
             "--workers",
             str(min(2, os.cpu_count() or 1)),
+            *p.bars(),
         ]
         if have is False:  # other generator output: replace it, and the critic maps computed from it
+            print(f"\n{p.data}: generator output of another preset, seed or format version; regenerating it")
             synth.append("--overwrite")
             _clean(p.data / "critic_cache")
         run(f"data synth: procedural infant data, preset {p.preset!r}", synth)
@@ -720,7 +737,8 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
         run(
             title,
             ["critics", "cache", "--critic", critic, "--data", str(p.syrip), "--annotation", CACHE_ANNOTATION,
-             "--out", str(out), "--input-size", str(h), str(w), "--batch-size", "64", "--device", device],
+             "--out", str(out), "--input-size", str(h), str(w), "--batch-size", "64", "--device", device,
+             *p.bars()],
         )  # fmt: skip
 
     def priors(cache_dir: Path, out: Path, title: str) -> None:
@@ -728,7 +746,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
         run(
             title,
             ["priors", "fit", "--cache", str(cache_dir), "--data", str(p.syrip), "--annotation",
-             SYNTH_ANNOTATION, "--domain", "synthetic", "--out", str(out)],
+             SYNTH_ANNOTATION, "--domain", "synthetic", "--out", str(out), *p.bars()],
         )  # fmt: skip
 
     cache("oracle", p.cache, "critic cache: the ORACLE critic (the generator's rendered depth/normals)")
@@ -741,7 +759,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             ["fit", *p.config_args(["critics/small_critic.yaml"]), "--seed_everything=0",
              f"--trainer.default_root_dir={p.small_critic.parent}", f"--trainer.max_epochs={epochs}",
              f"--trainer.accelerator={p.accelerator}", f"--data.init_args.data_root={p.syrip}",
-             f"--model.init_args.export_path={p.small_critic}",
+             f"--model.init_args.export_path={p.small_critic}", *p.bars(trainer=True),
              *(["--data.init_args.num_workers=0"] if p.fast else [])],
         )  # fmt: skip
         cache(f"small:{p.small_critic}", p.small_cache, "critic cache: the small learned critic")
@@ -763,6 +781,7 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
             f"--data.init_args.mini_rgbd_root={p.mini_rgbd}",
             f"--data.init_args.mini_rgbd_sequences={json.dumps(synthetic_sequences)}",
             *(["--trainer.max_epochs=2"] if p.fast else []),
+            *p.bars(trainer=True),
         ],
     )
     steps, val_every = (4, 4) if p.fast else p.protocol.steps["geometry_teacher"]
@@ -811,9 +830,9 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     run.record("write a real-like sequence as an mp4 video", time.perf_counter() - wall, cpu_seconds() - cpu)
     run(
-        "predict the video on ONNX Runtime (one box, One-Euro, quality flags, overlay)",
+        "infer: the video on ONNX Runtime (one box, One-Euro, quality flags, overlay)",
         [
-            "predict",
+            "infer",
             str(video),
             "--model",
             str(onnx),
@@ -823,7 +842,7 @@ def _deploy(p: DemoPlan, run: Runner) -> None:
             "--pose_prior",
             str(p.pose_vae / "checkpoints" / "last.ckpt"),
             "--overlay",
-            "--no-progress",
+            "--no_progress",  # one video of the demo's size: a bar would only add lines to the log
             "--out",
             str(folder / "predictions"),
         ],

@@ -12,26 +12,30 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from geosapiens.cli_style import both_styles
-from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
-from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.errors import GeoSapiensError
-from geosapiens.losses import sample_maps
-from geosapiens.models.critic_cache import CriticCache, canonical_affines
-from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_priors
+
+if TYPE_CHECKING:
+    from geosapiens.models.critic_cache import CriticCache
 
 
-def sample_keypoint_normals(cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64):
+def sample_keypoint_normals(
+    cache: CriticCache, records, padding: float = 1.25, batch_size: int = 64, progress: bool = True
+):
     """(N, K, 3) cached normals at each record's keypoints and (N, K) validity (labelled and on the body)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from geosapiens.losses import sample_maps
+    from geosapiens.models.critic_cache import canonical_affines
+
     h, w = cache.input_size
     affines = canonical_affines(records, (h, w), padding)
     normals, valid = [], []
-    for start in tqdm(range(0, len(records), batch_size), desc="priors", unit="batch"):
+    for start in tqdm(range(0, len(records), batch_size), desc="priors", unit="batch", disable=not progress):
         batch = records[start : start + batch_size]
         maps = cache.load([r.image_path for r in batch])
         points = np.stack([r.keypoints for r in batch]).astype(np.float64)
@@ -55,11 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", type=float, default=1.25)
     p.add_argument("--min-count", type=int, default=10, help="joints with fewer samples get no prior")
     p.add_argument("--out", required=True, help="priors file to write (JSON)")
+    progress_switch(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = both_styles(_parser()).parse_args(argv)
+    # The work's imports (torch, the cache) only now: --help answers at once.
+    from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
+    from geosapiens.data.formats.syrip import read_syrip
+    from geosapiens.models.critic_cache import CriticCache
+    from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_priors
+
     try:
         records = (
             read_syrip(args.data, args.annotation, domain=args.domain)
@@ -67,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             else read_mini_rgbd(args.data)
         )
         cache = CriticCache(args.cache)
-        normals, valid = sample_keypoint_normals(cache, records, args.padding)
+        normals, valid = sample_keypoint_normals(cache, records, args.padding, progress=args.progress)
         critic = json.dumps(cache.manifest["critic"], sort_keys=True)
         priors = fit_keypoint_normal_priors(
             normals,

@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from geosapiens.callbacks.wandb_resume import bind_run_id
 from geosapiens.errors import UsageError
 
 __all__ = ["CHECKPOINT_DIRNAME", "bind_wandb_runs", "checkpoint_folders", "finish_wandb_runs",
-           "resolve_ckpt_path", "stable_checkpoint_folders"]
+           "keep_csv_logs", "resolve_ckpt_path", "stable_checkpoint_folders"]
 
 CHECKPOINT_DIRNAME = "checkpoints"
 SPECIAL_PATHS = ("hpc", "registry")  # left to Lightning
@@ -101,6 +101,30 @@ def resolve_ckpt_path(trainer, ckpt_path: str | None, verb: str) -> str | None:
     if not Path(ckpt_path).is_file():
         raise UsageError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+def keep_csv_logs(trainer, verb: str) -> list[Path]:
+    """Move each ``CSVLogger`` whose fixed folder already holds a ``metrics.csv`` to the next free
+    ``<folder>/<verb>/version_<n>``; returns the new folders.
+
+    Lightning's CSV writer deletes the ``metrics.csv`` it finds in its folder, and the demo configs fix the
+    folder (``version: ""``), so ``test``/``predict`` from a config header (or a resumed ``fit``) erased the
+    training log. Must run before the logger writes anything (the CLI's ``before_<verb>`` hook).
+    """
+    moved = []
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or logger._experiment is not None or logger._version is None:
+            continue
+        folder = Path(logger.log_dir)
+        if not (folder / "metrics.csv").is_file():
+            continue
+        version = logger._version if isinstance(logger._version, str) else f"version_{logger._version}"
+        n = 0
+        while (folder / verb / f"version_{n}").exists():
+            n += 1
+        logger._version = os.path.join(version, verb, f"version_{n}")
+        moved.append(Path(logger.log_dir))
+    return moved
 
 
 def bind_wandb_runs(trainer, resume: bool) -> None:

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from geosapiens.cli_style import both_styles, progress_switch
+
 __all__ = [
     "SeedError",
     "Runner",
@@ -202,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CONFIG",
         help="configs stacked for `test` only (e.g. a test split the training data has not)",
     )
+    progress_switch(p)
     p.add_argument(
         "fit_args", nargs=argparse.REMAINDER, help="-- then `geosapiens fit` arguments (--config ...)"
     )
@@ -209,9 +212,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     fit_args = args.fit_args[1:] if args.fit_args[:1] == ["--"] else args.fit_args
+    if not args.progress:
+        fit_args = [*fit_args, "--trainer.enable_progress_bar=false"]
     if not fit_args:
         parser.error("give the `fit` arguments after --, e.g. -- --config configs/uda.yaml")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:

@@ -1,9 +1,11 @@
 """The person box of each frame: the model is top-down, so every frame needs one before it is cropped.
 
-Three sources (``--box``): ``whole`` (the full frame: one infant filling the view, the usual clinical
-recording), a user-given box (``x,y,w,h`` for every frame, or a file with one per image or frame), and
+Sources (``--box``): ``whole`` (the full frame: one infant filling the view, the usual clinical
+recording), a user-given box (``x,y,w,h`` for every frame, or a file with one per image or frame),
 ``tracked`` (the box of the previous frame's confident keypoints, enlarged; the first frame, and any frame
-after the track is lost, falls back to the given box or the whole frame).
+after the track is lost, falls back to the given box or the whole frame), and ``auto`` (no detector: a
+coarse pass on the whole frame, the box of its confident keypoints, the refined pass in that box; tracked
+over a video, searched again when the track is lost).
 """
 
 from __future__ import annotations
@@ -17,11 +19,24 @@ import numpy as np
 
 from geosapiens.errors import DataError
 
-__all__ = ["BoxSource", "WholeFrame", "FixedBox", "BoxFile", "TrackedBox", "parse_box_source"]
+__all__ = ["AutoBox", "BoxSource", "WholeFrame", "FixedBox", "BoxFile", "TrackedBox", "joint_box",
+           "parse_box_source"]
 
 
 class BoxSource(ABC):
-    """Box (x, y, w, h) in image pixels for a frame; ``observe`` sees each frame's prediction afterwards."""
+    """Box (x, y, w, h) in image pixels for a frame; ``observe`` sees each frame's prediction afterwards.
+
+    ``coarse`` True says the box just given is a first guess: the predictor runs the network on it, boxes
+    the confident keypoints with :meth:`refine`, and predicts again in that box.
+    """
+
+    coarse = False
+
+    def refine(
+        self, keypoints: np.ndarray, scores: np.ndarray, image_shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        """The box of a coarse pass's prediction, None to keep the coarse box."""
+        return None
 
     def start(self, sequence: str | None) -> None:  # noqa: B027 - a no-op hook unless a source tracks
         """A new clip begins (tracking state is dropped)."""
@@ -129,18 +144,59 @@ class TrackedBox(BoxSource):
         return self._last.copy() if self._last is not None else self.initial.box(image_shape, index, path)
 
     def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
-        confident = keypoints[np.isfinite(keypoints).all(-1) & (scores >= self.min_score)]
-        if len(confident) < self.min_joints:
-            self._last = None  # lost: the next frame starts again from the initial box
-            return
-        (x0, y0), (x1, y1) = confident.min(0), confident.max(0)
-        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
-        w, h = max(x1 - x0, 1.0) * self.margin, max(y1 - y0, 1.0) * self.margin
-        box = np.array([cx - 0.5 * w, cy - 0.5 * h, w, h])
-        if self._shape is not None:  # keep the box overlapping the frame
-            H, W = self._shape[:2]
-            box[0], box[1] = np.clip(box[0], -w + 1, W - 1), np.clip(box[1], -h + 1, H - 1)
-        self._last = box
+        # None when lost: the next frame starts again from the initial box
+        self._last = joint_box(keypoints, scores, self._shape, self.min_score, self.min_joints, self.margin)
+
+
+class AutoBox(TrackedBox):
+    """An infant box without a person detector: when there is no track (a clip's first frame, every still,
+    a frame after the track is lost), a coarse pass on the whole frame, then the box of its confident
+    keypoints (:meth:`refine`) for the refined pass; over a video the refined prediction's box carries to
+    the next frame, as :class:`TrackedBox`. Measured in ``benchmarks/box_auto.py``."""
+
+    def __init__(self, min_score: float = 0.3, min_joints: int = 4, margin: float = 1.2) -> None:
+        super().__init__(WholeFrame(), min_score, min_joints, margin)
+        self._video = False
+
+    @property
+    def coarse(self) -> bool:
+        return self._last is None
+
+    def start(self, sequence: str | None) -> None:
+        super().start(sequence)
+        self._video = sequence is not None
+
+    def refine(
+        self, keypoints: np.ndarray, scores: np.ndarray, image_shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        return joint_box(keypoints, scores, image_shape, self.min_score, self.min_joints, self.margin)
+
+    def observe(self, keypoints: np.ndarray, scores: np.ndarray) -> None:
+        if self._video:  # stills are unrelated images: each one is searched
+            super().observe(keypoints, scores)
+
+
+def joint_box(
+    keypoints: np.ndarray,
+    scores: np.ndarray,
+    image_shape: tuple[int, ...] | None,
+    min_score: float = 0.3,
+    min_joints: int = 4,
+    margin: float = 1.2,
+) -> np.ndarray | None:
+    """The box (x, y, w, h) of the keypoints scored ``min_score`` or more, scaled by ``margin`` about its
+    centre and kept overlapping the image; None with fewer than ``min_joints`` of them."""
+    confident = keypoints[np.isfinite(keypoints).all(-1) & (scores >= min_score)]
+    if len(confident) < min_joints:
+        return None
+    (x0, y0), (x1, y1) = confident.min(0), confident.max(0)
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+    w, h = max(x1 - x0, 1.0) * margin, max(y1 - y0, 1.0) * margin
+    box = np.array([cx - 0.5 * w, cy - 0.5 * h, w, h])
+    if image_shape is not None:
+        H, W = image_shape[:2]
+        box[0], box[1] = np.clip(box[0], -w + 1, W - 1), np.clip(box[1], -h + 1, H - 1)
+    return box
 
 
 def _valid_box(value, where: str | Path, record: str | None = None) -> np.ndarray:
@@ -154,9 +210,14 @@ def _valid_box(value, where: str | Path, record: str | None = None) -> np.ndarra
 
 
 def parse_box_source(spec: str, initial: str | None = None) -> BoxSource:
-    """``whole`` | ``tracked`` | ``x,y,w,h`` | a box file; ``initial`` is the tracker's starting box spec."""
+    """``whole`` | ``tracked`` | ``auto`` | ``x,y,w,h`` | a box file; ``initial`` is the tracker's starting
+    box spec."""
     if spec == "whole":
         return WholeFrame()
+    if spec == "auto":
+        if initial:
+            raise ValueError("--initial_box goes with --box tracked; --box auto finds its own first box")
+        return AutoBox()
     if spec == "tracked":
         return TrackedBox(parse_box_source(initial) if initial else None)
     if "," in spec and not Path(spec).exists():

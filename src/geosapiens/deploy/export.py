@@ -21,18 +21,15 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from geosapiens.cli_style import both_styles
-from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
-from geosapiens.deploy.runtime import METADATA_PREFIX, OnnxRunner
 from geosapiens.errors import GeoSapiensError
-from geosapiens.io import atomic_write_file
-from geosapiens.models.pose_model import HEATMAP_STRIDE, PoseModel
-from geosapiens.skeleton import COCO17
+
+if TYPE_CHECKING:
+    import torch
+
+    from geosapiens.models.pose_model import PoseModel
 
 __all__ = ["DEFAULT_OPSET", "TOLERANCE", "check_onnx", "export_onnx", "main"]
 
@@ -62,6 +59,15 @@ def export_onnx(
     Returns:
         ``path``.
     """
+    # torch, the model and the runtime are imported by the functions that use them: ``--help`` stays fast.
+    import torch
+
+    from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
+    from geosapiens.deploy.runtime import METADATA_PREFIX
+    from geosapiens.io import atomic_write_file
+    from geosapiens.models.pose_model import HEATMAP_STRIDE
+    from geosapiens.skeleton import COCO17
+
     path = Path(path)
     h, w = (int(v) for v in input_size)
     facts = {
@@ -101,6 +107,10 @@ def export_onnx(
 
 def check_onnx(model: PoseModel, path: str | Path, images: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime's heatmaps for ``images`` and the model's (eval, fp32)."""
+    import torch
+
+    from geosapiens.deploy.runtime import OnnxRunner
+
     runner = OnnxRunner(path)
     was_training = model.training
     model.eval()
@@ -133,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = both_styles(_parser()).parse_args(argv)
+    import numpy as np
+    import torch
+
     from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
 
     if args.out.suffix != ".onnx":

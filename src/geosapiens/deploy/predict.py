@@ -16,11 +16,8 @@ inverse affine back to image pixels; per video, optionally, test-time adaptation
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +27,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from geosapiens.callbacks.prediction_writer import write_predictions
-from geosapiens.cli_style import both_styles
 from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
 from geosapiens.data.datasets import to_tensor
-from geosapiens.deploy.boxes import BoxFile, BoxSource, TrackedBox, parse_box_source
+from geosapiens.deploy.boxes import BoxSource, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import smooth_track
 from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
-from geosapiens.errors import CheckpointError, DataError
+from geosapiens.errors import DataError
 from geosapiens.io import atomic_write_file
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
 from geosapiens.models.pose_model import HEATMAP_STRIDE
-from geosapiens.models.prior import PoseVAE
 from geosapiens.skeleton import COCO17
 from geosapiens.stages.tta import HeadAdaptation
 
-__all__ = ["ClipPrediction", "Predictor", "main"]
+__all__ = ["ClipPrediction", "Predictor", "result_rows", "write_overlays"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +129,7 @@ class Predictor:
 
         Args:
             model: the model file.
-            box: ``whole`` | ``tracked`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
+            box: ``whole`` | ``tracked`` | ``auto`` | ``x,y,w,h`` | a box file, as ``geosapiens infer --box``.
             initial_box: the tracker's starting box (``--initial_box``).
             runtime: ``torch`` or ``onnx``; by default from the file's suffix.
             weights: a checkpoint's network, ``model`` or ``teacher`` (None: the one its stage evaluated).
@@ -174,12 +168,23 @@ class Predictor:
             heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(mirrored, COCO17.flip_indices))
         return heatmaps
 
+    def _refined_box(self, frame: Frame, box: np.ndarray) -> np.ndarray:
+        """A coarse pass in ``box``, then the box source's box of its prediction (``box`` if none)."""
+        image, affine = self.crop(frame, box)
+        kp_crop, sc = self.codec.decode(self.heatmaps(image[None]))
+        to_image = invert_affine_torch(torch.as_tensor(affine[None])).double()
+        kp = apply_affine(kp_crop.double(), to_image).numpy()[0]
+        refined = self.boxes.refine(kp, sc[0].double().numpy(), frame.image.shape)
+        return box if refined is None else refined
+
     def _batches(self, clip: Clip) -> Iterator[list[tuple[Frame, np.ndarray, torch.Tensor, np.ndarray]]]:
         """Boxed, cropped frames in batches; the box of a frame is asked for only once the previous batch
         was observed, so tracking sees every prediction before it boxes the next frame."""
         batch = []
         for frame in clip.frames():
             box = self.boxes.box(frame.image.shape, frame.index, frame.path)
+            if self.boxes.coarse:
+                box = self._refined_box(frame, box)
             batch.append((frame, box, *self.crop(frame, box)))
             if len(batch) == self.batch_size:
                 yield batch
@@ -231,7 +236,9 @@ class Predictor:
 
 
 # -- outputs -------------------------------------------------------------------------------------------------
-def _rows(predictions: list[ClipPrediction], image_ids: dict[str, int]) -> tuple[list[dict], list[dict]]:
+def result_rows(
+    predictions: list[ClipPrediction], image_ids: dict[str, int]
+) -> tuple[list[dict], list[dict]]:
     """Writer rows and COCO ``images`` entries; ids from ``image_ids`` (by file name) or numbered from 1."""
     rows, images = [], []
     next_id = max(image_ids.values(), default=0) + 1
@@ -327,146 +334,3 @@ def write_overlays(pred: ClipPrediction, folder: Path) -> tuple[list[Path], str 
         partial.replace(target)  # a killed run never leaves a half-written video under the real name
         written.append(target)
     return written, codec
-
-
-# -- command line --------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="geosapiens infer",
-        description="Predict infant keypoints on images, folders of images and videos "
-        "(for dataset-level prediction with a config, use `geosapiens predict --config ...`).",
-    )
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
-    p.add_argument("--model", required=True, help="a stage checkpoint (.ckpt) or an exported .onnx")
-    p.add_argument(
-        "--weights",
-        default=None,
-        choices=("model", "teacher"),
-        help="network of a .ckpt (default: the one its stage evaluated, a mean teacher's EMA teacher)",
-    )
-    p.add_argument("--runtime", default=None, choices=("torch", "onnx"), help="default: by file type")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument(
-        "--box",
-        default="whole",
-        help="whole (default) | tracked | x,y,w,h | a file of boxes (COCO annotations, JSON or CSV)",
-    )
-    p.add_argument("--initial_box", default=None, help="with --box tracked: the first frame's box spec")
-    p.add_argument("--sequence", action="store_true", help="read each folder as the frames of one video")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of frame folders (default 25)")
-    p.add_argument("--batch_size", type=int, default=8, help="frames per network call (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the network")
-    p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
-    p.add_argument("--pose_prior", default=None, help="pose VAE: TTA manifold term, implausibility")
-    p.add_argument("--tta.steps", dest="tta_steps", type=int, default=0, help="TTA steps per batch (0 = off)")
-    p.add_argument("--tta.lr", dest="tta_lr", type=float, default=1e-4, help="TTA Adam learning rate")
-    p.add_argument(
-        "--tta.manifold_margin",
-        dest="tta_manifold_margin",
-        type=float,
-        default=0.0,
-        help="prior error that costs nothing (e.g. the prior's 95th percentile on its training poses)",
-    )
-    p.add_argument("--tta.critic", dest="tta_critic", default=None, help="small-critic file: geometry terms")
-    p.add_argument("--tta.normal_priors", dest="tta_normal_priors", default=None, help="normal priors JSON")
-    p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of video tracks")
-    p.add_argument("--smooth.min_cutoff", dest="smooth_min_cutoff", type=float, default=1.0, help="Hz")
-    p.add_argument("--smooth.beta", dest="smooth_beta", type=float, default=0.01, help="per px/s")
-    p.add_argument("--quality.min_score", dest="min_score", type=float, default=0.3)
-    p.add_argument("--quality.max_pose_error", dest="max_pose_error", type=float, default=0.3)
-    p.add_argument("--overlay", action="store_true", help="write overlay videos / images")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return p
-
-
-def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation | None:
-    if args.tta_steps <= 0:
-        return None
-    critic = None
-    if args.tta_critic:
-        from geosapiens.models.small_critic import SmallCritic
-
-        critic = SmallCritic.from_file(args.tta_critic)
-    adaptation = HeadAdaptation(
-        steps=args.tta_steps,
-        lr=args.tta_lr,
-        critic=critic,
-        normal_priors=args.tta_normal_priors,
-        pose_prior=args.pose_prior,
-        manifold_margin=args.tta_manifold_margin,
-    )
-    usable = [t for t in adaptation.active if t != "temporal" or any(c.sequence for c in clips)]
-    if not usable:
-        raise ValueError(
-            "--tta.steps needs an objective: --pose_prior (manifold), video input (temporal) or --tta.critic"
-        )
-    return adaptation
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = both_styles(build_parser()).parse_args(argv)
-    from geosapiens.deploy.runtime import open_runner
-
-    smoothing = {"min_cutoff": args.smooth_min_cutoff, "beta": args.smooth_beta} if args.smooth else None
-    try:
-        clips = open_clips(args.inputs, as_sequence=args.sequence, fps=args.fps)
-        runtime = args.runtime or ("onnx" if args.model.endswith(".onnx") else "torch")
-        runner = open_runner(args.model, runtime=runtime, weights=args.weights, threads=args.threads)
-        boxes = parse_box_source(args.box, args.initial_box)
-        prior = PoseVAE.load(args.pose_prior) if args.pose_prior else None
-        predictor = Predictor(
-            runner,
-            boxes,
-            batch_size=args.batch_size,
-            flip=args.flip,
-            adaptation=_adaptation(args, clips),
-            smoothing=smoothing,
-            quality=QualityCheck(args.min_score, prior, args.max_pose_error),
-        )
-    except (DataError, CheckpointError, ValueError) as err:
-        print(f"geosapiens infer: {err}", file=sys.stderr)
-        return 2
-
-    out = Path(args.out)
-    predictions, overlays, codecs = [], [], set()
-    for clip in clips:
-        with tqdm(
-            total=len(clip), unit="frame", desc=clip.sequence or clip.path.name, disable=not args.progress
-        ) as bar:
-            try:
-                pred = predictor.predict_clip(clip, bar)
-            except DataError as err:
-                print(f"geosapiens infer: {err}", file=sys.stderr)
-                return 1
-        predictions.append(pred)
-        if args.overlay:
-            files, codec = write_overlays(pred, out / "overlays")
-            overlays += files
-            codecs |= {codec} - {None}
-        flagged = int(np.sum(pred.quality["low_confidence"] | pred.quality["implausible"]))
-        log.info("%s: %d frames, %d flagged", clip.path, len(pred.paths), flagged)
-
-    image_ids = boxes.image_ids if isinstance(boxes, BoxFile) else {}
-    if isinstance(boxes, TrackedBox) and isinstance(boxes.initial, BoxFile):
-        image_ids = boxes.initial.image_ids
-    rows, images = _rows(predictions, image_ids)
-    write_predictions(out, rows, keypoint_names=COCO17.names)
-    atomic_write_file(out / "images.json", json.dumps({"images": images}))
-    print(_summary(predictions, len(clips), out, overlays, codecs))
-    return 0
-
-
-def _summary(predictions: list[ClipPrediction], inputs: int, out: Path, overlays: list, codecs: set) -> str:
-    """What was predicted and written, in a few lines (not one per file)."""
-    frames = sum(len(p.paths) for p in predictions)
-    flagged = sum(int(np.sum(p.quality["low_confidence"] | p.quality["implausible"])) for p in predictions)
-    videos = sum(p.clip.sequence is not None for p in predictions)
-    lines = [
-        f"geosapiens infer: {frames} frames from {inputs} input(s), {flagged} flagged (low confidence or "
-        "implausible pose)",
-        f"  {out}/: coco_results.json, images.json" + (f", tracks.csv, tracks/ ({videos})" if videos else ""),
-    ]
-    if overlays:
-        names = ", ".join("H.264" if c == "avc1" else MP4V_NOTE for c in sorted(codecs)) or "JPEG stills"
-        lines.append(f"  {out}/overlays/: {len(overlays)} files; {names}")
-    return "\n".join(lines)

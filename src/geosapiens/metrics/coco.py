@@ -46,6 +46,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from geosapiens.errors import DataError
+from geosapiens.metrics.protocol import AREA_CHOICES
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -61,8 +62,6 @@ __all__ = [
 ]
 
 AP_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-AREA_CHOICES: tuple[str, ...] = ("bbox", "file")
-AREA_MEANING: dict[str, str] = {"bbox": "bbox w*h", "file": "the file's area field"}
 COCO17_SIGMAS: tuple[float, ...] = COCO17.sigmas  # type: ignore[assignment]
 
 GT_SOURCE = "<ground-truth dict>"

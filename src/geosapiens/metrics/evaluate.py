@@ -20,22 +20,16 @@ warned about: the usual sign of ids from another numbering.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from geosapiens.cli_style import both_styles
 from geosapiens.errors import DataError
 from geosapiens.metrics.coco import (
     AP_KEYS,
-    AREA_CHOICES,
-    AREA_MEANING,
     COCO17_SIGMAS,
     keypoint_stats,
     load_keypoint_gt,
@@ -43,10 +37,11 @@ from geosapiens.metrics.coco import (
     raw_ids,
     read_json,
 )
-from geosapiens.metrics.pck import DEFAULT_THRESHOLDS, NORM_KINDS, PCK
+from geosapiens.metrics.pck import PCK
+from geosapiens.metrics.protocol import AREA_MEANING, DEFAULT_THRESHOLDS
 from geosapiens.skeleton import COCO17
 
-__all__ = ["evaluate_files", "format_report", "main"]
+__all__ = ["evaluate_files", "format_report"]
 
 NORM_MEANING: dict[str, str] = {
     "bbox": "bbox max side",
@@ -275,57 +270,3 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {name:<16}" + "".join(f"{_pct(pck['per_joint'][k][name]):>8}" for k in keys))
     lines.append("(values in %)")
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="geosapiens evaluate",
-        description="Score a COCO-keypoints results file (ours or another method's) against COCO-keypoints "
-        "ground truth: COCO OKS AP/AR (pycocotools) and PCK.",
-    )
-    p.add_argument("--gt", required=True, type=Path, help="COCO-keypoints ground-truth JSON")
-    p.add_argument("--pred", required=True, type=Path, help="COCO keypoint results JSON (a list of results)")
-    p.add_argument(
-        "--area",
-        choices=AREA_CHOICES,
-        default="bbox",
-        help="OKS scale: 'bbox' = GT bbox w*h (default; SyRIP's area fields are unreliable), "
-        "'file' = the GT file's area field",
-    )
-    p.add_argument(
-        "--pck_norm", choices=NORM_KINDS, default="bbox",
-        help="PCK normaliser (default: bbox max side; head_neck: nose to shoulder midpoint, not MPII PCKh)",
-    )
-    p.add_argument(
-        "--images", type=Path, default=None,
-        help="COCO images file naming the results' image ids (geosapiens infer's images.json): match results "
-        "to the ground truth by file name",
-    )
-    p.add_argument(
-        "--thresholds",
-        type=float,
-        nargs="+",
-        default=list(DEFAULT_THRESHOLDS),
-        help="PCK thresholds as fractions of the normaliser (default: 0.05 0.1 0.2)",
-    )
-    p.add_argument(
-        "--json", action="store_true", help="print one JSON object (fractions) instead of the text report"
-    )
-    return p
-
-
-def main(argv: list[str]) -> int:
-    parser = _parser()
-    args = both_styles(parser).parse_args(argv)
-    if any(not math.isfinite(t) or t < 0 for t in args.thresholds):
-        parser.error(f"--thresholds must be finite and >= 0, got {args.thresholds}")
-    try:
-        report = evaluate_files(
-            args.gt, args.pred, area=args.area, pck_norm=args.pck_norm, thresholds=tuple(args.thresholds),
-            images=args.images,
-        )
-    except DataError as e:
-        print(f"geosapiens evaluate: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0

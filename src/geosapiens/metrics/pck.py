@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from geosapiens.metrics.protocol import DEFAULT_THRESHOLDS, NORM_KINDS
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -45,8 +46,6 @@ __all__ = [
     "SampleErrors",
 ]
 
-NORM_KINDS: tuple[str, ...] = ("bbox", "bbox_diag", "torso", "head_neck", "image")
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 
 _L_SHOULDER, _R_SHOULDER = COCO17.index("left_shoulder"), COCO17.index("right_shoulder")
 _L_HIP, _R_HIP = COCO17.index("left_hip"), COCO17.index("right_hip")

@@ -43,13 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from geosapiens import viz
-from geosapiens.callbacks.results import RESULTS_FILENAME
+from geosapiens.cli_style import both_styles
 from geosapiens.errors import DataError
-from geosapiens.io import atomic_write_file
 from geosapiens.metrics.compare import (
     PairedDifference,
     SeedNoise,
@@ -145,6 +142,8 @@ def seed_folders(run_dir: str | Path) -> list[tuple[int | None, Path]]:
 
 
 def find_results(run_dir: str | Path) -> Path:
+    from geosapiens.callbacks.results import RESULTS_FILENAME  # Lightning: imported when a report runs
+
     """``run_dir`` itself when it is a results file, else the newest ``test_metrics.json`` under it."""
     path = Path(run_dir)
     if path.is_file():
@@ -606,6 +605,11 @@ def _newest_sheet(run_dir: Path) -> Path | None:
 
 
 def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
+    import cv2  # cv2, matplotlib and torch (viz) only when plots are drawn
+
+    from geosapiens import viz
+    from geosapiens.io import atomic_write_file
+
     written = []
     curves, bands = {}, {}
     for m in c.methods:
@@ -668,6 +672,8 @@ def write_report(
 ) -> tuple[str, list[Path]]:
     """Write every output into ``out``; returns ``(markdown, paths written)``. ``sheet_dirs``: per method, the
     run folder whose newest validation sheet goes into ``overlays.png``."""
+    from geosapiens.io import atomic_write_file
+
     markdown = format_markdown(c)
     written = [
         atomic_write_file(out / "results.md", markdown),
@@ -718,7 +724,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = _parser()
+    parser = both_styles(_parser())
     args = parser.parse_args(argv)
     expanded = [(d, seed, folder) for d in args.run_dirs for seed, folder in seed_folders(d)]
     default_names = {

@@ -25,10 +25,8 @@ A cache from another critic, crop size, padding or dataset is refused with an er
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 
 from geosapiens.data.records import PoseRecord
-from geosapiens.errors import DataError, GeoSapiensError
+from geosapiens.errors import DataError
 from geosapiens.io import atomic_write, atomic_write_json
 from geosapiens.models.codec import invert_affine_torch
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
@@ -56,7 +54,6 @@ __all__ = [
     "critic_identity",
     "load_critic",
     "parse_critic_spec",
-    "main",
 ]
 
 MANIFEST = "manifest.json"
@@ -573,87 +570,3 @@ def _metric_summary(units: np.ndarray) -> dict[str, Any] | None:
         "normalisation's unit); image unit = the crop's longer side at the body's median depth "
         "(focal length from the intrinsics); lambda_z = (depth unit / image unit)^2, median over images",
     }
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="geosapiens critics cache",
-        description="Precompute a frozen critic's depth/normal maps for every image of a dataset, in the "
-        "canonical crop frame, for CriticCache. Re-running the same command resumes.",
-    )
-    p.add_argument(
-        "--critic",
-        required=True,
-        help="oracle | small:PATH | sapiens:DEPTH.pth,NORMAL.pth | torchscript:PATH[,PATH]",
-    )
-    p.add_argument("--data", required=True, type=Path, help="dataset root")
-    p.add_argument("--annotation", help="SyRIP-format annotation file (relative to --data or absolute)")
-    p.add_argument("--format", choices=("syrip", "mini-rgbd"), default="syrip")
-    p.add_argument("--sequences", nargs="*", help="MINI-RGBD sequences (default: all found)")
-    p.add_argument(
-        "--domain", choices=("all", "real", "synthetic"), default="all", help="SyRIP images to keep"
-    )
-    p.add_argument("--out", required=True, type=Path, help="cache directory")
-    p.add_argument(
-        "--input-size",
-        nargs=2,
-        type=int,
-        default=(1024, 1024),
-        metavar=("H", "W"),
-        help="canonical crop size = the training input size (default 1024 1024)",
-    )
-    p.add_argument("--padding", type=float, default=1.25, help="box padding of the canonical crop")
-    p.add_argument(
-        "--stride",
-        type=int,
-        default=DEFAULT_STRIDE,
-        help=f"store maps at input size // stride (default {DEFAULT_STRIDE}: the heatmaps' resolution)",
-    )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading images")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    intrinsics = None
-    try:
-        identity = critic_identity(args.critic)
-        if args.format == "mini-rgbd":
-            from geosapiens.data.formats.mini_rgbd import MINI_RGBD_INTRINSICS, read_mini_rgbd
-
-            records = read_mini_rgbd(args.data, args.sequences)
-            intrinsics = MINI_RGBD_INTRINSICS
-            annotation = None
-        else:
-            if not args.annotation:
-                parser.error("--annotation is required with --format syrip")
-            from geosapiens.data.formats.syrip import read_syrip
-
-            records = read_syrip(args.data, args.annotation, domain=args.domain)
-            annotation = str(Path(args.annotation))
-        if not records:
-            raise DataError(args.data, "no records found")
-        critic = load_critic(args.critic, intrinsics)
-        stats = build_cache(
-            records,
-            critic,
-            args.out,
-            tuple(args.input_size),
-            identity,
-            {"root": str(args.data), "annotation": annotation, "format": args.format},
-            padding=args.padding,
-            stride=args.stride,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            device=args.device,
-            progress=not args.no_progress,
-        )
-    except (GeoSapiensError, ValueError) as err:
-        print(f"geosapiens critics cache: error: {err}", file=sys.stderr)
-        return 1
-    print(f"{args.out}: {stats.total} images ({stats.written} computed, {stats.skipped} already cached)")
-    return 0

@@ -6,7 +6,7 @@ are then predicted by the adapted head. The head is reset to its trained weights
 (or for every group of stills), so nothing learnt on one infant leaks into the next.
 
 :class:`HeadAdaptation` is that procedure on a bare :class:`~geosapiens.models.pose_model.PoseModel`, shared
-by ``geosapiens predict --tta.steps k`` and by the :class:`TestTimeAdaptation` callback (``trainer.test`` /
+by ``geosapiens infer --tta.steps k`` and by the :class:`TestTimeAdaptation` callback (``trainer.test`` /
 ``trainer.predict``).
 """
 

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli_style import both_styles, progress_switch
 from geosapiens.data.records import MAPS_DIRNAME
-from geosapiens.data.synth.generate import MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
+from geosapiens.data.synth.generate import LEGACY_DIRNAMES, MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS
 from geosapiens.data.synth.preview import write_contact_sheet
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preview-only", action="store_true", help="write only the contact sheet")
     p.add_argument("--overwrite", action="store_true", help="replace earlier generator output in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    progress_switch(p, "--quiet")
     return p
 
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     existing = [out / name for name in _OUTPUTS if (out / name).exists()]
+    if (out / "manifest.json").is_file():  # our output: an older format's folders go with it
+        existing += [out / name for name in LEGACY_DIRNAMES if (out / name).is_dir()]
     if existing and not args.overwrite:
         print(
             f"geosapiens data synth: {out} already holds generator output "
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     start = time.perf_counter()
     preset = PRESETS[args.preset]
-    generate(out, preset, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    generate(out, preset, seed=args.seed, workers=args.workers, progress=args.progress)
     if args.preview:
         write_contact_sheet(out / "preview.png", args.seed)
     print(

@@ -31,7 +31,8 @@ from geosapiens.data.synth.writers import (
 )
 
 __all__ = [
-    "StillSplit", "STILL_SPLITS", "COMBINED_SPLIT", "MINI_RGBD_DIRNAME", "SYRIP_DIRNAME", "generate",
+    "StillSplit", "STILL_SPLITS", "COMBINED_SPLIT", "FORMAT_VERSION", "LEGACY_DIRNAMES", "MINI_RGBD_DIRNAME",
+    "SYRIP_DIRNAME", "generate",
     "still_seed", "frame_seed",
 ]
 
@@ -39,6 +40,9 @@ __all__ = [
 # generated tree is a drop-in data root.
 MINI_RGBD_DIRNAME = "MINI-RGBD_web"
 SYRIP_DIRNAME = "SyRIP"
+# The manifest's ``format_version``: 2 since the folders took those names; version 1 wrote these instead.
+FORMAT_VERSION = 2
+LEGACY_DIRNAMES = ("syrip", "mini_rgbd")
 
 _SEQUENCE_CODE = 100
 _FRAME_CODE = 101
@@ -195,7 +199,7 @@ def manifest(preset: Preset, seed: int) -> dict:
     """What was generated, recorded next to the data (``DIR/manifest.json``)."""
     return {
         "generator": "geosapiens.data.synth",
-        "format_version": 2,
+        "format_version": FORMAT_VERSION,
         "preset": preset.name,
         "seed": seed,
         "mini_rgbd": {
