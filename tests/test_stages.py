@@ -164,6 +164,8 @@ def _uda_args(prepared, run_dir: Path, init: Path, steps: int) -> list[str]:
         str(prepared["vae"]),
         "--model.init_args.normal_priors",
         str(prepared["priors"]),
+        "--model.init_args.geometry_teacher",  # geo_pose is tested in test_geometry_teacher.py
+        "null",
         # every term from the first step, so a two-step run exercises them all
         "--model.init_args.loss_terms",
         '{"cons": {"weight": 1.0}, "manifold": {"weight": 0.05}, "geo_body": {"weight": 1.0}, '
