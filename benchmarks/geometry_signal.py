@@ -140,12 +140,6 @@ def degrade(maps: GeometryMaps, spec: str, seed: int = 0) -> GeometryMaps:
 Objective = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
-def _rows(maps: GeometryMaps, rows: slice) -> GeometryMaps:
-    return GeometryMaps(
-        *(None if m is None else m[rows] for m in (maps.depth, maps.normals, maps.valid, maps.body_distance))
-    )
-
-
 def build_objectives(
     t: Targets,
     args: argparse.Namespace,
@@ -178,7 +172,7 @@ def build_objectives(
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
             objectives.geometry_pseudo_labels(
-                *objectives.geometry_teacher_keypoints(net, _rows(t.maps, slice(i, i + 64)), codec),
+                *objectives.geometry_teacher_keypoints(net, t.maps.rows(slice(i, i + 64)), codec),
                 None,
                 codec,
                 options.geo_pose_threshold,
@@ -201,7 +195,7 @@ def build_objectives(
             inputs = objectives.prepare_inputs(
                 rendered,
                 codec,
-                maps=_rows(t.maps, rows),
+                maps=t.maps.rows(rows),
                 lambda_z=cache.lambda_z,
                 normal_prior=normal_prior,
                 vae=vae,

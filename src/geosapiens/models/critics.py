@@ -31,6 +31,15 @@ class GeometryMaps:
     valid: torch.Tensor | None = None
     body_distance: torch.Tensor | None = None
 
+    def rows(self, index: torch.Tensor | slice) -> GeometryMaps:
+        """The maps of some images of the batch."""
+        return GeometryMaps(
+            *(
+                None if m is None else m[index]
+                for m in (self.depth, self.normals, self.valid, self.body_distance)
+            )
+        )
+
 
 def _forget_critic_keys(module: nn.Module, incompatible) -> None:
     """Load post-hook: a training checkpoint never holds critic weights, so their absence is not an error."""

@@ -12,7 +12,6 @@ batch; or run online on the strong view). Each term has a weight, a start epoch 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import lightning.pytorch as L
@@ -23,7 +22,7 @@ from geosapiens import losses, objectives
 from geosapiens.callbacks.ema import EMATeacher
 from geosapiens.callbacks.schedule import LossSchedule, LossTerm, fractional_epoch
 from geosapiens.models.critic_cache import canonical_to_view, maps_from_entries
-from geosapiens.models.critics import GeometricCritic, GeometryMaps
+from geosapiens.models.critics import GeometricCritic
 from geosapiens.models.geometry import body_distance, warp_maps
 from geosapiens.models.prior import PoseVAE
 from geosapiens.normal_priors import load_normal_priors
@@ -175,8 +174,7 @@ class MeanTeacherAdaptation(PoseStage):
         todo = [i for i, path in enumerate(paths) if path not in self._geometry_memo]
         if todo:
             index = torch.as_tensor(todo, device=maps.depth.device)
-            parts = (getattr(maps, f.name) for f in dataclasses.fields(maps))
-            rows = GeometryMaps(*(None if m is None else m[index] for m in parts))
+            rows = maps.rows(index)
             keypoints, peaks = objectives.geometry_teacher_keypoints(self.geometry_teacher, rows, self.codec)
             for j, i in enumerate(todo):
                 self._geometry_memo[paths[i]] = (keypoints[j], peaks[j])
