@@ -55,18 +55,43 @@ def noisy_gaussians(seed: int) -> None:
 
 def _train(tmp: Path, steps: int, seed: int) -> tuple[Path, Path]:
     """The demo oracle config at 64 px on the tiny preset for ``steps`` steps: (checkpoint, SyRIP root)."""
-    from geosapiens.cli import main
+    from geosapiens.cli.main import main
 
-    assert main(["data", "synth", "--out", str(tmp / "data"), "--preset", "tiny", "--seed", str(seed),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["data", "synth", "--out", str(tmp / "data"), "--preset", "tiny", "--seed", str(seed), "--quiet"]
+        )
+        == 0
+    )
     syrip, run = tmp / "data" / "SyRIP", tmp / "run"
-    args = ["fit", "--config", str(REPO / "configs/demo/oracle.yaml"), "--data.init_args.root", str(syrip),
-            "--model.init_args.input_size", "[64, 64]", "--data.init_args.input_size", "[64, 64]",
-            "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
-            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-            "--trainer.check_val_every_n_epoch", "null", "--trainer.enable_progress_bar", "false",
-            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
-            f"--seed_everything={seed}"]
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs/demo/oracle.yaml"),
+        "--data.init_args.root",
+        str(syrip),
+        "--model.init_args.input_size",
+        "[64, 64]",
+        "--data.init_args.input_size",
+        "[64, 64]",
+        "--data.init_args.batch_size",
+        "8",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(steps),
+        "--trainer.check_val_every_n_epoch",
+        "null",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(run),
+        "--trainer.logger.init_args.save_dir",
+        str(run),
+        f"--seed_everything={seed}",
+    ]
     assert main(args) == 0
     return run / "checkpoints" / "last.ckpt", syrip
 
@@ -95,8 +120,10 @@ def real_like(checkpoint: Path, syrip: Path) -> None:
             err = (_decode(codec, heatmaps, rule) - batch["keypoints"][..., :2]).norm(dim=-1)
             errors[rule].append(err[labelled])
     n = sum(len(e) for e in errors["drop"])
-    print(f"real-like predictions ({checkpoint}, {n} labelled joints of {syrip} validate100, {size[0]} px "
-          "crops): error to the GT, input px")
+    print(
+        f"real-like predictions ({checkpoint}, {n} labelled joints of {syrip} validate100, {size[0]} px "
+        "crops): error to the GT, input px"
+    )
     for rule in RULES:
         err = torch.cat(errors[rule])
         print(f"  {rule:<6} mean {err.mean():.4f}  median {err.median():.4f}  p95 {err.quantile(0.95):.4f}")

@@ -55,10 +55,28 @@ def sample_records(root: Path) -> list[PoseRecord]:
 def generated_records(folder: Path, count: int = 16) -> list[PoseRecord]:
     """Noisy 1280 x 720 JPEGs with a stick-figure pose: the same decode and warp costs as real photos."""
     rng = np.random.default_rng(0)
-    template = np.array([
-        [0, -90], [-8, -98], [8, -98], [-18, -94], [18, -94], [-35, -60], [35, -60], [-50, -20], [50, -20],
-        [-55, 20], [55, 20], [-22, 20], [22, 20], [-25, 75], [25, 75], [-28, 130], [28, 130],
-    ], np.float32)
+    template = np.array(
+        [
+            [0, -90],
+            [-8, -98],
+            [8, -98],
+            [-18, -94],
+            [18, -94],
+            [-35, -60],
+            [35, -60],
+            [-50, -20],
+            [50, -20],
+            [-55, 20],
+            [55, 20],
+            [-22, 20],
+            [22, 20],
+            [-25, 75],
+            [25, 75],
+            [-28, 130],
+            [28, 130],
+        ],
+        np.float32,
+    )
     records = []
     for i in range(count):
         image = cv2.GaussianBlur(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8), (0, 0), 3)
@@ -69,8 +87,18 @@ def generated_records(folder: Path, count: int = 16) -> list[PoseRecord]:
         path = folder / f"gen{i:03d}.jpg"
         cv2.imwrite(str(path), image)
         low, high = keypoints.min(0) - 20, keypoints.max(0) + 20
-        records.append(PoseRecord(path, keypoints, np.ones(17, bool), np.ones(17, bool),
-                                  np.concatenate([low, high - low]).astype(np.float32), 1280, 720, i))
+        records.append(
+            PoseRecord(
+                path,
+                keypoints,
+                np.ones(17, bool),
+                np.ones(17, bool),
+                np.concatenate([low, high - low]).astype(np.float32),
+                1280,
+                720,
+                i,
+            )
+        )
     return records
 
 
@@ -85,9 +113,15 @@ def rate(fn, count: int) -> float:
 
 def loader_rate(dataset, workers: int, batch_size: int, batches: int, collate_fn=None) -> float:
     """Samples per second through a DataLoader, after the first batch (worker start-up) is discarded."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        worker_init_fn=_worker_init if workers else None, collate_fn=collate_fn,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        collate_fn=collate_fn,
+        persistent_workers=workers > 0,
+    )
     iterator = iter(loader)
     next(iterator)
     start, seen = time.perf_counter(), 0
@@ -117,7 +151,8 @@ def breakdown(record: PoseRecord, size: tuple[int, int], repeats: int = 10) -> d
         "affine warp (warpAffine)": lambda: warp_image(image, affine, size),
         "elastic: TPS fit + node map + fold check + Newton": lambda: elastic(keypoints, labelled, size, rng),
         "elastic: dense map (resize) + remap": lambda: cv2.remap(
-            image, warp.dense_map(size, then=invert_affine(affine)), None, cv2.INTER_LINEAR),
+            image, warp.dense_map(size, then=invert_affine(affine)), None, cv2.INTER_LINEAR
+        ),
         "cut-occlude": lambda: occlude(crop.copy(), keypoints, labelled, record.visible.copy(), rng, bank),
         "photometric": lambda: photometric(crop, rng),
         "to_tensor (normalise)": lambda: to_tensor(crop),
@@ -148,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             records, source = sample_records(args.root), f"SyRIP sample ({args.root})"
         else:
             records, source = generated_records(Path(tmp)), "generated 1280x720 JPEGs (SyRIP sample absent)"
-        labelled = PoseDataset(records, size, geometry=ViewAugment(), elastic=ElasticScale(prob=1.0),
-                               occlude=CutOcclude(prob=1.0), photometric=Photometric())
+        labelled = PoseDataset(
+            records,
+            size,
+            geometry=ViewAugment(),
+            elastic=ElasticScale(prob=1.0),
+            occlude=CutOcclude(prob=1.0),
+            photometric=Photometric(),
+        )
         pairs = PairDataset(records, size, photometric=Photometric())
         n = len(records)
         print(f"images: {n} from {source}; input {size[0]}x{size[1]}; {os.cpu_count()} CPUs visible")
@@ -161,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         labelled_rate = rate(lambda i: labelled[i % n], args.samples)
         pair_collate = PairCollate()
         pair_rate = rate(lambda i: pair_collate([pairs[i % n]]), args.samples)
-        print(f"one process, 1 thread (per worker / core): labelled {labelled_rate:6.1f} samples/s "
-              f"(target >= 15), pairs {pair_rate:6.1f} pairs/s (target >= 10)")
+        print(
+            f"one process, 1 thread (per worker / core): labelled {labelled_rate:6.1f} samples/s "
+            f"(target >= 15), pairs {pair_rate:6.1f} pairs/s (target >= 10)"
+        )
         if args.breakdown:
             for name, ms in breakdown(records[0], size).items():
                 print(f"  {name:52s} {ms:7.1f} ms")
@@ -173,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 0:
             lab = loader_rate(labelled, args.workers, args.batch_size, batches)
             par = loader_rate(pairs, args.workers, args.batch_size, batches, collate_fn=PairCollate())
-            print(f"DataLoader, {args.workers} workers, batch {args.batch_size}: labelled {lab:6.1f} "
-                  f"samples/s, pairs {par:6.1f} pairs/s")
+            print(
+                f"DataLoader, {args.workers} workers, batch {args.batch_size}: labelled {lab:6.1f} "
+                f"samples/s, pairs {par:6.1f} pairs/s"
+            )
     return 0
 
 

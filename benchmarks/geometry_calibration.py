@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geosapiens import losses, objectives
+from geosapiens.data.critic_cache import CriticCache, canonical_affines
 from geosapiens.data.datasets import PoseDataset
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.data.oracle_critic import OracleCritic
+from geosapiens.losses import functional as losses
+from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec
-from geosapiens.models.critic_cache import CriticCache, canonical_affines
-from geosapiens.models.oracle_critic import OracleCritic
 from geosapiens.stages.base import pose_model_from_checkpoint
 
 REAL = "annotations/200R/person_keypoints_train_infant.json"
@@ -157,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=4, help="adaptation batches averaged for the gradients")
     p.add_argument("--images", type=int, default=600, help="real-like crops for the keypoint/occlusion rows")
     p.add_argument("--objective", type=json.loads, default=None, help="ObjectiveOptions overrides (JSON)")
-    p.add_argument(
-        "--skip", nargs="*", default=(), choices=("keypoints", "occlusion", "lambda_z")
-    )
+    p.add_argument("--skip", nargs="*", default=(), choices=("keypoints", "occlusion", "lambda_z"))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.manual_seed(0)

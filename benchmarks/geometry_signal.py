@@ -48,13 +48,13 @@ import numpy as np
 import torch
 import yaml
 
-from geosapiens import objectives
 from geosapiens.data.augment import view_affine
+from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import transform_points, warp_image
 from geosapiens.data.datasets import read_image, to_tensor
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec
-from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.models.pose_model import HEATMAP_STRIDE
@@ -149,8 +149,9 @@ def build_objectives(
 ) -> dict:
     """name -> f(keypoints (n, K, 2) crop px, rows) -> () objective of those rows of the targets.
 
-    Every term is the stage's own (:func:`geosapiens.objectives.label_free_objective`), scoring the given
-    keypoints (the heatmap a term reads is their rendered target Gaussian), with the stage config's options.
+    Every term is the stage's own (:func:`~geosapiens.losses.objectives.label_free_objective`), scoring
+    the given keypoints (the heatmap a term reads is their rendered target Gaussian), with the stage config's
+    options.
     """
     h, w = t.images.shape[-2:]
     codec = UDPHeatmapCodec((h, w), (h // HEATMAP_STRIDE, w // HEATMAP_STRIDE))
@@ -159,11 +160,11 @@ def build_objectives(
     normal_prior = vae = None
     extras: dict[str, torch.Tensor] = {}
     if args.normal_priors:
-        from geosapiens.normal_priors import load_normal_priors
+        from geosapiens.models.normal_prior import load_normal_priors
 
         normal_prior = tuple(x.float() for x in load_normal_priors(args.normal_priors).tensors())
     if args.pose_prior:
-        from geosapiens.models.prior import PoseVAE
+        from geosapiens.models.pose_vae import PoseVAE
 
         vae = PoseVAE.load(args.pose_prior)
     if args.geometry_teacher:
@@ -305,7 +306,7 @@ def network_predictions(path: str, t: Targets) -> torch.Tensor:
 def stage_from_configs(args: argparse.Namespace, work: Path):
     """The stage and DataModule the stacked ``--config`` files describe, exactly as ``geosapiens fit`` builds
     them (later files win; a stacked ``loss_terms`` replaces the whole mapping), with this run's files."""
-    from geosapiens.cli import trainer_cli
+    from geosapiens.cli.main import trainer_cli
 
     overrides = {
         "model.init_args.init_checkpoint": args.network or "null",
@@ -478,7 +479,7 @@ def print_table(result: dict) -> None:
 
 def quick_inputs(work: Path) -> list[str]:
     """Tiny-preset data, the oracle cache, normal priors and a 20-step geometry teacher, in ``work``."""
-    cli = [sys.executable, "-m", "geosapiens.cli"]
+    cli = [sys.executable, "-m", "geosapiens.cli.main"]
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline")
     data, cache, priors = work / "data", work / "cache", work / "normal_priors.json"
     ann = "annotations/200R_1000S/person_keypoints_train_infant.json"

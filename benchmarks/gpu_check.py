@@ -67,10 +67,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from geosapiens.cli import trainer_cli  # noqa: E402
+from geosapiens.cli.main import trainer_cli  # noqa: E402
+from geosapiens.data.critic_cache import build_cache  # noqa: E402
 from geosapiens.data.formats.syrip import read_syrip  # noqa: E402
 from geosapiens.models.backbone import SAPIENS_ARCHS, create_backbone  # noqa: E402
-from geosapiens.models.critic_cache import build_cache  # noqa: E402
 from geosapiens.stages.base import build_pose_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,22 +111,60 @@ class Preset:
 
 CORES = os.cpu_count() or 1
 GPU = Preset(
-    device="cuda", size=1024, backbones=("sapiens_0.3b", "sapiens_0.6b", "sapiens_1b"), batch=4, warmup=3,
-    steps=10, matmul_sizes=(4096, 8192, 16384), cost_backbone="sapiens_0.6b", cost_critic="sapiens_1b",
-    cost_batch=2, cost_steps=10, cost_warmup=2, fit_backbone=None, fit_steps=30, fit_batch=None,
-    fit_workers=None, headroom_workers=(2, 6, max(1, CORES // 2)), headroom_batches=10,
-    fill_backbone="sapiens_0.6b", fill_input=(1024, 768), fill_workers=min(8, CORES),
-    fill_dtypes=("float32", "bfloat16"), teacher_backbone=None, student_size=256, infer_batches=(1, 16),
+    device="cuda",
+    size=1024,
+    backbones=("sapiens_0.3b", "sapiens_0.6b", "sapiens_1b"),
+    batch=4,
+    warmup=3,
+    steps=10,
+    matmul_sizes=(4096, 8192, 16384),
+    cost_backbone="sapiens_0.6b",
+    cost_critic="sapiens_1b",
+    cost_batch=2,
+    cost_steps=10,
+    cost_warmup=2,
+    fit_backbone=None,
+    fit_steps=30,
+    fit_batch=None,
+    fit_workers=None,
+    headroom_workers=(2, 6, max(1, CORES // 2)),
+    headroom_batches=10,
+    fill_backbone="sapiens_0.6b",
+    fill_input=(1024, 768),
+    fill_workers=min(8, CORES),
+    fill_dtypes=("float32", "bfloat16"),
+    teacher_backbone=None,
+    student_size=256,
+    infer_batches=(1, 16),
 )
 # CPU bf16 convolutions are pathologically slow here (the Sapiens dense heads: 137 s vs 6.7 s in float32 for 8
 # crops), so the rehearsal keeps them small: nano encoders, a 32x32 critic input, float32 critic weights and
 # inference batches of 1 and 2.
 DRY = Preset(
-    device="cpu", size=64, backbones=("sapiens_nano", "sapiens_tiny"), batch=2, warmup=1, steps=2,
-    matmul_sizes=(128, 256), cost_backbone="sapiens_nano", cost_critic="sapiens_nano", cost_batch=2,
-    cost_steps=2, cost_warmup=1, fit_backbone="sapiens_nano", fit_steps=4, fit_batch=2, fit_workers=0,
-    headroom_workers=(0, 1), headroom_batches=2, fill_backbone="sapiens_nano", fill_input=(32, 32),
-    fill_workers=0, fill_dtypes=("float32",), teacher_backbone="sapiens_nano", student_size=64,
+    device="cpu",
+    size=64,
+    backbones=("sapiens_nano", "sapiens_tiny"),
+    batch=2,
+    warmup=1,
+    steps=2,
+    matmul_sizes=(128, 256),
+    cost_backbone="sapiens_nano",
+    cost_critic="sapiens_nano",
+    cost_batch=2,
+    cost_steps=2,
+    cost_warmup=1,
+    fit_backbone="sapiens_nano",
+    fit_steps=4,
+    fit_batch=2,
+    fit_workers=0,
+    headroom_workers=(0, 1),
+    headroom_batches=2,
+    fill_backbone="sapiens_nano",
+    fill_input=(32, 32),
+    fill_workers=0,
+    fill_dtypes=("float32",),
+    teacher_backbone="sapiens_nano",
+    student_size=64,
     infer_batches=(1, 2),
 )
 
@@ -264,23 +302,44 @@ def section_backbone(p: Preset, device: torch.device) -> dict:
 
 # -- (b) step cost -------------------------------------------------------------------------------------------
 def section_step_cost(p: Preset, paths: dict[str, Path]) -> dict:
-    args = step_cost.parse_args([
-        "--backbone", p.cost_backbone, "--critic-backbone", p.cost_critic, "--size", str(p.size),
-        "--batch", str(p.cost_batch), "--steps", str(p.cost_steps), "--warmup", str(p.cost_warmup),
-        "--device", p.device,
-    ])
+    args = step_cost.parse_args(
+        [
+            "--backbone",
+            p.cost_backbone,
+            "--critic-backbone",
+            p.cost_critic,
+            "--size",
+            str(p.size),
+            "--batch",
+            str(p.cost_batch),
+            "--steps",
+            str(p.cost_steps),
+            "--warmup",
+            str(p.cost_warmup),
+            "--device",
+            p.device,
+        ]
+    )
     rows = step_cost.measure(args, paths)
     print(step_cost.table(args, rows))
     base_t, base_f = rows["a"]
     stages = {
         kind: {
-            "label": step_cost.LABELS[kind], "s_per_step": t, "gflop_per_step": f / 1e9,
-            "time_ratio": t / base_t, "flop_ratio": f / base_f,
+            "label": step_cost.LABELS[kind],
+            "s_per_step": t,
+            "gflop_per_step": f / 1e9,
+            "time_ratio": t / base_t,
+            "flop_ratio": f / base_f,
         }
         for kind, (t, f) in rows.items()
     }
-    return {"backbone": p.cost_backbone, "critic_backbone": p.cost_critic, "size": p.size,
-            "batch_per_domain": p.cost_batch, "stages": stages}
+    return {
+        "backbone": p.cost_backbone,
+        "critic_backbone": p.cost_critic,
+        "size": p.size,
+        "batch_per_domain": p.cost_batch,
+        "stages": stages,
+    }
 
 
 # -- (c) fit -------------------------------------------------------------------------------------------------
@@ -302,40 +361,77 @@ class LossRecorder(L.Callback):
 def fit_args(p: Preset, paths: dict[str, Path], run_dir: Path) -> list[str]:
     """``geosapiens fit --config configs/uda.yaml`` with the overrides the module docstring lists."""
     model = yaml.safe_load(UDA.read_text())["model"]["init_args"]
-    terms = {name: {"weight": t["weight"], "start_epoch": 0, "ramp_epochs": 0}
-             for name, t in model["loss_terms"].items()}
+    terms = {
+        name: {"weight": t["weight"], "start_epoch": 0, "ramp_epochs": 0}
+        for name, t in model["loss_terms"].items()
+    }
     sequences = sorted(d.name for d in paths["mini_rgbd"].iterdir() if d.is_dir() and d.name.isdigit())
     sources = [
-        {"class_path": "geosapiens.data.datamodules.MiniRGBDDataModule",
-         "init_args": {"root": str(paths["mini_rgbd"]), "train_sequences": sequences, "val_sequences": [],
-                       "test_sequences": [], "frame_stride": 1}},
-        {"class_path": "geosapiens.data.datamodules.SyRIPSynthDataModule",
-         "init_args": {"root": str(paths["syrip"]),
-                       "train_file": "annotations/1000S/person_keypoints_train_infant.json"}},
+        {
+            "class_path": "geosapiens.data.datamodules.MiniRGBDDataModule",
+            "init_args": {
+                "root": str(paths["mini_rgbd"]),
+                "train_sequences": sequences,
+                "val_sequences": [],
+                "test_sequences": [],
+                "frame_stride": 1,
+            },
+        },
+        {
+            "class_path": "geosapiens.data.datamodules.SyRIPSynthDataModule",
+            "init_args": {
+                "root": str(paths["syrip"]),
+                "train_file": "annotations/1000S/person_keypoints_train_infant.json",
+            },
+        },
     ]
     src, tgt = "--data.init_args.source.init_args", "--data.init_args.target.init_args"
     args = [
-        "--config", str(UDA),
-        "--trainer.max_steps", str(p.fit_steps),
-        "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                        "init_args": {"save_dir": str(run_dir), "name": "uda"}}),
-        "--trainer.callbacks", "[]",
-        "--trainer.enable_checkpointing", "false",
-        "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.accelerator", "gpu" if p.device == "cuda" else "cpu",
-        "--trainer.devices", "1",
-        "--model.init_args.backbone_kwargs", '{"family": "pretrain"}',  # random init, the checkpoint's layout
-        "--data.init_args.target.init_args.critic_cache", str(paths["cache"]),
-        "--model.init_args.pose_prior", str(paths["vae"]),
-        "--model.init_args.normal_priors", str(paths["priors"]),
-        "--model.init_args.loss_terms", json.dumps(terms),
-        "--model.init_args.warmup_steps", "5",
-        f"{src}.sources", json.dumps(sources),
-        f"{tgt}.root", str(paths["syrip"]),
+        "--config",
+        str(UDA),
+        "--trainer.max_steps",
+        str(p.fit_steps),
+        "--trainer.logger",
+        json.dumps(
+            {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "uda"},
+            }
+        ),
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.accelerator",
+        "gpu" if p.device == "cuda" else "cpu",
+        "--trainer.devices",
+        "1",
+        "--model.init_args.backbone_kwargs",
+        '{"family": "pretrain"}',  # random init, the checkpoint's layout
+        "--data.init_args.target.init_args.critic_cache",
+        str(paths["cache"]),
+        "--model.init_args.pose_prior",
+        str(paths["vae"]),
+        "--model.init_args.normal_priors",
+        str(paths["priors"]),
+        "--model.init_args.loss_terms",
+        json.dumps(terms),
+        "--model.init_args.warmup_steps",
+        "5",
+        f"{src}.sources",
+        json.dumps(sources),
+        f"{tgt}.root",
+        str(paths["syrip"]),
     ]
     if p.fit_backbone:
         args += ["--model.init_args.backbone", p.fit_backbone]
@@ -380,11 +476,21 @@ def section_fit(p: Preset, paths: dict[str, Path], work: Path, device: torch.dev
     cli.datamodule.setup("fit")
     supply = {w: loader_headroom.loader_rate(cli.datamodule, w, p.headroom_batches) for w in workers}
     return {
-        "steps": len(losses), "batch_per_domain": batch, "config_workers_per_domain": config_workers,
-        "loss_first": first, "loss_last": last, "loss_falling": last < first, "losses": losses.tolist(),
-        "step_s": wall, "samples_per_s": batch / wall, "student_images_per_s": 2 * batch / wall,
-        "compute_step_s": sum(timer.seconds) / len(timer.seconds), "demand_samples_per_s": demand,
-        "peak_mem_gib": memory, "fit_s": fit_s, "val_pck@0.1": pck,
+        "steps": len(losses),
+        "batch_per_domain": batch,
+        "config_workers_per_domain": config_workers,
+        "loss_first": first,
+        "loss_last": last,
+        "loss_falling": last < first,
+        "losses": losses.tolist(),
+        "step_s": wall,
+        "samples_per_s": batch / wall,
+        "student_images_per_s": 2 * batch / wall,
+        "compute_step_s": sum(timer.seconds) / len(timer.seconds),
+        "demand_samples_per_s": demand,
+        "peak_mem_gib": memory,
+        "fit_s": fit_s,
+        "val_pck@0.1": pck,
         "loader_samples_per_s": {str(w): s for w, s in supply.items()},
         "headroom": {str(w): s / demand for w, s in supply.items()},
         "cores": CORES,
@@ -407,8 +513,15 @@ def section_critic_cache(p: Preset, paths: dict[str, Path], work: Path, device: 
         began = time.perf_counter()
         stats = build_cache(records, critic, work / f"fill_{name}", size, identity, dataset, **options)
         rates[name] = stats.written / (time.perf_counter() - began)
-    return {"backbone": p.fill_backbone, "critic_input": list(p.fill_input), "crop": p.size,
-            "images": len(records), "workers": p.fill_workers, "batch": 8, "images_per_s": rates}
+    return {
+        "backbone": p.fill_backbone,
+        "critic_input": list(p.fill_input),
+        "crop": p.size,
+        "images": len(records),
+        "workers": p.fill_workers,
+        "batch": 8,
+        "images_per_s": rates,
+    }
 
 
 # -- (e) inference -------------------------------------------------------------------------------------------
@@ -418,14 +531,21 @@ def section_inference(p: Preset, device: torch.device) -> dict:
     teacher_name = p.teacher_backbone or teacher_cfg["backbone"]
     networks = {
         f"teacher {teacher_name} @{p.size} bf16": (
-            lambda: build_pose_model(teacher_name, (p.size, p.size), {"family": "pretrain"},
-                                     teacher_cfg.get("head_kwargs")),
-            p.size, True,
+            lambda: build_pose_model(
+                teacher_name, (p.size, p.size), {"family": "pretrain"}, teacher_cfg.get("head_kwargs")
+            ),
+            p.size,
+            True,
         ),
         f"student {student_cfg['backbone']} @{p.student_size} fp32": (
-            lambda: build_pose_model(student_cfg["backbone"], (p.student_size, p.student_size),
-                                     student_cfg.get("backbone_kwargs"), student_cfg.get("head_kwargs")),
-            p.student_size, False,
+            lambda: build_pose_model(
+                student_cfg["backbone"],
+                (p.student_size, p.student_size),
+                student_cfg.get("backbone_kwargs"),
+                student_cfg.get("head_kwargs"),
+            ),
+            p.student_size,
+            False,
         ),
     }
     rows = {}
@@ -443,8 +563,11 @@ def section_inference(p: Preset, device: torch.device) -> dict:
             for _ in range(p.warmup):
                 forward()
             seconds = seconds_per_call(forward, p.steps, device)
-            rows[f"{name} batch {batch}"] = {"frames_per_s": batch / seconds, "ms_per_batch": 1000 * seconds,
-                                             "peak_mem_gib": peak_gib(device)}
+            rows[f"{name} batch {batch}"] = {
+                "frames_per_s": batch / seconds,
+                "ms_per_batch": 1000 * seconds,
+                "peak_mem_gib": peak_gib(device),
+            }
         del model, forward, x
         free(device)
     return {"networks": rows}
@@ -456,24 +579,40 @@ def targets(sections: dict) -> list[dict]:
     out = []
     a = sections.get("backbone", {}).get("configs", {}).get("sapiens_0.6b ckpt=off")
     if a:
-        out.append({"target": "backbone 0.6b fwd+bwd MFU >= 45% (no checkpointing)", "value": a["mfu"],
-                    "met": a["mfu"] >= 0.45})
+        out.append(
+            {
+                "target": "backbone 0.6b fwd+bwd MFU >= 45% (no checkpointing)",
+                "value": a["mfu"],
+                "met": a["mfu"] >= 0.45,
+            }
+        )
     stages = sections.get("step_cost", {}).get("stages", {})
     if "b" in stages:
         b = stages["b"]
         off = b["time_ratio"] / b["flop_ratio"] - 1
-        out.append({"target": "mean teacher / supervised time within 10% of the FLOP ratio", "value": off,
-                    "met": abs(off) <= 0.10})
+        out.append(
+            {
+                "target": "mean teacher / supervised time within 10% of the FLOP ratio",
+                "value": off,
+                "met": abs(off) <= 0.10,
+            }
+        )
     if "b" in stages and "c" in stages:
         extra = stages["c"]["s_per_step"] / stages["b"]["s_per_step"] - 1
-        out.append({"target": "cached geometry <= +10% over the mean teacher", "value": extra,
-                    "met": extra <= 0.10})
+        out.append(
+            {"target": "cached geometry <= +10% over the mean teacher", "value": extra, "met": extra <= 0.10}
+        )
     fit = sections.get("fit", {})
     if "headroom" in fit:
         key = str(fit["config_workers_per_domain"])
         value = fit["headroom"].get(key, max(fit["headroom"].values()))
-        out.append({"target": f"fit loader headroom > 1.2x ({key} workers per domain, the config's)",
-                    "value": value, "met": value > 1.2})
+        out.append(
+            {
+                "target": f"fit loader headroom > 1.2x ({key} workers per domain, the config's)",
+                "value": value,
+                "met": value > 1.2,
+            }
+        )
     return out
 
 
@@ -483,9 +622,12 @@ def fmt(value, spec: str = ".3g") -> str:
 
 def table(report: dict) -> str:
     s = report["sections"]
-    lines = [f"GPU check on {report['device_name']} ({report['device']}), torch {report['torch']}, "
-             f"{report['cores']} cores{' [DRY RUN: tiny CPU presets]' if report['dry_run'] else ''}", "",
-             f"{'section':<10} {'what':<52} result"]
+    lines = [
+        f"GPU check on {report['device_name']} ({report['device']}), torch {report['torch']}, "
+        f"{report['cores']} cores{' [DRY RUN: tiny CPU presets]' if report['dry_run'] else ''}",
+        "",
+        f"{'section':<10} {'what':<52} result",
+    ]
 
     def row(section: str, what: str, result: str) -> None:
         lines.append(f"{section:<10} {what:<52} {result}")
@@ -498,27 +640,42 @@ def table(report: dict) -> str:
         for what, r in s["backbone"]["configs"].items():
             oom = f" (batch {r['did_not_fit']} did not fit)" if r["did_not_fit"] else ""
             count = f"  counted/analytic {r['counted_vs_analytic']:.2f}" if "counted_vs_analytic" in r else ""
-            row("backbone", f"{what} B={r['batch']}{oom}",
+            row(
+                "backbone",
+                f"{what} B={r['batch']}{oom}",
                 f"{r['ms_per_step']:.1f} ms/step  {r['tflops']:.3g} TFLOP/s  MFU {100 * r['mfu']:.1f}%  "
-                f"peak {fmt(r['peak_mem_gib'], '.1f')} GiB{count}")
+                f"peak {fmt(r['peak_mem_gib'], '.1f')} GiB{count}",
+            )
     for r in s.get("step_cost", {}).get("stages", {}).values():
-        row("step_cost", r["label"],
+        row(
+            "step_cost",
+            r["label"],
             f"{r['s_per_step']:.3f} s/step  {r['gflop_per_step']:.1f} GFLOP  time x{r['time_ratio']:.2f}  "
-            f"FLOP x{r['flop_ratio']:.2f}")
+            f"FLOP x{r['flop_ratio']:.2f}",
+        )
     f = s.get("fit", {})
     if "losses" in f:
-        row("fit", f"uda.yaml {f['steps']} steps, B={f['batch_per_domain']}+{f['batch_per_domain']}",
+        row(
+            "fit",
+            f"uda.yaml {f['steps']} steps, B={f['batch_per_domain']}+{f['batch_per_domain']}",
             f"loss {f['loss_first']:.4g} -> {f['loss_last']:.4g} ({'' if f['loss_falling'] else 'NOT '}"
             f"falling)  {f['samples_per_s']:.3g} samples/s  peak {fmt(f['peak_mem_gib'], '.1f')} GiB  "
-            f"val PCK@0.1 {f['val_pck@0.1']:.3f}")
+            f"val PCK@0.1 {f['val_pck@0.1']:.3f}",
+        )
         for w, h in f["headroom"].items():
-            row("fit", f"loader, {w} workers per domain",
+            row(
+                "fit",
+                f"loader, {w} workers per domain",
                 f"{f['loader_samples_per_s'][w]:.1f} samples/s vs demand {f['demand_samples_per_s']:.2f}: "
-                f"headroom {h:.2f}x")
+                f"headroom {h:.2f}x",
+            )
     c = s.get("critic_cache", {})
     for dtype, rate in c.get("images_per_s", {}).items():
-        row("critic", f"cache fill, {c['backbone']} depth+normal @{c['critic_input']} {dtype}",
-            f"{rate:.1f} images/s")
+        row(
+            "critic",
+            f"cache fill, {c['backbone']} depth+normal @{c['critic_input']} {dtype}",
+            f"{rate:.1f} images/s",
+        )
     for what, r in s.get("inference", {}).get("networks", {}).items():
         row("inference", what, f"{r['frames_per_s']:.1f} frames/s  peak {fmt(r['peak_mem_gib'], '.2f')} GiB")
     lines += ["", "targets" + (" (dry run: CPU numbers, not comparable):" if report["dry_run"] else ":")]
@@ -561,11 +718,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the report here (after every section)")
     parser.add_argument("--dry-run", action="store_true", help="tiny presets on CPU (the test's rehearsal)")
     parser.add_argument("--work", type=Path, help="folder for generated data and caches (default: temporary)")
-    parser.add_argument("--sections", nargs="+", choices=("backbone", "step_cost", "fit", "critic_cache",
-                                                          "inference"),
-                        help="run only these (default: all)")
-    parser.add_argument("--budget-s", type=float, default=480.0,
-                        help="start no section after this many seconds (default 480: the run's 8 minutes)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=("backbone", "step_cost", "fit", "critic_cache", "inference"),
+        help="run only these (default: all)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="start no section after this many seconds (default 480: the run's 8 minutes)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared CPU)")
     args = parser.parse_args(argv)
     p = DRY if args.dry_run else GPU
@@ -578,14 +742,24 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     name = torch.cuda.get_device_name(device) if p.device == "cuda" else platform.processor() or "cpu"
     report = {
-        "dry_run": args.dry_run, "device": p.device, "device_name": name,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": L.__version__,
-        "python": platform.python_version(), "cores": CORES, "preset": asdict(p),
+        "dry_run": args.dry_run,
+        "device": p.device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "cores": CORES,
+        "preset": asdict(p),
     }
 
     def write(sections: dict[str, dict]) -> None:
-        report.update(sections=sections, failed=[n for n, s in sections.items() if "error" in s],
-                      targets=targets(sections), wall_s=time.perf_counter() - began)
+        report.update(
+            sections=sections,
+            failed=[n for n, s in sections.items() if "error" in s],
+            targets=targets(sections),
+            wall_s=time.perf_counter() - began,
+        )
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=1))

@@ -157,27 +157,39 @@ def main(argv: list[str] | None = None) -> int:
     root = args.annotation.parent.parent.parent  # <root>/annotations/<split>/<file>.json
     records = read_syrip(root, args.annotation)
     frames = {r.image_path: read_image(r.image_path) for r in records}
-    print(f"{len(records)} people in {len(frames)} images of {args.annotation}; {args.frames} timed frames "
-          f"(batch 1) per row after {args.warmup} untimed; {args.threads} threads; torch {torch.__version__}")
+    print(
+        f"{len(records)} people in {len(frames)} images of {args.annotation}; {args.frames} timed frames "
+        f"(batch 1) per row after {args.warmup} untimed; {args.threads} threads; torch {torch.__version__}"
+    )
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = args.onnx_dir or Path(tmp)
         onnx_dir.mkdir(parents=True, exist_ok=True)
-        for name, ckpt, weights in (("student", args.student, args.student_weights),
-                                    ("teacher", args.teacher, args.teacher_weights)):
+        for name, ckpt, weights in (
+            ("student", args.student, args.student_weights),
+            ("teacher", args.teacher, args.teacher_weights),
+        ):
             model, size, hparams = pose_model_from_checkpoint(ckpt, weights)
             weights = weights or evaluated_weights(hparams)
-            path = export_onnx(model, size, onnx_dir / f"{name}.onnx",
-                               metadata={"source_checkpoint": str(ckpt.resolve()), "weights": weights})
+            path = export_onnx(
+                model,
+                size,
+                onnx_dir / f"{name}.onnx",
+                metadata={"source_checkpoint": str(ckpt.resolve()), "weights": weights},
+            )
             diff = max(check_onnx(model, path, torch.randn(b, 3, *size)) for b in (1, 3))
             params = sum(p.numel() for p in model.parameters()) / 1e6
             verdict = "ok" if diff <= TOLERANCE else f"ABOVE {TOLERANCE:g}"
-            print(f"{name}: {ckpt} ({weights}), {hparams['backbone']} {params:.2f} M params, "
-                  f"{size[0]}x{size[1]}; ONNX vs PyTorch max abs diff {diff:.2g} ({verdict})")
+            print(
+                f"{name}: {ckpt} ({weights}), {hparams['backbone']} {params:.2f} M params, "
+                f"{size[0]}x{size[1]}; ONNX vs PyTorch max abs diff {diff:.2g} ({verdict})"
+            )
             codec = UDPHeatmapCodec(size, (size[0] // 4, size[1] // 4))
-            for runtime, runner in (("torch", TorchRunner(model, size, str(ckpt))),
-                                    ("onnx", OnnxRunner(path, threads=args.threads))):
+            for runtime, runner in (
+                ("torch", TorchRunner(model, size, str(ckpt))),
+                ("onnx", OnnxRunner(path, threads=args.threads)),
+            ):
                 latencies, preds = _stream(runner, codec, frames, records, args.warmup, args.frames)
                 results.append(Result(name, runtime, size, latencies, _pck(preds, records)))
 
@@ -187,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r.model, r.runtime): r for r in results}
     gap = 100 * (by["teacher", "torch"].pck - by["student", "torch"].pck) + 0.0  # no "-0.0"
     fps = max(1000.0 / (sum(by["student", rt].latencies_ms) / args.frames) for rt in ("torch", "onnx"))
-    print(f"\nstudent PCK@0.1 gap to the teacher: {gap:.1f} points (target <= {GAP_TARGET:g}: "
-          f"{'met' if gap <= GAP_TARGET else 'NOT met'})")
+    print(
+        f"\nstudent PCK@0.1 gap to the teacher: {gap:.1f} points (target <= {GAP_TARGET:g}: "
+        f"{'met' if gap <= GAP_TARGET else 'NOT met'})"
+    )
     verdict = "met" if fps >= FPS_TARGET else "NOT met"
     print(f"student best frames/s: {fps:.1f} (target >= {FPS_TARGET:g}: {verdict})")
     return 0

@@ -32,8 +32,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import lightning.pytorch as L  # noqa: E402
 import torch  # noqa: E402
 
-from geosapiens.cli import main as geosapiens_main  # noqa: E402
-from geosapiens.cli import trainer_cli  # noqa: E402
+from geosapiens.cli.main import main as geosapiens_main  # noqa: E402
+from geosapiens.cli.main import trainer_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--batches", type=int, default=10, help="timed loader batches per worker count")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the step (default: torch's); use 1 on a CPU shared with other "
-                        "jobs: OpenMP threads spin there (16 s vs 0.45 s a step on a loaded 2-core CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the step (default: torch's); use 1 on a CPU shared with other "
+        "jobs: OpenMP threads spin there (16 s vs 0.45 s a step on a loaded 2-core CPU)",
+    )
     parser.add_argument("cli", nargs=argparse.REMAINDER, help="-- then `geosapiens fit` arguments")
     args = parser.parse_args(argv)
     cli_args = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
@@ -128,10 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = cli_args or demo_args(Path(tmp))
         overrides = [
-            "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.limit_val_batches", "0",
-            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", tmp,
+            "--trainer.max_steps",
+            str(args.warmup + args.steps),
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            tmp,
         ]
         cli = trainer_cli([*config, *overrides], run=False)
         timer = StepTimer(args.warmup)
@@ -140,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         step_s = sum(timer.seconds) / len(timer.seconds)
         demand = sum(timer.samples) / sum(timer.seconds)
         batch = timer.samples[0]
-        print(f"{type(cli.model).__name__} on {type(cli.datamodule).__name__}; batch {batch}; "
-              f"{torch.get_num_threads()} torch threads; {os.cpu_count()} CPUs visible")
-        print(f"training step (compute only, mean of {len(timer.seconds)}): {step_s:.3f} s = "
-              f"{demand:.1f} samples/s\n")
+        print(
+            f"{type(cli.model).__name__} on {type(cli.datamodule).__name__}; batch {batch}; "
+            f"{torch.get_num_threads()} torch threads; {os.cpu_count()} CPUs visible"
+        )
+        print(
+            f"training step (compute only, mean of {len(timer.seconds)}): {step_s:.3f} s = "
+            f"{demand:.1f} samples/s\n"
+        )
         print("| workers | loader samples/s | loader steps/s | step demand samples/s | headroom |")
         print("|---|---|---|---|---|")
         cli.datamodule.setup("fit")

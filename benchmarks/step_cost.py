@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from geosapiens.cli import main as geosapiens_main
+from geosapiens.cli.main import main as geosapiens_main
 from geosapiens.data.datamodules import AdaptationDataModule, SyRIPRealDataModule, SyRIPSynthDataModule
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
-from geosapiens.models.prior import PoseVAE
+from geosapiens.models.normal_prior import NormalPriors, save_normal_priors
+from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.models.sapiens_critic import _WholeImageCritic
-from geosapiens.normal_priors import NormalPriors, save_normal_priors
 from geosapiens.stages import MeanTeacherAdaptation, SupervisedPose
 
 TRAIN = "annotations/200R_1000S/person_keypoints_train_infant.json"
@@ -210,8 +210,11 @@ LABELS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="sapiens_tiny", help="pose backbone preset (or timm:NAME)")
-    parser.add_argument("--critic-backbone", default=None,
-                        help="backbone preset of the online critic's two models in (d); default: --backbone")
+    parser.add_argument(
+        "--critic-backbone",
+        default=None,
+        help="backbone preset of the online critic's two models in (d); default: --backbone",
+    )
     parser.add_argument("--size", type=int, default=128, help="square crop size")
     parser.add_argument("--batch", type=int, default=4, help="images per domain per step (B)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
 from torch import nn
 
-from geosapiens.cli import trainer_cli
+from geosapiens.cli.main import trainer_cli
 
 
 class CPUFSDPStrategy(FSDPStrategy):

@@ -19,9 +19,10 @@ from geosapiens.data.augment import (
     view_affine,
 )
 from geosapiens.data.crop import invert_affine, transform_points
-from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD, PairDataset, PoseDataset
+from geosapiens.data.datasets import PairDataset, PoseDataset
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.skeleton import COCO17
 
 TRAIN = "annotations/200R/person_keypoints_train_infant.json"

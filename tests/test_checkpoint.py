@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from geosapiens.cli import main as cli_main
+from geosapiens.cli.main import main as cli_main
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.checkpoint import load_checkpoint, load_head_state, read_state_dict

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STACKS = [

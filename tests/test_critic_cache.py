@@ -12,9 +12,8 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from geosapiens.data.records import MAPS_DIRNAME, PoseRecord
-from geosapiens.errors import DataError
-from geosapiens.models.critic_cache import (
+from geosapiens.cli.critics import main
+from geosapiens.data.critic_cache import (
     DEFAULT_STRIDE,
     CriticCache,
     build_cache,
@@ -22,9 +21,10 @@ from geosapiens.models.critic_cache import (
     canonical_to_view,
     critic_identity,
 )
-from geosapiens.models.critic_cache_cli import main
+from geosapiens.data.oracle_critic import OracleCritic
+from geosapiens.data.records import MAPS_DIRNAME, PoseRecord
+from geosapiens.errors import DataError
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
-from geosapiens.models.oracle_critic import OracleCritic
 from test_geometry_warp import render_sphere, similarity
 
 IMAGE_HW = (120, 100)
@@ -530,7 +530,7 @@ def test_cli_loads_a_torchscript_critic_and_refuses_its_cache_for_another_file(d
 def test_strided_maps_agree_with_full_resolution_and_the_oracle_measures_lambda_z(dataset, tmp_path):
     """Maps stored at stride 4 are the full-resolution maps, antialiased and UDP-aligned; the body distance
     is 0 on the body and grows off it; the oracle's manifest says what its units are in millimetres."""
-    from geosapiens.losses import sample_maps
+    from geosapiens.losses.functional import sample_maps
 
     root, records = dataset
     K = np.array([[F_PX, 0, _camera_centre()[0]], [0, F_PX, _camera_centre()[1]], [0, 0, 1]])

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from fixtures_mini_rgbd import frame_paths, project, write_joint_file, write_mini_rgbd
-from geosapiens import cli
-from geosapiens.data.check import Problem, check_dataset, detect_format, main, run_checks
+from geosapiens.cli import main as cli
+from geosapiens.cli.check import main
+from geosapiens.data.check import Problem, check_dataset, detect_format, run_checks
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.errors import DataError

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fixtures_mini_rgbd import write_mini_rgbd
+from geosapiens.data.critic_cache import CriticCache, build_cache
 from geosapiens.data.datamodules import (
     AdaptationDataModule,
     MiniRGBDDataModule,
@@ -22,7 +23,6 @@ from geosapiens.data.datamodules import (
 )
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.errors import DataError
-from geosapiens.models.critic_cache import CriticCache, build_cache
 
 SMALL = {"input_size": (32, 24), "batch_size": 4, "num_workers": 0, "pin_memory": False}
 TRAIN = "annotations/200R_1000S/person_keypoints_train_infant.json"

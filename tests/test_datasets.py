@@ -14,13 +14,14 @@ from torch.utils.data import DataLoader
 from fixtures_mini_rgbd import write_mini_rgbd
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment, view_affine
 from geosapiens.data.crop import transform_points, warp_image
-from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD, PairDataset, PoseDataset, read_image
+from geosapiens.data.datasets import PairDataset, PoseDataset, read_image
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.occlude import CutOcclude
 from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError
+from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
 
 TRAIN = "annotations/200R/person_keypoints_train_infant.json"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "demo_walkthrough.ipynb"

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 from geosapiens.data.crop import udp_affine, warp_image
 from geosapiens.data.datamodules import SyRIPRealDataModule
 from geosapiens.errors import CheckpointError
-from geosapiens.losses import distillation_loss
+from geosapiens.losses.functional import distillation_loss
 from geosapiens.models.codec import UDPHeatmapCodec, resize_aligned
 from geosapiens.stages import Distillation
 from geosapiens.stages.base import pose_model_from_checkpoint

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 from geosapiens.metrics.evaluate import evaluate_files
 
 pytestmark = pytest.mark.slow
@@ -100,8 +100,12 @@ def workdir(tmp_path_factory):
     ``$GEOSAPIENS_DATA`` pointing at it (the paper configs' root)."""
     root = tmp_path_factory.mktemp("documented")
     assert main(["data", "synth", "--out", str(root / "demo_data"), "--preset", "tiny", "--quiet"]) == 0
-    for name, text in (("paper_tiny.yaml", PAPER_TINY), ("fewshot_tiny.yaml", FEWSHOT_TINY),
-                       ("demo_tiny.yaml", DEMO_TINY), ("distill_tiny.yaml", DISTILL_TINY)):
+    for name, text in (
+        ("paper_tiny.yaml", PAPER_TINY),
+        ("fewshot_tiny.yaml", FEWSHOT_TINY),
+        ("demo_tiny.yaml", DEMO_TINY),
+        ("distill_tiny.yaml", DISTILL_TINY),
+    ):
         (root / name).write_text(text)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -121,21 +125,48 @@ def paper(workdir) -> Path:
     data = "$GEOSAPIENS_DATA/SyRIP".replace("$GEOSAPIENS_DATA", os.environ["GEOSAPIENS_DATA"])
     # The oracle critic stands in for Sapiens depth/normal, under the cache path uda.yaml reads.
     cache = [
-        "critics", "cache", "--critic", "oracle", "--data", data,
-        "--annotation", "annotations/200R_1000S/person_keypoints_train_infant.json",
-        "--out", "runs/critics/sapiens_0.6b_syrip", "--input-size", "64", "64", "--no-progress",
+        "critics",
+        "cache",
+        "--critic",
+        "oracle",
+        "--data",
+        data,
+        "--annotation",
+        "annotations/200R_1000S/person_keypoints_train_infant.json",
+        "--out",
+        "runs/critics/sapiens_0.6b_syrip",
+        "--input-size",
+        "64",
+        "64",
+        "--no-progress",
     ]
     assert main(cache) == 0
     priors = [
-        "priors", "fit", "--cache", "runs/critics/sapiens_0.6b_syrip", "--data", data,
-        "--annotation", "annotations/1000S/person_keypoints_train_infant.json",
-        "--out", "runs/critics/normal_priors_sapiens_0.6b.json", "--min-count", "3",
+        "priors",
+        "fit",
+        "--cache",
+        "runs/critics/sapiens_0.6b_syrip",
+        "--data",
+        data,
+        "--annotation",
+        "annotations/1000S/person_keypoints_train_infant.json",
+        "--out",
+        "runs/critics/normal_priors_sapiens_0.6b.json",
+        "--min-count",
+        "3",
     ]
     assert main(priors) == 0
     vae = [
-        "fit", *_configs("priors/pose_vae.yaml"), "--data.init_args.syrip_root", data,
-        "--data.init_args.mini_rgbd_root", f"{os.environ['GEOSAPIENS_DATA']}/MINI-RGBD_web",
-        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+        "fit",
+        *_configs("priors/pose_vae.yaml"),
+        "--data.init_args.syrip_root",
+        data,
+        "--data.init_args.mini_rgbd_root",
+        f"{os.environ['GEOSAPIENS_DATA']}/MINI-RGBD_web",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
     assert main(vae) == 0
     assert (workdir / "runs/pose_vae/checkpoints/last.ckpt").is_file()  # uda.yaml's pose_prior
@@ -195,15 +226,42 @@ def test_tta_test_command_of_the_readme(paper, workdir):
     # README "Training the paper setting": test with TestTimeAdaptation, after a critic cache of the test
     # images (the oracle critic again stands in for Sapiens).
     data = f"{os.environ['GEOSAPIENS_DATA']}/SyRIP"
-    cache = ["critics", "cache", "--critic", "oracle", "--data", data, "--annotation", TEST_FILE,
-             "--out", "runs/critics/sapiens_0.6b_test", "--input-size", "64", "64", "--no_progress"]
+    cache = [
+        "critics",
+        "cache",
+        "--critic",
+        "oracle",
+        "--data",
+        data,
+        "--annotation",
+        TEST_FILE,
+        "--out",
+        "runs/critics/sapiens_0.6b_test",
+        "--input-size",
+        "64",
+        "64",
+        "--no_progress",
+    ]
     assert main(cache) == 0
-    args = ["test", *_configs("uda.yaml"), "--config", "paper_tiny.yaml", "--ckpt_path", "best",
-            "--trainer.inference_mode", "false",
-            "--trainer.callbacks+=geosapiens.stages.TestTimeAdaptation", "--trainer.callbacks.steps", "2",
-            "--trainer.callbacks.critic_cache", "runs/critics/sapiens_0.6b_test",
-            "--trainer.callbacks.normal_priors", "runs/critics/normal_priors_sapiens_0.6b.json",
-            "--trainer.callbacks.pose_prior", "runs/pose_vae/checkpoints/last.ckpt"]
+    args = [
+        "test",
+        *_configs("uda.yaml"),
+        "--config",
+        "paper_tiny.yaml",
+        "--ckpt_path",
+        "best",
+        "--trainer.inference_mode",
+        "false",
+        "--trainer.callbacks+=geosapiens.stages.TestTimeAdaptation",
+        "--trainer.callbacks.steps",
+        "2",
+        "--trainer.callbacks.critic_cache",
+        "runs/critics/sapiens_0.6b_test",
+        "--trainer.callbacks.normal_priors",
+        "runs/critics/normal_priors_sapiens_0.6b.json",
+        "--trainer.callbacks.pose_prior",
+        "runs/pose_vae/checkpoints/last.ckpt",
+    ]
     started = time.time()
     assert main(args) == 0
     newest = max(paper.rglob("test_metrics.json"), key=lambda p: p.stat().st_mtime)
@@ -222,16 +280,31 @@ def test_distil_command_of_the_readme(paper, workdir):
 
 def test_seeds_and_report_commands_of_the_readme(paper, workdir, capsys):
     # README "Comparing methods", one seed per method: seeds of the baseline overlays, then the report.
-    for name, overlay in (("source_only", ["--config", str(CONFIGS / "baselines/source_only.yaml")]),
-                          ("shift_style", ["--config", str(CONFIGS / "baselines/shift_style.yaml")]),
-                          ("uda", [])):
+    for name, overlay in (
+        ("source_only", ["--config", str(CONFIGS / "baselines/source_only.yaml")]),
+        ("shift_style", ["--config", str(CONFIGS / "baselines/shift_style.yaml")]),
+        ("uda", []),
+    ):
         fit = [*_configs("uda.yaml"), *overlay, "--config", "paper_tiny.yaml"]
         seeds = ["seeds", "--seeds", "0", "--out", f"runs/seeds/{name}", "--no_progress"]
         assert main([*seeds, "--", *fit]) == 0
         assert list((workdir / f"runs/seeds/{name}/seed0").rglob("test_metrics.json"))
-    report = ["report", "runs/seeds/source_only", "runs/seeds/shift_style", "runs/seeds/uda",
-              "--names", "source-only", "SHIFT-style", "Geo-Sapiens", "--baseline", "source-only",
-              "--baseline-of", "Geo-Sapiens*=SHIFT-style", "--out", "report/"]
+    report = [
+        "report",
+        "runs/seeds/source_only",
+        "runs/seeds/shift_style",
+        "runs/seeds/uda",
+        "--names",
+        "source-only",
+        "SHIFT-style",
+        "Geo-Sapiens",
+        "--baseline",
+        "source-only",
+        "--baseline-of",
+        "Geo-Sapiens*=SHIFT-style",
+        "--out",
+        "report/",
+    ]
     assert main(report) == 0
     table = (workdir / "report/results.md").read_text()
     assert all(name in table for name in ("source-only", "SHIFT-style", "Geo-Sapiens"))
@@ -328,8 +401,14 @@ def test_print_config_shows_the_paths_the_run_reads(tmp_path, monkeypatch, capsy
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "geosapiens.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "geosapiens.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("group", ["data", "critics", "priors"])
@@ -354,20 +433,39 @@ def test_version_top_help_and_unknown_command():
 
 # Tools whose --help needs no torch (each imports its work when it runs). Not yet: convert (its --family
 # choices come from the torch checkpoint module) and LightningCLI's verbs (the parser needs the classes).
-LIGHT_HELP = [["--help"], ["--version"], ["data", "--help"], ["critics", "--help"], ["priors", "--help"],
-              ["infer", "--help"], ["evaluate", "--help"], ["report", "--help"], ["export", "--help"],
-              ["seeds", "--help"],
-              ["critics", "cache", "--help"], ["priors", "fit", "--help"], ["data", "check", "--help"],
-              ["data", "synth", "--help"], ["demo", "--help"]]
+LIGHT_HELP = [
+    ["--help"],
+    ["--version"],
+    ["data", "--help"],
+    ["critics", "--help"],
+    ["priors", "--help"],
+    ["infer", "--help"],
+    ["evaluate", "--help"],
+    ["report", "--help"],
+    ["export", "--help"],
+    ["seeds", "--help"],
+    ["critics", "cache", "--help"],
+    ["priors", "fit", "--help"],
+    ["data", "check", "--help"],
+    ["data", "synth", "--help"],
+    ["demo", "--help"],
+]
 
 
 @pytest.mark.parametrize("args", LIGHT_HELP, ids=" ".join)
 def test_help_imports_neither_torch_nor_lightning(args):
-    code = ("import contextlib, sys; from geosapiens.cli import main\n"
-            f"with contextlib.suppress(SystemExit): main({args!r})\n"
-            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    code = (
+        "import contextlib, sys; from geosapiens.cli.main import main\n"
+        f"with contextlib.suppress(SystemExit): main({args!r})\n"
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -375,13 +473,29 @@ def test_help_imports_neither_torch_nor_lightning(args):
 def test_evaluate_into_a_closed_pipe_exits_quietly(workdir):
     gt = workdir / "demo_data/SyRIP" / TEST_FILE
     doc = json.loads(gt.read_text())
-    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
-               for a in doc["annotations"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in doc["annotations"]
+    ]
     pred = workdir / "perfect.json"
     pred.write_text(json.dumps(results))
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "geosapiens.cli", "evaluate", "--gt", str(gt), "--pred",
-                             str(pred), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geosapiens.cli.main",
+            "evaluate",
+            "--gt",
+            str(gt),
+            "--pred",
+            str(pred),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     proc.stdout.close()  # `| head` that has already left
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
@@ -395,9 +509,9 @@ def test_old_file_predict_form_still_works_with_a_deprecation(tmp_path, capsys):
 
 
 def test_one_flag_style_with_the_other_accepted():
-    from geosapiens.cli_style import both_styles
-    from geosapiens.deploy.infer import build_parser
-    from geosapiens.metrics.evaluate_cli import _parser
+    from geosapiens.cli.evaluate import _parser
+    from geosapiens.cli.infer import build_parser
+    from geosapiens.cli.style import both_styles
 
     parser = both_styles(build_parser())
     for flag in ("--no_progress", "--no-progress"):
@@ -420,7 +534,7 @@ def test_one_progress_switch_on_every_tool_with_a_bar(command, capsys):
 
 
 def test_demo_no_progress_reaches_the_trainer_runs_and_the_tools():
-    from geosapiens.demo import plan
+    from geosapiens.cli.demo import plan
 
     p = plan(Path("runs/demo"), Path("demo_data"), None, [0], fast=True)
     run = p.runs[0]

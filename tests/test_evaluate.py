@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geosapiens.cli import main as cli_main
+from geosapiens.cli.evaluate import main
+from geosapiens.cli.main import main as cli_main
 from geosapiens.metrics.coco import coco_keypoint_ap
 from geosapiens.metrics.evaluate import evaluate_files
-from geosapiens.metrics.evaluate_cli import main
 
 GT_FILE = "annotations/200R/person_keypoints_train_infant.json"
 

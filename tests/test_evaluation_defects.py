@@ -11,13 +11,13 @@ import cv2
 import pytest
 import torch
 
+from geosapiens.cli.evaluate import main
 from geosapiens.data.datasets import PoseDataset
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.robust import SKIPPED_ERROR_KEY, SKIPPED_KEY, SkipBadSamples
 from geosapiens.errors import DataError
 from geosapiens.metrics.coco import COCOKeypointAP
 from geosapiens.metrics.evaluate import evaluate_files, format_report
-from geosapiens.metrics.evaluate_cli import main
 from test_formats_syrip import copy_sample
 
 GT_FILE = "annotations/200R/person_keypoints_train_infant.json"

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 from geosapiens.data.datamodules import SyRIPRealDataModule
-from geosapiens.data.datasets import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
 from geosapiens.deploy.runtime import ModelFileError, OnnxRunner, TorchRunner, open_runner, read_metadata
 from geosapiens.errors import CheckpointError
+from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
 from geosapiens.skeleton import COCO17
 from geosapiens.stages.base import build_pose_model, pose_model_from_checkpoint
 

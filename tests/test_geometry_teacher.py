@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 from geosapiens.data.augment import ViewAugment
+from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.geometry_inputs import CriticMapsDataset, MapDegradation, maps_to_input
-from geosapiens.losses import sample_maps
-from geosapiens.models.critic_cache import CriticCache
+from geosapiens.losses.functional import sample_maps
 from geosapiens.skeleton import COCO17
 
 REPO = Path(__file__).resolve().parents[1]

@@ -87,7 +87,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
         [
             sys.executable,
             "-m",
-            "geosapiens.cli",
+            "geosapiens.cli.main",
             "data",
             "synth",
             "--out",
@@ -128,7 +128,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
         str(run),
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "geosapiens.cli", *args],
+        [sys.executable, "-m", "geosapiens.cli.main", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

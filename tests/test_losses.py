@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from geosapiens.losses import (
+from geosapiens.losses.functional import (
     bone_length_consistency,
     bone_symmetry_loss,
     consistency_loss,
@@ -20,7 +20,7 @@ from geosapiens.losses import (
     normal_prior_loss,
     sample_maps,
 )
-from geosapiens.models.prior import PoseVAE
+from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.skeleton import COCO17, SYMMETRIC_BONES
 
 S = 64  # scene maps are S x S; uv = px / (S - 1)

@@ -11,8 +11,8 @@ import torch
 from scipy.stats import vonmises_fisher
 
 from geosapiens.errors import DataError
-from geosapiens.losses import normal_prior_loss
-from geosapiens.normal_priors import (
+from geosapiens.losses.functional import normal_prior_loss
+from geosapiens.models.normal_prior import (
     MAX_KAPPA,
     NormalPriors,
     fit_keypoint_normal_priors,
@@ -101,7 +101,7 @@ def test_priors_file_round_trip_and_checks(tmp_path):
     path = tmp_path / "normal_priors.json"
     save_normal_priors(path, priors)
     doc = json.loads(path.read_text())
-    assert doc["format"] == "geosapiens.normal_priors" and doc["schema_version"] == 1
+    assert doc["format"] == "geosapiens.models.normal_prior" and doc["schema_version"] == 1
     back = load_normal_priors(path, critic="oracle:rendered")
     assert np.array_equal(back.mean, priors.mean) and np.array_equal(back.kappa, priors.kappa)
     assert back.count.tolist() == priors.count.tolist() and back.extra == {"dataset": "demo"}

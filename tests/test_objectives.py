@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens import objectives
 from geosapiens.data.augment import ViewAugment, flip_channels
+from geosapiens.data.critic_cache import canonical_to_view
 from geosapiens.data.crop import transform_points
 from geosapiens.data.datasets import PairDataset
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec
-from geosapiens.models.critic_cache import canonical_to_view
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.skeleton import COCO17
@@ -180,7 +180,7 @@ def test_a_joint_moved_off_the_body_raises_the_objective_and_its_gradient_points
 
 
 def test_body_distance_is_metric_and_resolution_free():
-    from geosapiens.losses import sample_maps
+    from geosapiens.losses.functional import sample_maps
 
     uv = torch.tensor([[[0.5 + 0.22 + 0.2, 0.5]]])  # 0.2 image units right of the body's edge
     full = float(sample_maps(body_scene(96).body_distance, uv)[0, 0, 0])

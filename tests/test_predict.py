@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.deploy.boxes import AutoBox, WholeFrame, joint_box
 from geosapiens.deploy.predict import Predictor
@@ -21,7 +21,7 @@ from geosapiens.deploy.runtime import open_runner
 from geosapiens.deploy.sources import open_clips
 from geosapiens.metrics.coco import coco_keypoint_ap
 from geosapiens.metrics.pck import PCK
-from geosapiens.models.prior import PoseVAE
+from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.stages import SupervisedPose
 from geosapiens.stages.tta import HeadAdaptation
 

@@ -238,7 +238,7 @@ class SyRIPEcho(Dataset):
 
 
 def test_results_on_the_real_syrip_sample_score_full_marks_in_evaluate(syrip_sample, tmp_path, capsys):
-    from geosapiens.metrics.evaluate_cli import main as evaluate_main
+    from geosapiens.cli.evaluate import main as evaluate_main
 
     gt_path = syrip_sample / "annotations" / "200R" / "person_keypoints_train_infant.json"
     gt = json.loads(gt_path.read_text())

@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from geosapiens.data.pose_vae_data import PoseVAEDataModule, augment_poses
 from geosapiens.errors import CheckpointError, DataError
-from geosapiens.losses import manifold_loss
-from geosapiens.models.prior import (
-    PoseDataModule,
-    PosePriorTask,
-    PoseVAE,
-    augment_poses,
-    normalize_pose,
-)
+from geosapiens.losses.functional import manifold_loss
+from geosapiens.models.pose_vae import PoseVAE, normalize_pose
 from geosapiens.skeleton import COCO17
+from geosapiens.stages.pose_prior import PosePriorTask
 
 REPO = Path(__file__).resolve().parents[1]
 J = {n: i for i, n in enumerate(COCO17.names)}
@@ -185,7 +181,7 @@ def test_pose_datamodule_from_arrays_filters_and_splits():
     poses[0][J["left_hip"]] = np.nan  # unusable: the normalisation needs the torso
     poses[1] = poses[1].copy()
     poses[1][J["nose"]] = np.nan  # usable, nose unlabelled
-    dm = PoseDataModule(poses=poses, val_fraction=0.2, batch_size=16)
+    dm = PoseVAEDataModule(poses=poses, val_fraction=0.2, batch_size=16)
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) == 49 and len(dm.val_set) == 10
     assert (~dm.train_set.labelled).sum() + (~dm.val_set.labelled).sum() == 1
@@ -197,18 +193,18 @@ def test_pose_datamodule_from_arrays_filters_and_splits():
     assert not torch.allclose(augmented["keypoints"], batch["keypoints"])
     dm.trainer.validating = True
     assert dm.on_after_batch_transfer(batch, 0) is batch
-    again = PoseDataModule(poses=poses, val_fraction=0.2)
+    again = PoseVAEDataModule(poses=poses, val_fraction=0.2)
     again.setup("fit")
     assert torch.equal(again.val_set.keypoints, dm.val_set.keypoints)  # validation augmentation is fixed
     with pytest.raises(DataError, match="no pose source"):
-        PoseDataModule().setup("fit")
+        PoseVAEDataModule().setup("fit")
 
 
 def test_pose_datamodule_reads_syrip_and_mini_rgbd(syrip_sample, tmp_path):
     from fixtures_mini_rgbd import write_mini_rgbd
 
     write_mini_rgbd(tmp_path / "mini", sequences=("01", "02", "03"), frames=(0, 1, 2), occlude=())
-    dm = PoseDataModule(
+    dm = PoseVAEDataModule(
         syrip_root=str(syrip_sample),
         syrip_annotation_files=["annotations/200R/person_keypoints_train_infant.json"],
         syrip_domain="real",  # the sample holds the 32 real images
@@ -224,7 +220,7 @@ def test_pose_datamodule_reads_syrip_and_mini_rgbd(syrip_sample, tmp_path):
     )
     mini_train = (~dm.train_set.labelled[:, 1:5]).all(1).sum()  # MINI-RGBD frames: eyes and ears unlabelled
     assert mini_train == 9 - 3 * len(mini_val)
-    synthetic_only = PoseDataModule(
+    synthetic_only = PoseVAEDataModule(
         syrip_root=str(syrip_sample),
         syrip_annotation_files=["annotations/200R/person_keypoints_train_infant.json"],
     )
@@ -241,7 +237,7 @@ def trained_prior(tmp_path_factory) -> tuple[PoseVAE, Path, float]:
     rng = np.random.default_rng(5)
     L.seed_everything(0, verbose=False)
     poses = list(to_pixels(sample_infant_poses(4000, rng), rng))
-    dm = PoseDataModule(poses=poses, val_fraction=0.05, batch_size=256, drop_prob=0.1)
+    dm = PoseVAEDataModule(poses=poses, val_fraction=0.05, batch_size=256, drop_prob=0.1)
     task = PosePriorTask(kl_warmup_steps=200, lr=2e-3)
     root = tmp_path_factory.mktemp("prior")
     threads = torch.get_num_threads()
@@ -354,7 +350,7 @@ def test_pose_vae_config_parses_in_subclass_mode():
             "--trainer.enable_checkpointing=false",
         ],
     )
-    assert isinstance(cli.model, PosePriorTask) and isinstance(cli.datamodule, PoseDataModule)
+    assert isinstance(cli.model, PosePriorTask) and isinstance(cli.datamodule, PoseVAEDataModule)
     assert cli.datamodule.hparams.rotation_deg == 180.0 and cli.datamodule.hparams.syrip_domain == "synthetic"
     assert cli.model.hparams.latent_dim == 24
     assert math.isclose(cli.model.hparams.kl_weight, 5e-3)

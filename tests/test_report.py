@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geosapiens import viz
-from geosapiens.cli import main as cli_main
+from geosapiens.cli.main import main as cli_main
+from geosapiens.cli.report import main
 from geosapiens.errors import DataError
-from geosapiens.metrics.report import load_results, main
+from geosapiens.metrics.report import load_results
 from geosapiens.skeleton import COCO17
+from geosapiens.viz import draw
 
 HEADLINE = {
     "source_only": {"AP": 0.5, "AP50": 0.8, "pck@0.05": 0.4, "pck@0.1": 0.6, "pck@0.2": 0.8, "g_error": 0.10},
@@ -56,7 +57,7 @@ def runs(tmp_path) -> Path:
         _write_run(root, name, metrics, curve=name != "oracle")
     stale = _write_run(root / "ours", "old", {"AP": 0.01}, curve=False, mtime=1_000_000)  # re-tested since
     assert stale.exists()
-    viz.save_png(
+    draw.save_png(
         root / "ours" / "csv" / "version_0" / "images" / "epoch_003.png", np.full((30, 40, 3), 200, np.uint8)
     )
     return root
@@ -115,9 +116,9 @@ def test_report_tables_gap_and_plots(runs, tmp_path, capsys):
     assert not (out / "seed_noise.csv").exists()  # one seed: no noise to measure
 
     for name in ("pck_curves.png", "per_joint_pck.png", "overlays.png", "paired_differences.png"):
-        image = viz.read_png(out / name)
+        image = draw.read_png(out / name)
         assert image.shape[0] > 20 and image.std() > 0, name
-    overlays = viz.read_png(out / "overlays.png")
+    overlays = draw.read_png(out / "overlays.png")
     assert overlays.shape == (30 + 4, 40 + 4, 3)  # only "ours" saved a validation sheet
     assert not list(out.glob(".*"))  # no temporary files
 
@@ -178,7 +179,7 @@ def test_seed_folders_mean_std_paired_ci_and_seed_noise(tmp_path, capsys):
     assert "| geo | shift | 3 | **+25.0** [+25.0, +25.0] | +0.0 [+0.0, +0.0] | seeds x samples |" in markdown
     assert "| shift | src | 3 | **+50.0** [+25.0, +75.0] |" in markdown
     assert "| geo | 2 | 100.0 | 100.0 |" in markdown  # every seed's value
-    assert viz.read_png(out / "paired_differences.png").std() > 0
+    assert draw.read_png(out / "paired_differences.png").std() > 0
 
     # a single-seed table of seed 2 with that noise: geo - shift (+25) is resolved over test samples, yet
     # inside the seed noise (1.96 * 0.177 = 0.35); shift - src (+75) is outside it
@@ -216,7 +217,7 @@ def test_names_without_gap_and_cli_dispatch(runs, tmp_path, capsys):
     assert cli_main(args) == 0
     markdown = capsys.readouterr().out
     assert "| Geo |" in markdown and "| Oracle |" in markdown and "gap" not in markdown
-    assert viz.read_png(out / "overlays.png").shape == (34, 44, 3)  # "Geo"'s sheet
+    assert draw.read_png(out / "overlays.png").shape == (34, 44, 3)  # "Geo"'s sheet
 
 
 def test_rows_per_dataloader_and_nan_gap(tmp_path):

@@ -11,8 +11,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from geosapiens.callbacks.results import NO_PREDICTION, RESULTS_FILENAME, TestResultsWriter
+from geosapiens.callbacks.results import TestResultsWriter
 from geosapiens.io import atomic_write, atomic_write_file
+from geosapiens.metrics.results import NO_PREDICTION, RESULTS_FILENAME
 
 # Dyadic values: exact in the float32 tensors self.log keeps.
 LOGGED = {"test/pck@0.1": 0.75, "test/pck@0.1/nose": 0.25, "test/AP": 0.625, "test/g_error": 0.03125}

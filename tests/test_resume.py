@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def _args(syrip: Path, run: Path, workers: int) -> list[str]:
 
 def _cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "geosapiens.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "geosapiens.cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from geosapiens.callbacks.wandb_resume import ResumableWandbLogger, run_id_from_env
-from geosapiens.cli import main
+from geosapiens.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs" / "cluster").glob("*.yaml"))

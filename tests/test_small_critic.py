@@ -13,17 +13,14 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from geosapiens.cli.critics import main as cache_main
+from geosapiens.data.critic_cache import CriticCache
+from geosapiens.data.rendered_maps import RenderedMapsDataset
 from geosapiens.errors import CheckpointError
-from geosapiens.models.critic_cache import CriticCache
-from geosapiens.models.critic_cache_cli import main as cache_main
+from geosapiens.losses.functional import critic_losses
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.models.small_critic import (
-    RenderedMapsDataset,
-    SmallCritic,
-    SmallCriticNet,
-    SmallCriticTask,
-    critic_losses,
-)
+from geosapiens.models.small_critic import SmallCritic, SmallCriticNet
+from geosapiens.stages.small_critic import SmallCriticTask
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT_HW = (64, 48)

@@ -16,7 +16,7 @@ from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import OneEuroFilter, smooth_track
 from geosapiens.deploy.sources import open_clips
 from geosapiens.errors import DataError
-from geosapiens.models.prior import PoseVAE, normalize_pose
+from geosapiens.models.pose_vae import PoseVAE, normalize_pose
 
 
 # -- One-Euro ------------------------------------------------------------------------------------------------

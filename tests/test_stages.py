@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from geosapiens.cli import main, trainer_cli
+from geosapiens.cli.main import main, trainer_cli
 from geosapiens.metrics.pck import PCK
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from geosapiens.cli.check import main as check_main
+from geosapiens.cli.synth import main
 from geosapiens.data.check import check_dataset
-from geosapiens.data.check import main as check_main
 from geosapiens.data.formats.mini_rgbd import MINI_RGBD_INTRINSICS, read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
-from geosapiens.data.synth.cli import main
 from geosapiens.data.synth.generate import COMBINED_SPLIT, STILL_SPLITS, generate
 from geosapiens.data.synth.presets import PRESETS
 
@@ -164,8 +164,8 @@ def test_cli_refuses_to_mix_outputs_and_writes_the_preview(tiny, tmp_path, capsy
 
 
 def test_older_format_is_stale_for_the_demo_and_overwrite_removes_its_folders(tmp_path):
+    from geosapiens.cli.demo import data_matches
     from geosapiens.data.synth.generate import FORMAT_VERSION, manifest
-    from geosapiens.demo import data_matches
 
     out = tmp_path / "demo_data"
     for legacy in ("syrip", "mini_rgbd"):  # format_version 1's folder names

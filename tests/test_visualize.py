@@ -14,12 +14,12 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader, Dataset
 
-from geosapiens import viz
 from geosapiens.callbacks.results import TestResultsWriter
 from geosapiens.callbacks.visualize import LogValidationImages, crop_to_image
 from geosapiens.metrics.pck import pck_curve
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
+from geosapiens.viz import draw
 
 K, H, W = 17, 64, 48
 AFFINE = torch.tensor([[0.5, 0.0, -10.0], [0.0, 0.5, -20.0]])  # image -> crop
@@ -44,8 +44,8 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = torch.full((3, H, W), float(GREY + i))  # the toy model reads the sample number off the image
-        mean = torch.tensor(viz.SAPIENS_MEAN).view(3, 1, 1)
-        std = torch.tensor(viz.SAPIENS_STD).view(3, 1, 1)
+        mean = torch.tensor(draw.SAPIENS_MEAN).view(3, 1, 1)
+        std = torch.tensor(draw.SAPIENS_STD).view(3, 1, 1)
         weights = torch.ones(K)
         weights[1] = 0.0  # left eye unlabelled
         return {
@@ -83,7 +83,7 @@ class ToyStage(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.predict_calls += 1
         b = len(images)
-        sample = torch.from_numpy(viz.denormalize_image(images)[:, 0, 0, 0].astype(np.int64) - GREY)
+        sample = torch.from_numpy(draw.denormalize_image(images)[:, 0, 0, 0].astype(np.int64) - GREY)
         keypoints = POSE_IMAGE.expand(b, K, 2) + DIST[sample, None, None].double() * DIRECTION
         return keypoints, torch.full((b, K), 0.9)
 
@@ -127,17 +127,17 @@ def test_validation_sheet_png_with_csv_logger(tmp_path):
     _trainer(tmp_path, logger, [callback]).fit(ToyStage(), _loader(), _loader())
     path = tmp_path / "run" / "version_0" / "images" / "epoch_000.png"
     assert callback.last_image_path == path
-    sheet = viz.read_png(path)
+    sheet = draw.read_png(path)
     assert sheet.shape == SHEET_SHAPE
 
     for i in range(3):  # tile i: top-left corner
         y0, x0 = 2 + (i // 2) * (H + 2), 2 + (i % 2) * (TILE_W + 2)
         pred = AFFINE[:, :2].double() @ (POSE_IMAGE + DIST[i] * DIRECTION).T + AFFINE[:, 2:].double()
-        for j, color in ((9, viz.LEFT_COLOR), (10, viz.RIGHT_COLOR)):  # wrists
+        for j, color in ((9, draw.LEFT_COLOR), (10, draw.RIGHT_COLOR)):  # wrists
             x, y = torch.round(pred[:, j]).long().tolist()
             assert tuple(sheet[y0 + y, x0 + x]) == color, (i, COCO17.names[j])
         x, y = torch.round((pred[:, 11] + pred[:, 12]) / 2).long().tolist()  # the hip line is central
-        assert tuple(sheet[y0 + y, x0 + x]) == viz.CENTER_COLOR
+        assert tuple(sheet[y0 + y, x0 + x]) == draw.CENTER_COLOR
         gx, gy = POSE_CROP[3].long().tolist()  # left ear: the grey ground truth, dimmed over the grey crop
         if i == 2:  # the prediction is 7 crop px away here, so the ground-truth disc shows
             assert np.abs(sheet[y0 + gy, x0 + gx].astype(int) - (235 + GREY + i) / 2).max() <= 1
@@ -180,7 +180,7 @@ def test_validation_sheet_goes_to_wandb_offline_when_asked(tmp_path):
     images = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/images/val/predictions_*.png"))
     assert len(images) == 1, sorted(p.relative_to(tmp_path) for p in (tmp_path / "wandb").rglob("*.png"))
     assert str(images[0]).startswith(run_dir)
-    assert viz.read_png(images[0]).shape == SHEET_SHAPE
+    assert draw.read_png(images[0]).shape == SHEET_SHAPE
     assert callback.last_image_path is None  # no local PNG when an image logger took it
 
 
@@ -220,7 +220,7 @@ def test_test_pck_curve_matches_pck_curve_and_lands_in_results(tmp_path):
     assert saved["pck_curve"]["pck"] == pytest.approx(mean.tolist())
     assert all(v is None for v in saved["pck_curve"]["per_joint"]["left_eye"])  # never labelled
     assert saved["metrics"] == {"test/pck@0.1": 0.5}
-    plot = viz.read_png(run_dir / "images" / "test_pck_curve.png")
+    plot = draw.read_png(run_dir / "images" / "test_pck_curve.png")
     assert plot.shape[0] > 100 and plot.shape[1] > 100 and plot.std() > 0
 
 

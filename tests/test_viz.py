@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens import viz
 from geosapiens.skeleton import COCO17
+from geosapiens.viz import draw, plots
 
-L, R, C = viz.LEFT_COLOR, viz.RIGHT_COLOR, viz.CENTER_COLOR
+L, R, C = draw.LEFT_COLOR, draw.RIGHT_COLOR, draw.CENTER_COLOR
 
 # A spread-out infant-like COCO-17 pose in a 200 x 160 image (x, y), off the pixel grid on purpose.
 POSE = (
@@ -53,7 +53,7 @@ def _px(image: np.ndarray, xy: np.ndarray) -> tuple[int, ...]:
 
 def test_draw_skeleton_puts_joint_and_limb_colours_in_place():
     image = np.full((200, 160, 3), 7, np.uint8)
-    out = viz.draw_skeleton(image, POSE, thickness=3, radius=3)
+    out = draw.draw_skeleton(image, POSE, thickness=3, radius=3)
     assert (image == 7).all(), "the input must not be modified"
     for j in range(17):
         assert _px(out, POSE[j]) == JOINT_COLORS[j], COCO17.names[j]
@@ -70,22 +70,22 @@ def test_draw_skeleton_hides_low_scores_masked_and_nan_joints():
     scores[9] = 0.1  # left wrist below threshold
     kp = POSE.copy()
     kp[10] = np.nan  # right wrist missing
-    out = viz.draw_skeleton(image, torch.from_numpy(kp), torch.from_numpy(scores), threshold=0.3)
+    out = draw.draw_skeleton(image, torch.from_numpy(kp), torch.from_numpy(scores), threshold=0.3)
     for j, limb in ((9, (7, 9)), (10, (8, 10))):
         assert _px(out, POSE[j]) == (0, 0, 0)
         assert _px(out, (POSE[limb[0]] + POSE[limb[1]]) / 2) == (0, 0, 0)
     assert _px(out, POSE[7]) == L and _px(out, POSE[8]) == R  # elbows still drawn
     mask = np.zeros(17, bool)
     mask[[5, 7]] = True
-    only_arm = viz.draw_skeleton(image, POSE, mask)
+    only_arm = draw.draw_skeleton(image, POSE, mask)
     assert _px(only_arm, (POSE[5] + POSE[7]) / 2) == L
     assert _px(only_arm, POSE[6]) == (0, 0, 0)
-    assert (only_arm.any(axis=-1)).sum() < (viz.draw_skeleton(image, POSE).any(axis=-1)).sum() / 4
+    assert (only_arm.any(axis=-1)).sum() < (draw.draw_skeleton(image, POSE).any(axis=-1)).sum() / 4
 
 
 def test_draw_skeleton_alpha_and_custom_colours():
     image = np.full((200, 160, 3), 100, np.uint8)
-    out = viz.draw_skeleton(image, POSE, alpha=0.5, colors={"left": (200, 0, 0)})
+    out = draw.draw_skeleton(image, POSE, alpha=0.5, colors={"left": (200, 0, 0)})
     assert _px(out, POSE[5]) == (150, 50, 50)  # 0.5 * (200, 0, 0) + 0.5 * 100
     assert _px(out, POSE[6]) == tuple(round(0.5 * c + 50) for c in R)
     assert _px(out, np.array([150.0, 190.0])) == (100, 100, 100)
@@ -93,13 +93,13 @@ def test_draw_skeleton_alpha_and_custom_colours():
 
 def test_draw_skeleton_rejects_bad_shapes():
     with pytest.raises(ValueError, match="K = 17"):
-        viz.draw_skeleton(np.zeros((10, 10, 3), np.uint8), np.zeros((5, 2)))
+        draw.draw_skeleton(np.zeros((10, 10, 3), np.uint8), np.zeros((5, 2)))
     with pytest.raises(ValueError, match="uint8"):
-        viz.draw_skeleton(np.zeros((10, 10, 3), np.float32), POSE)
+        draw.draw_skeleton(np.zeros((10, 10, 3), np.float32), POSE)
 
 
 def test_keypoint_sides_of_other_skeletons():
-    assert viz.keypoint_sides(["leftThigh", "rightCalf", "spine", "l_eye", "r_ear"]) == (
+    assert draw.keypoint_sides(["leftThigh", "rightCalf", "spine", "l_eye", "r_ear"]) == (
         "left", "right", "center", "left", "right",
     )  # fmt: skip
 
@@ -108,7 +108,7 @@ def test_depth_to_rgb_maps_near_to_red_far_to_blue_and_masks_black():
     depth = np.tile(np.linspace(1.0, 2.0, 11), (3, 1))  # left near, right far
     mask = np.ones_like(depth, bool)
     mask[2, 5] = False
-    out = viz.depth_to_rgb(depth, mask)
+    out = draw.depth_to_rgb(depth, mask)
     turbo = cv2.cvtColor(
         cv2.applyColorMap(np.arange(256, dtype=np.uint8)[None], cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB
     )[0]
@@ -116,9 +116,9 @@ def test_depth_to_rgb_maps_near_to_red_far_to_blue_and_masks_black():
     assert tuple(out[0, 5]) == tuple(turbo[128])  # 1.5 is mid-range: round(0.5 * 255) = 128
     assert tuple(out[2, 5]) == (0, 0, 0)
     assert out[0, 0, 0] > out[0, 0, 2] and out[0, -1, 2] > out[0, -1, 0]  # red near, blue far
-    fixed = viz.depth_to_rgb(torch.from_numpy(depth)[None], vmin=0.0, vmax=4.0)  # (1, H, W) tensor
+    fixed = draw.depth_to_rgb(torch.from_numpy(depth)[None], vmin=0.0, vmax=4.0)  # (1, H, W) tensor
     assert tuple(fixed[0, 0]) == tuple(turbo[round((1 - 0.25) * 255)])
-    assert not viz.depth_to_rgb(np.zeros((4, 4)), np.zeros((4, 4), bool)).any()
+    assert not draw.depth_to_rgb(np.zeros((4, 4)), np.zeros((4, 4), bool)).any()
 
 
 def test_normals_to_rgb_is_n_plus_one_over_two():
@@ -126,48 +126,48 @@ def test_normals_to_rgb_is_n_plus_one_over_two():
     n[0, 0] = (1, 0, 0)
     n[0, 1] = (0, -1, 0)
     n[0, 2] = (0, 0, -1)  # facing the camera
-    out = viz.normals_to_rgb(n)
+    out = draw.normals_to_rgb(n)
     assert out[0].tolist() == [[255, 128, 128], [128, 0, 128], [128, 128, 0], [0, 0, 0]]
-    chw = viz.normals_to_rgb(torch.from_numpy(n).permute(2, 0, 1))
+    chw = draw.normals_to_rgb(torch.from_numpy(n).permute(2, 0, 1))
     assert (chw == out).all()
-    masked = viz.normals_to_rgb(n, np.array([[True, False, True, True]]))
+    masked = draw.normals_to_rgb(n, np.array([[True, False, True, True]]))
     assert masked[0, 1].tolist() == [0, 0, 0] and masked[0, 0].tolist() == [255, 128, 128]
 
 
 def test_denormalize_inverts_sapiens_normalisation_exactly():
     rgb = np.random.default_rng(0).integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
-    mean, std = torch.tensor(viz.SAPIENS_MEAN).view(3, 1, 1), torch.tensor(viz.SAPIENS_STD).view(3, 1, 1)
+    mean, std = torch.tensor(draw.SAPIENS_MEAN).view(3, 1, 1), torch.tensor(draw.SAPIENS_STD).view(3, 1, 1)
     tensor = (torch.from_numpy(rgb).permute(0, 3, 1, 2).float() - mean) / std
-    assert (viz.denormalize_image(tensor) == rgb).all()
-    assert (viz.denormalize_image(tensor[1]) == rgb[1]).all()
+    assert (draw.denormalize_image(tensor) == rgb).all()
+    assert (draw.denormalize_image(tensor[1]) == rgb[1]).all()
     with pytest.raises(ValueError):
-        viz.denormalize_image(torch.zeros(2, 4, 4))
+        draw.denormalize_image(torch.zeros(2, 4, 4))
 
 
 def test_contact_sheet_layout_and_labels():
     images = [np.full((10 + i, 20, 3), 10 * (i + 1), np.uint8) for i in range(5)]  # heights 10..14
     images[4] = images[4][..., 0]  # grey input is accepted
-    sheet = viz.contact_sheet(images, cols=2, pad=2)
+    sheet = draw.contact_sheet(images, cols=2, pad=2)
     ch, cw = 14, 20
     assert sheet.shape == (3 * (ch + 2) + 2, 2 * (cw + 2) + 2, 3)
     for i in range(5):
         y0, x0 = 2 + (i // 2) * (ch + 2), 2 + (i % 2) * (cw + 2)
         assert (sheet[y0 : y0 + 10 + i, x0 : x0 + cw] == 10 * (i + 1)).all()
     assert (sheet[2 + 2 * (ch + 2) :, 2 + cw + 2 :] == 0).all()  # the empty sixth cell
-    labelled = viz.contact_sheet([np.zeros((40, 80, 3), np.uint8)] * 2, cols=1, labels=["a.png", ""])
+    labelled = draw.contact_sheet([np.zeros((40, 80, 3), np.uint8)] * 2, cols=1, labels=["a.png", ""])
     assert labelled[2:20, 2:40].max() == 255 and labelled[44:, :].max() == 0
     with pytest.raises(ValueError):
-        viz.contact_sheet([], 2)
+        draw.contact_sheet([], 2)
 
 
 def test_png_round_trip_and_figures(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    path = viz.save_png(tmp_path / "sub" / "x.png", rgb)
-    assert (viz.read_png(path) == rgb).all()
-    fig = viz.plot_pck_curves({"a": ([0.0, 0.1, 0.2], [0.0, 0.5, 1.0])})
-    img = viz.figure_to_rgb(fig)
+    path = draw.save_png(tmp_path / "sub" / "x.png", rgb)
+    assert (draw.read_png(path) == rgb).all()
+    fig = plots.plot_pck_curves({"a": ([0.0, 0.1, 0.2], [0.0, 0.5, 1.0])})
+    img = plots.figure_to_rgb(fig)
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.std() > 0
-    png = viz.figure_to_png_bytes(viz.plot_per_joint_bars({"a": [0.5] * 17, "b": [np.nan] * 17}))
+    png = plots.figure_to_png_bytes(plots.plot_per_joint_bars({"a": [0.5] * 17, "b": [np.nan] * 17}))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -179,11 +179,11 @@ def test_draw_on_a_real_syrip_image(syrip_sample, tmp_path):
     )
     ann = gt["annotations"][0]
     img_info = next(i for i in gt["images"] if i["id"] == ann["image_id"])
-    image = viz.read_png(syrip_sample / "images" / "train_infant" / img_info["file_name"])  # any format
+    image = draw.read_png(syrip_sample / "images" / "train_infant" / img_info["file_name"])  # any format
     assert image.shape == (img_info["height"], img_info["width"], 3)
     kp = np.asarray(ann["keypoints"], np.float64).reshape(17, 3)
     labelled = kp[:, 2] > 0
-    out = viz.draw_skeleton(image, kp[:, :2], labelled, thickness=3, radius=5)
+    out = draw.draw_skeleton(image, kp[:, :2], labelled, thickness=3, radius=5)
     drawn = np.flatnonzero(labelled)
     assert len(drawn) >= 10
     for j in drawn:
@@ -210,11 +210,11 @@ def test_drawing_and_the_drawing_callback_need_no_matplotlib():
         "sys.modules['matplotlib'] = None\n"  # from here on, import matplotlib -> ImportError
         "import numpy as np\n"
         "import geosapiens.callbacks.visualize\n"
-        "from geosapiens import viz\n"
-        "out = viz.draw_skeleton(np.zeros((40, 40, 3), np.uint8), np.full((17, 2), 20.0))\n"
+        "from geosapiens.viz import draw, plots\n"
+        "out = draw.draw_skeleton(np.zeros((40, 40, 3), np.uint8), np.full((17, 2), 20.0))\n"
         "assert out.any()\n"
         "try:\n"
-        "    viz.plot_pck_curves({})\n"
+        "    plots.plot_pck_curves({})\n"
         "except ImportError as err:\n"
         "    print(err)\n"
     )

@@ -37,18 +37,9 @@ import lightning as L
 import torch
 
 from geosapiens.io import atomic_write_file
+from geosapiens.metrics.results import NO_PREDICTION, RESULTS_FILENAME, RESULTS_FORMAT
 
-__all__ = [
-    "RESULTS_FILENAME",
-    "json_safe",
-    "find_pck_curve",
-    "NO_PREDICTION",
-    "TestResultsWriter",
-]
-
-RESULTS_FILENAME = "test_metrics.json"
-RESULTS_FORMAT = 1
-NO_PREDICTION = 1e9  # per-sample error of a scored joint without a prediction (JSON has no infinity)
+__all__ = ["json_safe", "find_pck_curve", "TestResultsWriter"]
 
 
 def json_safe(value: Any) -> Any:

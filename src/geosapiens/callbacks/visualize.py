@@ -26,10 +26,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from geosapiens import viz
 from geosapiens.metrics.pck import PCK
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
+from geosapiens.viz import draw, plots
 
 __all__ = ["LogValidationImages", "crop_to_image"]
 
@@ -162,7 +162,7 @@ class LogValidationImages(L.Callback):
             else:
                 lg.experiment.add_image(key, image, global_step=trainer.global_step, dataformats="HWC")
         if always_save or self.save_png or (self.save_png is None and not loggers):
-            self.last_image_path = viz.save_png(self._log_dir / "images" / filename, image)
+            self.last_image_path = draw.save_png(self._log_dir / "images" / filename, image)
 
     # ------------------------------------------------------------- validation
 
@@ -209,16 +209,16 @@ class LogValidationImages(L.Callback):
             scores: ``(B, K)`` prediction scores.
             maps: critic maps in the crop frame, or None.
         """
-        crops = viz.denormalize_image(batch["image"])  # (B, H, W, 3)
+        crops = draw.denormalize_image(batch["image"])  # (B, H, W, 3)
         h, w = crops.shape[1:3]
         tiles, labels = [], []
         for i, crop in enumerate(crops):
             if "keypoints" in batch:
                 labelled = batch["weights"][i] > 0 if "weights" in batch else None
-                crop = viz.draw_skeleton(
+                crop = draw.draw_skeleton(
                     crop, batch["keypoints"][i], labelled, colors=_GT_COLORS, alpha=0.5, thickness=1, radius=2
                 )
-            tile = viz.draw_skeleton(crop, crop_keypoints[i], scores[i], threshold=self.score_threshold)
+            tile = draw.draw_skeleton(crop, crop_keypoints[i], scores[i], threshold=self.score_threshold)
             if maps is not None:
                 depth = cv2.resize(
                     maps.depth[i, 0].float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST
@@ -234,13 +234,13 @@ class LogValidationImages(L.Callback):
                     ).astype(bool)
                 gap = np.zeros((h, 2, 3), np.uint8)
                 tile = np.concatenate(
-                    [tile, gap, viz.depth_to_rgb(depth, valid), gap, viz.normals_to_rgb(normals, valid)],
+                    [tile, gap, draw.depth_to_rgb(depth, valid), gap, draw.normals_to_rgb(normals, valid)],
                     axis=1,
                 )
             tiles.append(tile)
             labels.append(Path(str(batch["image_path"][i])).name if "image_path" in batch else "")
         cols = self.cols or (2 if maps is not None else 4)
-        return viz.contact_sheet(tiles, cols, labels)
+        return draw.contact_sheet(tiles, cols, labels)
 
     # ------------------------------------------------------------------- test
 
@@ -280,10 +280,14 @@ class LogValidationImages(L.Callback):
         }
         if not trainer.is_global_zero:
             return
-        fig = viz.plot_pck_curves(
+        fig = plots.plot_pck_curves(
             {type(pl_module).__name__: (thresholds, self.test_pck_curve["pck"])}, title="test PCK"
         )
         self._publish(
-            trainer, "test/pck_curve", viz.figure_to_rgb(fig), "test_pck_curve.png", always_save=True,
+            trainer,
+            "test/pck_curve",
+            plots.figure_to_rgb(fig),
+            "test_pck_curve.png",
+            always_save=True,
             photo=False,
         )

@@ -2,7 +2,7 @@
 
 Lightning's ``WandbLogger`` draws a fresh run id per process start, so a requeued job opens a second W&B run
 (pytorch-lightning#13524); the ``geosapiens`` command keeps checkpoints in
-``<default_root_dir>/checkpoints`` whatever the id (:mod:`geosapiens.runs`), and a stable id keeps one W&B
+``<default_root_dir>/checkpoints`` whatever the id (:mod:`geosapiens.cli.runs`), and a stable id keeps one W&B
 run. YAML configs cannot read environment variables (jsonargparse does not expand them), so the id is taken
 from the environment here, when the config leaves it unset.
 
@@ -27,7 +27,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 __all__ = [
-    "RUN_ID_FILE", "RUN_ID_VARIABLES", "ResumableWandbLogger", "bind_run_id", "run_id_from_env",
+    "RUN_ID_FILE",
+    "RUN_ID_VARIABLES",
+    "ResumableWandbLogger",
+    "bind_run_id",
+    "run_id_from_env",
     "wandb_online_possible",
 ]
 

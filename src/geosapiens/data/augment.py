@@ -127,22 +127,27 @@ class Photometric:
         self.strength = strength
         s = strength
         blur = max(3, 2 * int(round(3 * s)) + 1)
-        self.transform = A.Compose([
-            A.ColorJitter(
-                brightness=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
-                contrast=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
-                saturation=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
-                hue=(-min(0.5, 0.1 * s), min(0.5, 0.1 * s)),
-                p=jitter_prob,
-            ),
-            A.OneOf([
-                A.GaussianBlur(blur_limit=(3, blur), sigma_limit=(0.1, max(0.2, 2.0 * s))),
-                A.MotionBlur(blur_limit=(3, blur)),
-            ], p=blur_prob),
-            # Noise drawn at half resolution and upsampled: grain like a sensor's, and 4x fewer draws.
-            A.GaussNoise(std_range=(0.01 * s, 0.06 * s), noise_scale_factor=0.5, p=noise_prob),
-            A.ImageCompression(quality_range=(max(5, int(95 - 65 * s)), 95), p=jpeg_prob),
-        ])
+        self.transform = A.Compose(
+            [
+                A.ColorJitter(
+                    brightness=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
+                    contrast=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
+                    saturation=(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s),
+                    hue=(-min(0.5, 0.1 * s), min(0.5, 0.1 * s)),
+                    p=jitter_prob,
+                ),
+                A.OneOf(
+                    [
+                        A.GaussianBlur(blur_limit=(3, blur), sigma_limit=(0.1, max(0.2, 2.0 * s))),
+                        A.MotionBlur(blur_limit=(3, blur)),
+                    ],
+                    p=blur_prob,
+                ),
+                # Noise drawn at half resolution and upsampled: grain like a sensor's, and 4x fewer draws.
+                A.GaussNoise(std_range=(0.01 * s, 0.06 * s), noise_scale_factor=0.5, p=noise_prob),
+                A.ImageCompression(quality_range=(max(5, int(95 - 65 * s)), 95), p=jpeg_prob),
+            ]
+        )
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augment an (H, W, 3) uint8 RGB image; returns a new uint8 image."""

@@ -12,7 +12,6 @@ of that it does what a loader skips to stay fast or leaves as a judgement call:
 
 from __future__ import annotations
 
-import argparse
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from geosapiens.cli_style import both_styles
 from geosapiens.data.formats import Problem, Reporter
 from geosapiens.data.formats.mini_rgbd import (
     SEQUENCE_NAME,
@@ -34,7 +32,7 @@ from geosapiens.data.formats.syrip import SyripImage, parse_syrip
 from geosapiens.data.records import PoseRecord
 from geosapiens.skeleton import COCO17
 
-__all__ = ["Problem", "CheckResult", "FORMATS", "check_dataset", "run_checks", "detect_format", "main"]
+__all__ = ["Problem", "CheckResult", "FORMATS", "check_dataset", "run_checks", "detect_format"]
 
 FORMATS = ("mini-rgbd", "syrip")
 # A labelled keypoint further outside the image than this fraction of the image size is reported.
@@ -293,28 +291,3 @@ def _decode_collecting(item: tuple[Path, str]) -> tuple[tuple[int, int] | None, 
     path, record = item
     report = Reporter(collect=True)
     return decode_image(path, report, record), report.problems
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``geosapiens data check PATH [--format mini-rgbd|syrip]``; exit 0 when clean, 1 when any problem."""
-    parser = argparse.ArgumentParser(
-        prog="geosapiens data check",
-        description="Validate a MINI-RGBD or SyRIP dataset and list every problem, one per line.",
-    )
-    parser.add_argument("path", type=Path, help="dataset root, SyRIP annotation JSON or MINI-RGBD sequence")
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=None,
-        dest="fmt",
-        help="dataset format (default: detected from the layout)",
-    )
-    args = both_styles(parser).parse_args(argv)
-    result = run_checks(args.path, args.fmt)
-    for problem in result.problems:
-        print(problem)
-    print(result.summary())
-    return 1 if result.problems else 0

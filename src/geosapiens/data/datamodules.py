@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment
+from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.datasets import PairDataset, PoseDataset
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
@@ -42,7 +43,6 @@ from geosapiens.data.records import PoseRecord
 from geosapiens.data.robust import SkipBadSamples
 from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError
-from geosapiens.models.critic_cache import CriticCache
 
 __all__ = [
     "PoseDataModule",
@@ -72,8 +72,9 @@ def data_path(path: str | Path) -> Path:
     expanded = os.path.expandvars(str(path))
     if "$" in expanded:
         raise DataError(
-            path, "an environment variable in this path is not set: export GEOSAPIENS_DATA=<the folder "
-            "holding MINI-RGBD_web/ and SyRIP/> (README, Data)"
+            path,
+            "an environment variable in this path is not set: export GEOSAPIENS_DATA=<the folder "
+            "holding MINI-RGBD_web/ and SyRIP/> (README, Data)",
         )
     return Path(expanded).expanduser()
 
@@ -164,7 +165,10 @@ class PoseDataModule(L.LightningDataModule):
             tuple(scale_range), rotation_deg, rotation_prob, flip_prob, shift_fraction
         )
         self.weak_geometry = ViewAugment(
-            tuple(weak_scale_range), weak_rotation_deg, 1.0 if weak_rotation_deg > 0 else 0.0, flip_prob,
+            tuple(weak_scale_range),
+            weak_rotation_deg,
+            1.0 if weak_rotation_deg > 0 else 0.0,
+            flip_prob,
             weak_shift_fraction,
         )
         self.elastic = None
@@ -183,15 +187,25 @@ class PoseDataModule(L.LightningDataModule):
     def train_labelled_dataset(self) -> PoseDataset:
         """Augmented labelled crops of the training records."""
         return PoseDataset(
-            self.train_records, self.input_size, self.padding, geometry=self.geometry, elastic=self.elastic,
-            occlude=self.occlude, photometric=self.photometric,
+            self.train_records,
+            self.input_size,
+            self.padding,
+            geometry=self.geometry,
+            elastic=self.elastic,
+            occlude=self.occlude,
+            photometric=self.photometric,
         )
 
     def train_pair_dataset(self) -> PairDataset:
         """Weak/strong pairs of the training records (their labels unused), with their critic maps."""
         return PairDataset(
-            self.train_records, self.input_size, self.padding, weak=self.weak_geometry, strong=self.geometry,
-            photometric=self.photometric, critic_cache=self.open_critic_cache(),
+            self.train_records,
+            self.input_size,
+            self.padding,
+            weak=self.weak_geometry,
+            strong=self.geometry,
+            photometric=self.photometric,
+            critic_cache=self.open_critic_cache(),
         )
 
     def open_critic_cache(self) -> CriticCache | None:
@@ -230,8 +244,12 @@ class PoseDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = self.data_seed if self.data_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         return ResumableLoader(
-            dataset, seed=seed, num_replicas=replicas, rank=rank,
-            drop_last=len(dataset) // replicas > self.batch_size, **options,
+            dataset,
+            seed=seed,
+            num_replicas=replicas,
+            rank=rank,
+            drop_last=len(dataset) // replicas > self.batch_size,
+            **options,
         )
 
     def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
@@ -455,8 +473,10 @@ class SyRIPRealDataModule(PoseDataModule):
             self.fewshot_image_ids = sorted(ids[i] for i in picks)
         missing = set(self.fewshot_image_ids) - set(ids)
         if missing:
-            raise ValueError(f"SyRIPRealDataModule: few-shot image ids {sorted(missing)} are not "
-                             f"training images of {self.train_file} (held out for validation, or absent)")
+            raise ValueError(
+                f"SyRIPRealDataModule: few-shot image ids {sorted(missing)} are not "
+                f"training images of {self.train_file} (held out for validation, or absent)"
+            )
         self._record_choice("fewshot_image_ids", self.fewshot_image_ids)
         chosen = set(self.fewshot_image_ids)
         return [r for r in self.pool_records if r.image_id in chosen]
@@ -475,11 +495,16 @@ class SyRIPRealDataModule(PoseDataModule):
             test_path = self._resolve(self.test_file)
             if test_path.exists():
                 test_images = {r.image_path.resolve() for r in read_syrip(self.root, self.test_file)}
-                leaked = [r.image_id for r in self.pool_records + self.val_records
-                          if r.image_path.resolve() in test_images]
+                leaked = [
+                    r.image_id
+                    for r in self.pool_records + self.val_records
+                    if r.image_path.resolve() in test_images
+                ]
                 if leaked:
-                    raise ValueError(f"SyRIPRealDataModule: training/validation images {leaked[:10]} are "
-                                     f"test images of {self.test_file}")
+                    raise ValueError(
+                        f"SyRIPRealDataModule: training/validation images {leaked[:10]} are "
+                        f"test images of {self.test_file}"
+                    )
             self.train_records = self._choose_fewshot() if self.mode == "fewshot" else self.pool_records
         if stage in (None, "test", "predict"):  # predict runs on the test split
             self.test_records = read_syrip(self.root, self.test_file, domain="real")

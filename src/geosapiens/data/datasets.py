@@ -18,22 +18,24 @@ import torch
 from torch.utils.data import Dataset
 
 from geosapiens.data.augment import Photometric, ViewAugment, flip_channels, view_affine
+from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import compose_affine, invert_affine, transform_points, warp_image
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.sampling import SampleKey, key_rng
 from geosapiens.errors import DataError
-from geosapiens.models.critic_cache import CriticCache
+from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
 
 __all__ = [
-    "SAPIENS_MEAN", "SAPIENS_STD", "read_image", "read_record_image", "read_mask", "to_tensor", "PoseDataset",
+    "read_image",
+    "read_record_image",
+    "read_mask",
+    "to_tensor",
+    "PoseDataset",
     "PairDataset",
 ]
 
-# Sapiens normalisation (reference/sapiens.md §5), on 0-255 RGB.
-SAPIENS_MEAN = (123.675, 116.28, 103.53)
-SAPIENS_STD = (58.395, 57.12, 57.375)
 # (x - mean) / std as one fused x * scale + bias
 _SCALE = 1.0 / torch.tensor(SAPIENS_STD).view(3, 1, 1)
 _BIAS = -torch.tensor(SAPIENS_MEAN).view(3, 1, 1) * _SCALE
@@ -54,8 +56,12 @@ def read_record_image(record: PoseRecord) -> np.ndarray:
     image = read_image(record.image_path, record.image_id)
     h, w = image.shape[:2]
     if (w, h) != (record.width, record.height):
-        raise DataError(record.image_path, f"the decoded image is {w}x{h}, its annotation says "
-                        f"{record.width}x{record.height} (replaced file, or EXIF rotation?)", record.image_id)
+        raise DataError(
+            record.image_path,
+            f"the decoded image is {w}x{h}, its annotation says "
+            f"{record.width}x{record.height} (replaced file, or EXIF rotation?)",
+            record.image_id,
+        )
     return image
 
 
@@ -73,8 +79,11 @@ def read_mask(record: PoseRecord) -> np.ndarray:
         except (OSError, KeyError, ValueError) as err:
             problem = f"cannot read 'mask' from the maps file ({err})"
             raise DataError(record.maps_path, problem, record.image_id) from err
-    raise DataError(record.image_path, "a mask was requested but the record has no mask_path or maps_path",
-                    record.image_id)
+    raise DataError(
+        record.image_path,
+        "a mask was requested but the record has no mask_path or maps_path",
+        record.image_id,
+    )
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -154,8 +163,12 @@ class PoseDataset(Dataset):
         if donor not in self.backgrounds:
             record = self.records[donor]
             crop = TextureBank(capacity=1)
-            crop.add_background(read_record_image(record), record.bbox,
-                                key_rng(donor, stream=2)[1], source=str(record.image_path))
+            crop.add_background(
+                read_record_image(record),
+                record.bbox,
+                key_rng(donor, stream=2)[1],
+                source=str(record.image_path),
+            )
             self.backgrounds[donor] = crop.crops[0] if crop.crops else (str(record.image_path), None)
             while len(self.backgrounds) > bank.crops.maxlen:
                 self.backgrounds.popitem(last=False)
@@ -177,7 +190,9 @@ class PoseDataset(Dataset):
         affine = view_affine(record.bbox, self.input_size, params, self.padding)
         keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), affine)
         keypoints, labelled, visible = flip_channels(
-            params is not None and params.flip, keypoints, np.asarray(record.labelled, bool),
+            params is not None and params.flip,
+            keypoints,
+            np.asarray(record.labelled, bool),
             np.asarray(record.visible, bool),
         )
 
@@ -227,7 +242,7 @@ class PairDataset(Dataset):
     batch-level CutMix is keyed like the rest); ``image_path``, ``index``; with ``return_labels`` also
     ``keypoints`` (K, 2) and ``weights`` (K,) in the weak frame (validation only, never a training signal);
     with a ``critic_cache``, ``critic_maps`` (6, h, w) float16: the image's cached critic maps in the
-    canonical frame, as stored (:data:`~geosapiens.models.critic_cache.CHANNELS`), read here in the worker so
+    canonical frame, as stored (:data:`~geosapiens.data.critic_cache.CHANNELS`), read here in the worker so
     the training step never blocks on them, and ``critic_lambda_z`` () float32 when the cache measured it.
 
     Both views share one mirror state (drawn with ``weak.flip_prob``), so ``weak_to_strong`` has a positive
@@ -243,7 +258,7 @@ class PairDataset(Dataset):
         strong: geometry of the student's view.
         photometric: pixel augmentation of the strong view (CutMix is batch-level: :class:`PairCollate`).
         return_labels: also return the weak-frame keypoints/weights.
-        critic_cache: a :class:`~geosapiens.models.critic_cache.CriticCache` of these images, built for this
+        critic_cache: a :class:`~geosapiens.data.critic_cache.CriticCache` of these images, built for this
             crop size and padding (the DataModule checks), or None.
     """
 

@@ -69,9 +69,9 @@ class ThinPlateSpline:
         system = np.zeros((n + 3, n + 3))
         system[:n, :n] = self._kernel(self.src, self.src)
         system[:n, n] = 1.0
-        system[:n, n + 1:] = self.src
+        system[:n, n + 1 :] = self.src
         system[n, :n] = 1.0
-        system[n + 1:, :n] = self.src.T
+        system[n + 1 :, :n] = self.src.T
         rhs = np.zeros((n + 3, 2))
         rhs[:n] = dst
         try:
@@ -97,7 +97,7 @@ class ThinPlateSpline:
         flat = (points.reshape(-1, 2) / self.norm).astype(dtype)
         n = len(self.src)
         coef = self.coef.astype(dtype)
-        out = self._kernel(flat, self.src.astype(dtype)) @ coef[:n] + coef[n] + flat @ coef[n + 1:]
+        out = self._kernel(flat, self.src.astype(dtype)) @ coef[:n] + coef[n] + flat @ coef[n + 1 :]
         return (out.astype(np.float64) * self.norm).reshape(points.shape)
 
 
@@ -209,12 +209,14 @@ def control_points(
     pad = anchor_margin * max(h, w)
     x0, y0, x1, y1 = -pad, -pad, w - 1 + pad, h - 1 + pad
     edge = np.linspace(0.0, 1.0, anchors_per_side + 1, endpoint=False)
-    border = np.concatenate([
-        np.stack([x0 + edge * (x1 - x0), np.full_like(edge, y0)], 1),
-        np.stack([np.full_like(edge, x1), y0 + edge * (y1 - y0)], 1),
-        np.stack([x1 - edge * (x1 - x0), np.full_like(edge, y1)], 1),
-        np.stack([np.full_like(edge, x0), y1 - edge * (y1 - y0)], 1),
-    ])
+    border = np.concatenate(
+        [
+            np.stack([x0 + edge * (x1 - x0), np.full_like(edge, y0)], 1),
+            np.stack([np.full_like(edge, x1), y0 + edge * (y1 - y0)], 1),
+            np.stack([x1 - edge * (x1 - x0), np.full_like(edge, y1)], 1),
+            np.stack([np.full_like(edge, x0), y1 - edge * (y1 - y0)], 1),
+        ]
+    )
     srcs.append(border)
     dsts.append(border)
 
@@ -254,7 +256,7 @@ def upsample_map(nodes_map: np.ndarray, output_size_hw: tuple[int, int], step: i
     h, w = output_size_hw
     gh, gw = nodes_map.shape[:2]
     dense = cv2.resize(nodes_map.astype(np.float32), (gw * step, gh * step), interpolation=cv2.INTER_LINEAR)
-    return dense[step:step + h, step:step + w]
+    return dense[step : step + h, step : step + w]
 
 
 def fold_free(nodes_map: np.ndarray, step: float = 1.0, max_stretch: float = float("inf")) -> bool:
@@ -426,8 +428,16 @@ class ElasticScale:
         for power in self.shrink:
             head_p, seg_p = float(head_factor) ** power, segment_factors**power
             src, dst = control_points(
-                keypoints, labelled, head_p, seg_p, output_size_hw, self.anchors_per_side, self.limb_points,
-                self.head_ring, self.head_ring_radius, self.anchor_margin,
+                keypoints,
+                labelled,
+                head_p,
+                seg_p,
+                output_size_hw,
+                self.anchors_per_side,
+                self.limb_points,
+                self.head_ring,
+                self.head_ring_radius,
+                self.anchor_margin,
             )
             nodes_map = ThinPlateSpline(dst, src, norm)(nodes, np.float32)
             if fold_free(nodes_map, step, self.max_stretch):

@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from geosapiens.data.augment import ViewAugment, flip_channels, view_affine
+from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import compose_affine, invert_affine, transform_points
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.sampling import SampleKey, key_rng
-from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import warp_maps
 

@@ -95,7 +95,7 @@ class TextureBank:
         for _ in range(tries):
             cx, cy = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
             if cx + side <= x0 or cx >= x1 or cy + side <= y0 or cy >= y1:
-                self.crops.append((source, image[cy:cy + side, cx:cx + side].copy()))
+                self.crops.append((source, image[cy : cy + side, cx : cx + side].copy()))
                 return True
         return False
 
@@ -162,8 +162,9 @@ class CutOcclude:
         if len(joints) == 0 or rng.random() >= self.prob:
             return image, visible, mask
         short = min(h, w)
-        for joint in rng.choice(joints, size=min(len(joints), int(rng.integers(1, self.max_patches + 1))),
-                                replace=False):
+        for joint in rng.choice(
+            joints, size=min(len(joints), int(rng.integers(1, self.max_patches + 1))), replace=False
+        ):
             side = rng.uniform(*self.size_range) * short
             aspect = np.exp(rng.uniform(np.log(self.aspect_range[0]), np.log(self.aspect_range[1])))
             pw, ph = max(2, int(round(side * np.sqrt(aspect)))), max(2, int(round(side / np.sqrt(aspect))))
@@ -174,7 +175,7 @@ class CutOcclude:
             if cx1 <= cx0 or cy1 <= cy0:
                 continue
             texture = bank.sample((ph, pw), rng, exclude=source)
-            image[cy0:cy1, cx0:cx1] = texture[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            image[cy0:cy1, cx0:cx1] = texture[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
             mask[cy0:cy1, cx0:cx1] = True
         pixel = np.rint(keypoints[inside]).astype(int)
         covered = np.zeros_like(visible, dtype=bool)

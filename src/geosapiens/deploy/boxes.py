@@ -19,8 +19,16 @@ import numpy as np
 
 from geosapiens.errors import DataError
 
-__all__ = ["AutoBox", "BoxSource", "WholeFrame", "FixedBox", "BoxFile", "TrackedBox", "joint_box",
-           "parse_box_source"]
+__all__ = [
+    "AutoBox",
+    "BoxSource",
+    "WholeFrame",
+    "FixedBox",
+    "BoxFile",
+    "TrackedBox",
+    "joint_box",
+    "parse_box_source",
+]
 
 
 class BoxSource(ABC):

@@ -142,13 +142,15 @@ class Predictor:
         runner = open_runner(model, runtime=runtime, weights=weights, threads=threads)
         return cls(runner, parse_box_source(box, initial_box), **kwargs)
 
-    def predict(self, *inputs: str | Path, as_sequence: bool = False, fps: float | None = None
-                ) -> list[ClipPrediction]:
+    def predict(
+        self, *inputs: str | Path, as_sequence: bool = False, fps: float | None = None
+    ) -> list[ClipPrediction]:
         """Predictions of image files, folders of images (``as_sequence``: one track) and video files."""
         return [self.predict_clip(clip) for clip in open_clips(inputs, as_sequence=as_sequence, fps=fps)]
 
-    def predict_frames(self, frames: Sequence[np.ndarray], fps: float | None = None, name: str = "frames"
-                       ) -> ClipPrediction:
+    def predict_frames(
+        self, frames: Sequence[np.ndarray], fps: float | None = None, name: str = "frames"
+    ) -> ClipPrediction:
         """Predictions of ``(H, W, 3)`` uint8 RGB frames in memory: one sequence (tracked boxes, smoothing)
         when ``fps`` is given, else independent stills."""
         return self.predict_clip(ArrayClip(frames, name, fps))
@@ -275,7 +277,7 @@ def result_rows(
 def _draw(
     image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, box: np.ndarray, flags: dict
 ) -> np.ndarray:
-    from geosapiens.viz import draw_skeleton
+    from geosapiens.viz.draw import draw_skeleton
 
     canvas = draw_skeleton(image, keypoints, scores, threshold=0.3)
     x, y, w, h = (int(round(v)) for v in box)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geosapiens.models.prior import PoseVAE, normalize_pose
+from geosapiens.models.pose_vae import PoseVAE, normalize_pose
 
 __all__ = ["QualityCheck"]
 

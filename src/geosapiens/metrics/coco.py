@@ -140,8 +140,12 @@ def load_keypoint_gt(
         if ann["image_id"] not in image_ids:
             raise DataError(source, f"image_id {ann['image_id']} is not in 'images'", record=record)
         if ann["category_id"] not in category_ids:
-            raise DataError(source, f"category_id {ann['category_id']!r} is not in 'categories' (ids "
-                            f"{sorted(category_ids)}): pycocotools would drop this person", record=record)
+            raise DataError(
+                source,
+                f"category_id {ann['category_id']!r} is not in 'categories' (ids "
+                f"{sorted(category_ids)}): pycocotools would drop this person",
+                record=record,
+            )
         if area == "file":
             if not _finite_numbers([ann.get("area")], 1) or ann["area"] <= 0:
                 raise DataError(

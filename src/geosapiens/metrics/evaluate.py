@@ -133,8 +133,9 @@ def _by_file_name(
     if images is not None:
         doc = read_json(Path(images))
         listed = doc.get("images") if isinstance(doc, dict) else doc
-        if not isinstance(listed, list) or not all(isinstance(i, dict) and "id" in i and "file_name" in i
-                                                    for i in listed):
+        if not isinstance(listed, list) or not all(
+            isinstance(i, dict) and "id" in i and "file_name" in i for i in listed
+        ):
             raise DataError(images, "not a COCO 'images' list: every entry needs 'id' and 'file_name'")
         names = {i["id"]: Path(i["file_name"]).name for i in listed}
         how = f"file name, through {images}"
@@ -232,7 +233,8 @@ def format_report(report: dict[str, Any]) -> str:
     raw = coco["raw_pycocotools"]
     lines = [
         f"ground truth: {report['gt']} ({report['num_images']} images, {report['num_gt_persons']} persons"
-        + (f"; {unlabelled} more without a labelled keypoint, not scored" if unlabelled else "") + ")",
+        + (f"; {unlabelled} more without a labelled keypoint, not scored" if unlabelled else "")
+        + ")",
         f"results:      {report['pred']} ({report['num_results']} results"
         + (f"; {dropped} exact duplicates kept once" if dropped else "")
         + f"; matched by {report['matched_by']})",

@@ -31,21 +31,18 @@ Outputs in ``--out`` (written atomically; the markdown is printed):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fnmatch
 import io
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geosapiens.cli_style import both_styles
 from geosapiens.errors import DataError
 from geosapiens.metrics.compare import (
     PairedDifference,
@@ -70,7 +67,6 @@ __all__ = [
     "format_markdown",
     "write_report",
     "read_seed_noise",
-    "main",
 ]
 
 # (column, metric key after "test/", lower-case)
@@ -90,7 +86,7 @@ CSV_COLUMNS = (
 )  # fmt: skip
 NOISE_COLUMNS = ("metric", "n_methods", "n_seeds", "seed_std", "diff_std", "threshold")
 _DATALOADER = re.compile(r"^(.*)/(dataloader_idx_\d+)$")
-_SEED_FOLDER = re.compile(r"^seed(\d+)$")
+SEED_FOLDER = re.compile(r"^seed(\d+)$")
 _MAX_OVERLAY_WIDTH = 960
 _CURVE_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(51))
 
@@ -133,16 +129,16 @@ def seed_folders(run_dir: str | Path) -> list[tuple[int | None, Path]]:
         seeds = sorted(
             (int(m.group(1)), child)
             for child in path.iterdir()
-            if child.is_dir() and (m := _SEED_FOLDER.match(child.name))
+            if child.is_dir() and (m := SEED_FOLDER.match(child.name))
         )
         if seeds:
             return seeds  # type: ignore[return-value]
-    match = _SEED_FOLDER.match(path.name)
+    match = SEED_FOLDER.match(path.name)
     return [(int(match.group(1)) if match else None, path)]
 
 
 def find_results(run_dir: str | Path) -> Path:
-    from geosapiens.callbacks.results import RESULTS_FILENAME  # Lightning: imported when a report runs
+    from geosapiens.metrics.results import RESULTS_FILENAME
 
     """``run_dir`` itself when it is a results file, else the newest ``test_metrics.json`` under it."""
     path = Path(run_dir)
@@ -607,8 +603,8 @@ def _newest_sheet(run_dir: Path) -> Path | None:
 def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
     import cv2  # cv2, matplotlib and torch (viz) only when plots are drawn
 
-    from geosapiens import viz
     from geosapiens.io import atomic_write_file
+    from geosapiens.viz import draw, plots
 
     written = []
     curves, bands = {}, {}
@@ -623,15 +619,15 @@ def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
             bands[key] = (np.nanmin(values, axis=0), np.nanmax(values, axis=0))
     if curves:
         title = "PCK vs threshold (mean over seeds; band: range over seeds)" if bands else "PCK vs threshold"
-        fig = viz.plot_pck_curves(curves, title=title, bands=bands)
-        written.append(atomic_write_file(out / "pck_curves.png", viz.figure_to_png_bytes(fig)))
+        fig = plots.plot_pck_curves(curves, title=title, bands=bands)
+        written.append(atomic_write_file(out / "pck_curves.png", plots.figure_to_png_bytes(fig)))
     diffs = [
         (f"{m.name} - {m.baseline}", m.diffs[PRIMARY])
         for m in c.methods
         if PRIMARY in m.diffs and math.isfinite(m.diffs[PRIMARY].diff)
     ]
     if diffs:
-        fig = viz.plot_paired_differences(
+        fig = plots.plot_paired_differences(
             {
                 name: (100 * d.diff, 100 * d.ci_low, 100 * d.ci_high, [100 * v for v in d.per_seed])
                 for name, d in diffs
@@ -639,20 +635,20 @@ def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
             noise=None if c.threshold(PRIMARY) is None else 100 * c.threshold(PRIMARY),
             xlabel=f"Δ {_column(PRIMARY)} (points), 95% CI",
         )
-        written.append(atomic_write_file(out / "paired_differences.png", viz.figure_to_png_bytes(fig)))
+        written.append(atomic_write_file(out / "paired_differences.png", plots.figure_to_png_bytes(fig)))
     if c.joints:
         several_data = len({m.data for m in c.methods}) > 1
         bars = {
             f"{m.name} {m.data}" if several_data else m.name: [m.stats(j)[0] for j in c.joints]
             for m in c.methods
         }
-        fig = viz.plot_per_joint_bars(bars, [j.split("/", 1)[1] for j in c.joints], title=_column(PRIMARY))
-        written.append(atomic_write_file(out / "per_joint_pck.png", viz.figure_to_png_bytes(fig)))
+        fig = plots.plot_per_joint_bars(bars, [j.split("/", 1)[1] for j in c.joints], title=_column(PRIMARY))
+        written.append(atomic_write_file(out / "per_joint_pck.png", plots.figure_to_png_bytes(fig)))
     sheets, labels = [], []
     for name, run_dir in sheet_dirs.items():
         sheet = _newest_sheet(run_dir) if run_dir.is_dir() else None
         if sheet is not None:
-            img = viz.read_png(sheet)
+            img = draw.read_png(sheet)
             if img.shape[1] > _MAX_OVERLAY_WIDTH:
                 scale = _MAX_OVERLAY_WIDTH / img.shape[1]
                 img = cv2.resize(
@@ -662,7 +658,7 @@ def _plots(c: Comparison, out: Path, sheet_dirs: dict[str, Path]) -> list[Path]:
             labels.append(f"{name}: {sheet.name}")
     if sheets:
         written.append(
-            atomic_write_file(out / "overlays.png", viz.encode_png(viz.contact_sheet(sheets, 1, labels)))
+            atomic_write_file(out / "overlays.png", draw.encode_png(draw.contact_sheet(sheets, 1, labels)))
         )
     return written
 
@@ -684,99 +680,3 @@ def write_report(
         written.append(atomic_write_file(out / "seed_noise.csv", _csv_text(NOISE_COLUMNS, noise)))
     written += _plots(c, out, sheet_dirs or {})
     return markdown, written
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="geosapiens report",
-        description="Turn finished runs (folders holding test_metrics.json, or seed<k>/ folders of them) "
-        "into "
-        "one comparison over seeds: mean +- std, paired differences to a baseline with 95% bootstrap CIs "
-        "(markdown + CSV) and plots.",
-    )
-    p.add_argument(
-        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="a method's run, or its seed<k>/ folders"
-    )
-    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: ./report)")
-    p.add_argument("--names", nargs="+", help="one method name per RUN_DIR (default: the folder names)")
-    p.add_argument("--source-only", metavar="NAME", help="the run trained on synthetic data only")
-    p.add_argument("--oracle", metavar="NAME", help="the run trained on labelled real data")
-    p.add_argument("--baseline", metavar="NAME", help="every method's baseline (default: --source-only)")
-    p.add_argument(
-        "--baseline-of",
-        nargs="+",
-        default=[],
-        metavar="PATTERN=NAME",
-        help="baseline of the methods whose name matches PATTERN (fnmatch; the first match wins), e.g. "
-        "'Geo-Sapiens*=SHIFT-style'",
-    )
-    p.add_argument(
-        "--seed-noise",
-        nargs="+",
-        default=[],
-        metavar="FILE|METRIC=VALUE",
-        help="seed-noise thresholds for a single-seed table: a seed_noise.csv of a multi-seed report, or "
-        "pck@0.1=0.03 (fractions)",
-    )
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default 2000)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    parser = both_styles(_parser())
-    args = parser.parse_args(argv)
-    expanded = [(d, seed, folder) for d in args.run_dirs for seed, folder in seed_folders(d)]
-    default_names = {
-        d: (d.resolve().parent.name if _SEED_FOLDER.match(d.resolve().name) else d.resolve().name)
-        if d.is_dir()
-        else d.resolve().parent.name
-        for d in args.run_dirs
-    }
-    names = args.names or [default_names[d] for d in args.run_dirs]
-    if len(names) != len(args.run_dirs):
-        parser.error(f"--names gives {len(names)} names for {len(args.run_dirs)} run folders")
-    name_of = dict(zip(args.run_dirs, names, strict=True))
-    if (args.source_only is None) != (args.oracle is None):
-        parser.error("--source-only and --oracle go together")
-    rules = []
-    for item in args.baseline_of:
-        pattern, sep, base = item.partition("=")
-        if not sep or not pattern or not base:
-            parser.error(f"--baseline-of {item!r}: expected PATTERN=NAME")
-        rules.append((pattern, base))
-    for flag, value in (
-        ("--source-only", args.source_only),
-        ("--oracle", args.oracle),
-        ("--baseline", args.baseline),
-        *(("--baseline-of", base) for _, base in rules),
-    ):
-        if value is not None and value not in names:
-            parser.error(f"{flag} {value!r} is not one of the runs {sorted(set(names))}")
-    if args.bootstrap < 1:
-        parser.error("--bootstrap must be >= 1")
-    try:
-        rows = [
-            row
-            for d, seed, folder in expanded
-            for row in load_results(find_results(folder), name_of[d], seed)
-        ]
-        comparison = compare(
-            rows,
-            args.baseline,
-            rules,
-            args.source_only,
-            args.oracle,
-            read_seed_noise(args.seed_noise),
-            args.bootstrap,
-            args.bootstrap_seed,
-        )
-        sheet_dirs: dict[str, Path] = {}
-        for d, _, folder in expanded:
-            sheet_dirs.setdefault(name_of[d], folder)
-        markdown, _ = write_report(comparison, args.out, sheet_dirs)
-    except DataError as e:
-        print(f"geosapiens report: {e}", file=sys.stderr)
-        return 2
-    print(markdown, end="")
-    return 0

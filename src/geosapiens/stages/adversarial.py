@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from geosapiens import losses
+from geosapiens.losses import functional as losses
 from geosapiens.models.domain_classifier import DomainClassifier
 from geosapiens.stages.base import PoseStage, param_groups
 

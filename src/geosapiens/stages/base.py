@@ -1,8 +1,8 @@
 """What every pose stage shares: the model, the codec, evaluation and the optimiser.
 
 Stages are thin (torchgeo-style tasks): the model comes from :func:`build_pose_model`, targets and decoding
-from the codec, losses from :mod:`geosapiens.losses`, metrics from :mod:`geosapiens.metrics`. A stage only
-says which losses it combines.
+from the codec, losses from :mod:`~geosapiens.losses.functional`, metrics from :mod:`geosapiens.metrics`.
+A stage only says which losses it combines.
 """
 
 from __future__ import annotations

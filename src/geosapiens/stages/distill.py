@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from geosapiens.errors import CheckpointError
-from geosapiens.losses import distillation_loss
+from geosapiens.losses.functional import distillation_loss
 from geosapiens.models.codec import apply_affine, flip_heatmaps, invert_affine_torch, resize_aligned
 from geosapiens.models.pose_model import PoseModel
 from geosapiens.skeleton import COCO17
@@ -52,7 +52,7 @@ class Distillation(PoseStage):
         teacher_flip: average the teacher's heatmaps with its mirrored image's (one more teacher forward per
             step; the same flip test that usually adds a point or so of PCK, for cleaner targets).
         confidence_weighted: weight each joint's loss by the teacher's heatmap peak
-            (:func:`~geosapiens.losses.distillation_loss`).
+            (:func:`~geosapiens.losses.functional.distillation_loss`).
         init_from_teacher: start the student from the teacher's weights: ``True`` (or ``"all"``) the whole
             network (same backbone and head, e.g. the teacher's network on a smaller crop), ``"backbone"``
             its backbone only (a student with a slimmer head); a mean-teacher run's EMA network is usually

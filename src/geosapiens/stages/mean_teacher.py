@@ -2,7 +2,7 @@
 
 Per step: ``L_sup`` on labelled source crops; ``L_cons`` between the student on the strong view and the EMA
 teacher on the weak view (warped into the strong frame); the label-free terms of
-:mod:`geosapiens.objectives` (``geo_body``, ``geo_depth``, ``geo_norm``, ``manifold``) on the student's
+:mod:`geosapiens.losses.objectives` (``geo_body``, ``geo_depth``, ``geo_norm``, ``manifold``) on the student's
 strong-view heatmaps, with critic maps of the canonical crop (cached: read by the DataLoader workers into the
 batch; or run online on the strong view). Each term has a weight, a start epoch and a ramp (the plan: warm-up
 0-20, +cons/manifold 21-50, +geometry 51-80). The teacher is updated after every optimiser step by
@@ -18,17 +18,18 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from geosapiens import losses, objectives
 from geosapiens.callbacks.ema import EMATeacher
 from geosapiens.callbacks.schedule import LossSchedule, LossTerm, fractional_epoch
-from geosapiens.models.critic_cache import canonical_to_view, maps_from_entries
+from geosapiens.data.critic_cache import canonical_to_view, maps_from_entries
+from geosapiens.losses import functional as losses
+from geosapiens.losses import objectives
 from geosapiens.models.critics import GeometricCritic
 from geosapiens.models.geometry import body_distance, warp_maps
-from geosapiens.models.prior import PoseVAE
-from geosapiens.normal_priors import load_normal_priors
+from geosapiens.models.normal_prior import load_normal_priors
+from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.stages.base import PoseStage, pose_model_from_checkpoint
 
-SUPERVISED_TERMS = ("sup", "cons")  # every other term is a label-free one (geosapiens.objectives.TERMS)
+SUPERVISED_TERMS = ("sup", "cons")  # every other term is a label-free one (losses.objectives.TERMS)
 
 
 class MeanTeacherAdaptation(PoseStage):
@@ -49,7 +50,7 @@ class MeanTeacherAdaptation(PoseStage):
             ``student``.
         confidence_threshold: mask teacher joints whose heatmap peak is below this value.
         confidence_quantile: or mask the joints below this quantile of the batch's peaks (one of the two).
-        objective: overrides of :class:`~geosapiens.objectives.ObjectiveOptions` by name (soft-argmax
+        objective: overrides of :class:`~geosapiens.losses.objectives.ObjectiveOptions` by name (soft-argmax
             ``temperature``/``normalize``/``window``, ``lambda_z``, ``edge_threshold``,
             ``visibility_threshold``); the defaults are stated there once.
         critic: a critic run online on the strong view instead of cached maps (costs a forward per step).

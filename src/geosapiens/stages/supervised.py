@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from geosapiens.losses import heatmap_mse
+from geosapiens.losses.functional import heatmap_mse
 from geosapiens.stages.base import PoseStage
 
 

@@ -19,13 +19,13 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from geosapiens import objectives
+from geosapiens.data.critic_cache import CriticCache
+from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec, invert_affine_torch
-from geosapiens.models.critic_cache import CriticCache
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance
-from geosapiens.models.prior import PoseVAE
-from geosapiens.normal_priors import load_normal_priors
+from geosapiens.models.normal_prior import load_normal_priors
+from geosapiens.models.pose_vae import PoseVAE
 
 __all__ = ["HeadAdaptation", "TestTimeAdaptation", "TTA_WEIGHTS"]
 
@@ -39,7 +39,7 @@ TTA_WEIGHTS = {"geo_body": 0.35, "geo_depth": 0.0, "geo_norm": 0.0, "manifold": 
 class HeadAdaptation:
     """k Adam steps on a pose model's head over label-free objectives, resettable to the trained head.
 
-    The objective is :func:`geosapiens.objectives.label_free_objective`, the one the mean-teacher stage
+    The objective is :func:`geosapiens.losses.objectives.label_free_objective`, the one the mean-teacher stage
     trains with. Geometry maps come from a critic cache (by image path, for datasets: its canonical crops are
     the test crops, so they are read as stored) or a critic run on the crops (for new videos); without either
     the geometric terms are off, without normal priors ``geo_norm`` is, without a pose VAE ``manifold`` is.
@@ -57,7 +57,7 @@ class HeadAdaptation:
             objective's default (0).
         weights: loss weights over :data:`TTA_WEIGHTS` (``geo_body``, ``geo_depth``, ``geo_norm``,
             ``manifold``, ``temporal``).
-        objective: overrides of :class:`~geosapiens.objectives.ObjectiveOptions` by name.
+        objective: overrides of :class:`~geosapiens.losses.objectives.ObjectiveOptions` by name.
     """
 
     def __init__(

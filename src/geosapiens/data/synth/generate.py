@@ -31,9 +31,16 @@ from geosapiens.data.synth.writers import (
 )
 
 __all__ = [
-    "StillSplit", "STILL_SPLITS", "COMBINED_SPLIT", "FORMAT_VERSION", "LEGACY_DIRNAMES", "MINI_RGBD_DIRNAME",
-    "SYRIP_DIRNAME", "generate",
-    "still_seed", "frame_seed",
+    "StillSplit",
+    "STILL_SPLITS",
+    "COMBINED_SPLIT",
+    "FORMAT_VERSION",
+    "LEGACY_DIRNAMES",
+    "MINI_RGBD_DIRNAME",
+    "SYRIP_DIRNAME",
+    "generate",
+    "still_seed",
+    "frame_seed",
 ]
 
 # The folder names of the distributed datasets, which the paper configs read under $GEOSAPIENS_DATA: the

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.errors import DataError, GeoSapiensError
 
 __all__ = ["main"]
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch  # the critics and the cache: imported when the command runs, so --help is instant
 
-    from geosapiens.models.critic_cache import DEFAULT_STRIDE, build_cache, critic_identity, load_critic
+    from geosapiens.data.critic_cache import DEFAULT_STRIDE, build_cache, critic_identity, load_critic
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     intrinsics = None

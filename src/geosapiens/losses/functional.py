@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosapiens.models.codec import resize_aligned
-from geosapiens.models.prior import masked_pose_error, normalize_pose
+from geosapiens.models.critics import GeometryMaps
+from geosapiens.models.geometry import normalize_relative_depth
+from geosapiens.models.pose_vae import masked_pose_error, normalize_pose
 from geosapiens.skeleton import COCO17, SYMMETRIC_BONES
 
 __all__ = [
@@ -503,7 +505,7 @@ def manifold_loss(
 
     Args:
         keypoints: (B, K, 2) keypoints in any pixel frame (normalisation removes translation and scale).
-        vae: a :class:`geosapiens.models.prior.PoseVAE`.
+        vae: a :class:`geosapiens.models.pose_vae.PoseVAE`.
         labelled: (K,) or (B, K) bool, joints that take part (others are zeroed and masked).
         margin: per-pose error that is free (>= 0); 0 = the plain reconstruction error.
 
@@ -600,3 +602,35 @@ def bone_length_consistency(
     mean = lengths.mean(dim=1)
     var = (lengths - mean.unsqueeze(1)).pow(2).mean(dim=1)
     return (var / (mean.pow(2) + eps)).mean()
+
+
+def critic_losses(
+    depth: torch.Tensor,
+    mask_logit: torch.Tensor,
+    normals: torch.Tensor,
+    target: GeometryMaps,
+    inside: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Losses of a depth/normal/mask prediction against rendered targets.
+
+    Args:
+        depth: (B, 1, H, W) raw predicted depth (any scale and offset).
+        mask_logit: (B, 1, H, W) body logit.
+        normals: (B, 3, H, W) unit normals.
+        target: rendered maps in the same frame: normalised relative depth, unit normals, valid = body.
+        inside: (B, 1, H, W) bool pixels inside the source image (the mask loss ignores the crop's padding).
+
+    Returns:
+        ``depth`` (scale-shift-invariant L1 on the body), ``normal`` (mean 1 - cos on the body), ``mask`` (BCE
+        inside the image), ``normal_angle_deg`` (mean angular error, for logging); all finite for empty masks.
+    """
+    body = target.valid.bool()
+    n_body = body.sum().clamp_min(1)
+    pred_depth = normalize_relative_depth(depth, body)
+    depth_loss = ((pred_depth - target.depth).abs() * body).sum() / n_body
+    cos = (normals * target.normals).sum(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    normal_loss = ((1.0 - cos) * body).sum() / n_body
+    angle = (torch.rad2deg(torch.acos(cos.detach().clamp(-1 + 1e-6, 1 - 1e-6))) * body).sum() / n_body
+    bce = F.binary_cross_entropy_with_logits(mask_logit, body.float(), reduction="none")
+    mask_loss = (bce * inside).sum() / inside.sum().clamp_min(1)
+    return {"depth": depth_loss, "normal": normal_loss, "mask": mask_loss, "normal_angle_deg": angle}

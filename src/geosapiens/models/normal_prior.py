@@ -9,7 +9,7 @@ The concentration uses the approximation of Banerjee et al., "Clustering on the 
 Mises-Fisher Distributions" (JMLR 2005), for p = 3: ``kappa = r (3 - r^2) / (1 - r^2)`` with ``r`` the length
 of the mean resultant vector.
 
-File: JSON (small, readable, diffable), ``{"format": "geosapiens.normal_priors", "schema_version": 1,
+File: JSON (small, readable, diffable), ``{"format": "geosapiens.models.normal_prior", "schema_version": 1,
 "critic": <identity of the critic that produced the normals>, "keypoints": <keypoint names>, "mean": K x 3,
 "kappa": K, "count": K}``. Normals are in the camera frame of the canonical crop (x right, y down, z forward).
 """
@@ -39,7 +39,7 @@ __all__ = [
     "load_normal_priors",
 ]
 
-FORMAT = "geosapiens.normal_priors"
+FORMAT = "geosapiens.models.normal_prior"
 SCHEMA_VERSION = 1
 # Cap for identical samples (r -> 1 makes the estimate infinite): kappa 1e4 is an angular spread of ~0.6 deg.
 MAX_KAPPA = 1e4
@@ -79,7 +79,7 @@ class NormalPriors:
             )
 
     def tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean (K, 3), kappa (K,))`` float32 tensors for :func:`geosapiens.losses.normal_prior_loss`."""
+        """``(mean (K, 3), kappa (K,))`` float32 tensors for :func:`~.losses.functional.normal_prior_loss`."""
         return torch.as_tensor(self.mean, device=device), torch.as_tensor(self.kappa, device=device)
 
 

@@ -21,13 +21,13 @@ Terms (:data:`TERMS`, name -> pure function of :class:`ObjectiveInputs`; registe
 
     geo_body   distance from each joint to the critic's body silhouette (0 on the body): pulls joints that
                left the body back, with a gradient (the depth/normal terms can only gate them off)
-    geo_depth  left/right 2.5D bone-length symmetry (:func:`geosapiens.losses.bone_symmetry_loss`), depth
+    geo_depth  left/right 2.5D bone-length symmetry (:func:`~.functional.bone_symmetry_loss`), depth
                read only at joints the teacher sees and off depth discontinuities; ``lambda_z`` in metric
                terms, from the critic
-    geo_norm   per-joint normal priors (:func:`geosapiens.losses.normal_prior_loss`)
+    geo_norm   per-joint normal priors (:func:`geosapiens.losses.functional.normal_prior_loss`)
     geo_pose   distance to the geometry teacher's confident keypoints on the critic maps (point pseudo-labels:
                :func:`geometry_pseudo_labels`; :mod:`geosapiens.data.geometry_inputs`)
-    manifold   pose-VAE reconstruction error beyond a margin (:func:`geosapiens.losses.manifold_loss`)
+    manifold   pose-VAE reconstruction error beyond a margin (:func:`~.functional.manifold_loss`)
     temporal   bone-length consistency over consecutive video frames, in image px (TTA)
 
 Measured signal (``benchmarks/geometry_signal.py``, ``docs/results/geometry_signal.md``: 50 real-like demo
@@ -45,8 +45,8 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 
-from geosapiens import losses
-from geosapiens.losses import DEFAULT_LAMBDA_Z
+from geosapiens.losses import functional as losses
+from geosapiens.losses.functional import DEFAULT_LAMBDA_Z
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17

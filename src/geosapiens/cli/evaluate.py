@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli.style import both_styles
 from geosapiens.errors import DataError
 from geosapiens.metrics.protocol import AREA_CHOICES, DEFAULT_THRESHOLDS, NORM_KINDS
 
@@ -35,11 +35,15 @@ def _parser() -> argparse.ArgumentParser:
         "'file' = the GT file's area field",
     )
     p.add_argument(
-        "--pck_norm", choices=NORM_KINDS, default="bbox",
+        "--pck_norm",
+        choices=NORM_KINDS,
+        default="bbox",
         help="PCK normaliser (default: bbox max side; head_neck: nose to shoulder midpoint, not MPII PCKh)",
     )
     p.add_argument(
-        "--images", type=Path, default=None,
+        "--images",
+        type=Path,
+        default=None,
         help="COCO images file naming the results' image ids (geosapiens infer's images.json): match results "
         "to the ground truth by file name",
     )
@@ -60,11 +64,16 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = both_styles(parser).parse_args(argv)
     from geosapiens.metrics.evaluate import evaluate_files, format_report  # torch, pycocotools: now
+
     if any(not math.isfinite(t) or t < 0 for t in args.thresholds):
         parser.error(f"--thresholds must be finite and >= 0, got {args.thresholds}")
     try:
         report = evaluate_files(
-            args.gt, args.pred, area=args.area, pck_norm=args.pck_norm, thresholds=tuple(args.thresholds),
+            args.gt,
+            args.pred,
+            area=args.area,
+            pck_norm=args.pck_norm,
+            thresholds=tuple(args.thresholds),
             images=args.images,
         )
     except DataError as e:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from geosapiens.deploy.runtime import open_runner
     from geosapiens.deploy.sources import open_clips
     from geosapiens.io import atomic_write_file
-    from geosapiens.models.prior import PoseVAE
+    from geosapiens.models.pose_vae import PoseVAE
     from geosapiens.skeleton import COCO17
 
     smoothing = {"min_cutoff": args.smooth_min_cutoff, "beta": args.smooth_beta} if args.smooth else None

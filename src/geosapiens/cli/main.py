@@ -36,17 +36,23 @@ TRAINER_HELP = {
 
 # "group command" -> (module, help); each module's ``main`` takes the remaining argv, returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("geosapiens.deploy.infer", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
-    "evaluate": ("geosapiens.metrics.evaluate_cli", "scores COCO-keypoints results against ground truth"),
-    "seeds": ("geosapiens.seeds", "fits and tests one stage config under several seeds (seed<k>/ folders)"),
-    "report": ("geosapiens.metrics.report", "compares finished runs over seeds: table, paired CIs, plots"),
-    "export": ("geosapiens.deploy.export", "exports a checkpoint's pose network to ONNX and checks it"),
-    "convert": ("geosapiens.models.convert", "converts an official Sapiens checkpoint to safetensors"),
-    "data check": ("geosapiens.data.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
-    "data synth": ("geosapiens.data.synth.cli", "writes procedural infant data in the real formats"),
-    "critics cache": ("geosapiens.models.critic_cache_cli", "precomputes a critic's depth/normal maps"),
-    "priors fit": ("geosapiens.priors", "fits per-keypoint normal priors (von Mises-Fisher) from a critic"),
-    "demo": ("geosapiens.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
+    "infer": ("geosapiens.cli.infer", "keypoint tracks of images, folders and videos (.ckpt or .onnx)"),
+    "evaluate": ("geosapiens.cli.evaluate", "scores COCO-keypoints results against ground truth"),
+    "seeds": (
+        "geosapiens.cli.seeds",
+        "fits and tests one stage config under several seeds (seed<k>/ folders)",
+    ),
+    "report": ("geosapiens.cli.report", "compares finished runs over seeds: table, paired CIs, plots"),
+    "export": ("geosapiens.cli.export", "exports a checkpoint's pose network to ONNX and checks it"),
+    "convert": ("geosapiens.cli.convert", "converts an official Sapiens checkpoint to safetensors"),
+    "data check": ("geosapiens.cli.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
+    "data synth": ("geosapiens.cli.synth", "writes procedural infant data in the real formats"),
+    "critics cache": ("geosapiens.cli.critics", "precomputes a critic's depth/normal maps"),
+    "priors fit": (
+        "geosapiens.cli.priors",
+        "fits per-keypoint normal priors (von Mises-Fisher) from a critic",
+    ),
+    "demo": ("geosapiens.cli.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }
 GROUPS = {
     "data": "dataset tools: check a folder, generate data",
@@ -96,14 +102,14 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
-    from geosapiens.io import AtomicCheckpointIO
-    from geosapiens.runs import (
+    from geosapiens.cli.runs import (
         bind_wandb_runs,
         finish_wandb_runs,
         keep_csv_logs,
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
+    from geosapiens.io import AtomicCheckpointIO
 
     class ExpandedPathsParser(LightningArgumentParser):
         """``--print_config`` (and the run's saved ``config.yaml``) show paths as the run reads them:
@@ -127,8 +133,10 @@ def trainer_cli(args: list[str] | None, run: bool = True):
             config["ckpt_path"] = resolve_ckpt_path(self.trainer, config.get("ckpt_path"), self.subcommand)
             for folder in keep_csv_logs(self.trainer, self.subcommand):
                 if self.trainer.is_global_zero:
-                    print(f"geosapiens {self.subcommand}: logs in {folder} (the earlier metrics.csv is kept)",
-                          file=sys.stderr)
+                    print(
+                        f"geosapiens {self.subcommand}: logs in {folder} (the earlier metrics.csv is kept)",
+                        file=sys.stderr,
+                    )
             if self.subcommand == "fit":
                 bind_wandb_runs(self.trainer, resume=config["ckpt_path"] is not None)
 

@@ -21,8 +21,15 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from geosapiens.callbacks.wandb_resume import bind_run_id
 from geosapiens.errors import UsageError
 
-__all__ = ["CHECKPOINT_DIRNAME", "bind_wandb_runs", "checkpoint_folders", "finish_wandb_runs",
-           "keep_csv_logs", "resolve_ckpt_path", "stable_checkpoint_folders"]
+__all__ = [
+    "CHECKPOINT_DIRNAME",
+    "bind_wandb_runs",
+    "checkpoint_folders",
+    "finish_wandb_runs",
+    "keep_csv_logs",
+    "resolve_ckpt_path",
+    "stable_checkpoint_folders",
+]
 
 CHECKPOINT_DIRNAME = "checkpoints"
 SPECIAL_PATHS = ("hpc", "registry")  # left to Lightning

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.data.records import MAPS_DIRNAME
 from geosapiens.data.synth.generate import LEGACY_DIRNAMES, MINI_RGBD_DIRNAME, SYRIP_DIRNAME, generate
 from geosapiens.data.synth.presets import PRESETS

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.errors import GeoSapiensError
 
 if TYPE_CHECKING:
-    from geosapiens.models.critic_cache import CriticCache
+    from geosapiens.data.critic_cache import CriticCache
 
 
 def sample_keypoint_normals(
@@ -29,8 +29,8 @@ def sample_keypoint_normals(
     import torch
     from tqdm import tqdm
 
-    from geosapiens.losses import sample_maps
-    from geosapiens.models.critic_cache import canonical_affines
+    from geosapiens.data.critic_cache import canonical_affines
+    from geosapiens.losses.functional import sample_maps
 
     h, w = cache.input_size
     affines = canonical_affines(records, (h, w), padding)
@@ -66,10 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = both_styles(_parser()).parse_args(argv)
     # The work's imports (torch, the cache) only now: --help answers at once.
+    from geosapiens.data.critic_cache import CriticCache
     from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
     from geosapiens.data.formats.syrip import read_syrip
-    from geosapiens.models.critic_cache import CriticCache
-    from geosapiens.normal_priors import fit_keypoint_normal_priors, save_normal_priors
+    from geosapiens.models.normal_prior import fit_keypoint_normal_priors, save_normal_priors
 
     try:
         records = (

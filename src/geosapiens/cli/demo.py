@@ -56,9 +56,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
+from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.data.synth.presets import PRESETS
-from geosapiens.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
 
 __all__ = ["DEMO_SEED_NOISE", "PROTOCOLS", "DemoPlan", "Protocol", "Run", "data_matches", "main", "plan"]
 

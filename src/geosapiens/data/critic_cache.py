@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write, atomic_write_json
 from geosapiens.models.codec import invert_affine_torch
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance, normalize_relative_depth, resample_maps, warp_maps
-from geosapiens.models.oracle_critic import OracleCritic
 
 __all__ = [
     "CriticCache",
@@ -300,8 +300,10 @@ class CriticCache:
                 "dataset?",
             ) from err
         if array.shape != (len(CHANNELS), *self.map_size):
-            raise DataError(path, f"cache entry of shape {array.shape}, the manifest says "
-                            f"{(len(CHANNELS), *self.map_size)}")
+            raise DataError(
+                path,
+                f"cache entry of shape {array.shape}, the manifest says {(len(CHANNELS), *self.map_size)}",
+            )
         return torch.from_numpy(array)
 
     def load(self, image_paths: Sequence[str | Path]) -> GeometryMaps:
@@ -444,8 +446,8 @@ def build_cache(
 
     With the oracle critic, the manifest's ``metric`` records what the normalised units are in mm (median
     over images): the depth unit, the image unit and ``lambda_z = (depth unit / image unit)^2``, the depth
-    weight of the 2.5D bone length (:data:`geosapiens.objectives.DEFAULT_LAMBDA_Z` for critics that cannot
-    know it).
+    weight of the 2.5D bone length (:data:`~geosapiens.losses.objectives.DEFAULT_LAMBDA_Z`
+    for critics that cannot know it).
 
     Raises:
         DataError: the directory holds a cache from another critic, crop size, padding, stride or dataset.
@@ -513,9 +515,11 @@ def build_cache(
         depth = normalize_relative_depth(maps.depth.float(), valid).clamp(-_F16_MAX, _F16_MAX)
         small = resample_maps(GeometryMaps(depth, maps.normals.float() * valid, valid), size)
         distance = body_distance(valid, size)
-        stacked = torch.cat(
-            [small.depth, small.normals, small.valid.float(), distance.to(small.depth)], dim=1
-        ).cpu().numpy()
+        stacked = (
+            torch.cat([small.depth, small.normals, small.valid.float(), distance.to(small.depth)], dim=1)
+            .cpu()
+            .numpy()
+        )
         for j, i in enumerate(indices):
             array = stacked[j].astype(np.float16)
             paths[i].parent.mkdir(parents=True, exist_ok=True)

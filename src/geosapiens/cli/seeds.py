@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles, progress_switch
+from geosapiens.cli.style import both_styles, progress_switch
 
 __all__ = [
     "SeedError",
@@ -93,7 +93,7 @@ class Runner:
             print(f"\n==> [{self.index}/{self.total}] {title}\n    geosapiens {' '.join(argv)}", flush=True)
         wall, cpu = time.perf_counter(), cpu_seconds()
         if log is None:
-            from geosapiens import cli
+            from geosapiens.cli import main as cli
 
             try:
                 with _argv0_only():
@@ -121,7 +121,7 @@ def _child(argv: list[str], title: str, log: Path) -> tuple[int, float]:
     with log.open("a", encoding="utf-8") as out:
         out.write(f"\n==> {title}\n    geosapiens {' '.join(argv)}\n")
         out.flush()
-        child = subprocess.Popen([sys.executable, "-m", "geosapiens.cli", *argv], stdout=out, stderr=out)
+        child = subprocess.Popen([sys.executable, "-m", "geosapiens.cli.main", *argv], stdout=out, stderr=out)
         _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     return child.returncode, usage.ru_utime + usage.ru_stime
@@ -170,7 +170,7 @@ def fit_and_test(
          f"--ckpt_path={best}", "--verbose=false"],
         log=log,
     )  # fmt: skip
-    from geosapiens.callbacks.results import RESULTS_FILENAME
+    from geosapiens.metrics.results import RESULTS_FILENAME
 
     if not list((run_dir / "test").rglob(RESULTS_FILENAME)):
         raise SeedError(

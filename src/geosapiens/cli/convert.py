@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from geosapiens.cli_style import both_styles
+from geosapiens.cli.style import both_styles
 from geosapiens.errors import CheckpointError
 from geosapiens.models.checkpoint import FAMILIES, METADATA_KEY, SapiensCheckpoint, load_checkpoint
 

@@ -1,0 +1,145 @@
+"""Rendered depth/normal maps as training data of the small critic: canonical crops and their target maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from geosapiens.data.oracle_critic import OracleCritic
+from geosapiens.data.records import PoseRecord
+from geosapiens.errors import DataError
+
+
+class RenderedMapsDataset(Dataset):
+    """Canonical (optionally augmented) crops of rendered records with their target maps.
+
+    Augmentation draws one random rotation / scale / flip per item from torch's generator (seeded per worker
+    by the DataLoader) and applies the same affine to the image and the maps, so normals rotate and flip
+    with it.
+
+    Args:
+        records: records with ``maps_path`` (generator output).
+        input_size_hw: crop (H, W).
+        padding: box padding of the crop.
+        augment: random rotation (+-``max_rotation`` deg), scale (1 +- ``max_scale``), mirror (p 0.5).
+
+    Items: ``image`` (3, H, W) Sapiens-normalised, ``depth`` (1, H, W) normalised relative depth, ``normals``
+    (3, H, W), ``valid`` (1, H, W) bool body, ``inside`` (1, H, W) bool inside the source image.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PoseRecord],
+        input_size_hw: Sequence[int] = (128, 96),
+        padding: float = 1.25,
+        augment: bool = False,
+        max_rotation: float = 30.0,
+        max_scale: float = 0.2,
+    ) -> None:
+        self.records = [r for r in records if r.maps_path is not None]
+        if not self.records:
+            where = records[0].image_path.parent if records else "<no records>"
+            raise DataError(where, "no record has rendered maps (geosapiens_maps/*.npz) to train a critic on")
+        self.input_size = (int(input_size_hw[0]), int(input_size_hw[1]))
+        self.padding, self.augment = padding, augment
+        self.max_rotation, self.max_scale = max_rotation, max_scale
+        self.oracle = OracleCritic()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def affine(self, record: PoseRecord) -> np.ndarray:
+        from geosapiens.data.crop import bbox_to_center_scale, udp_affine
+
+        h, w = self.input_size
+        center, scale = bbox_to_center_scale(record.bbox, w / h, self.padding)
+        if not self.augment:
+            return udp_affine(center, scale, self.input_size)
+        u = torch.rand(3).tolist()
+        rotation = (2 * u[0] - 1) * self.max_rotation
+        zoom = 1 + (2 * u[1] - 1) * self.max_scale
+        return udp_affine(center, scale * zoom, self.input_size, rotation, flip=u[2] < 0.5)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from geosapiens.data.crop import warp_image
+        from geosapiens.data.datasets import read_image, to_tensor
+
+        record = self.records[index]
+        affine = self.affine(record)
+        image = read_image(record.image_path, record=record.image_id)
+        maps = self.oracle.maps([record], torch.from_numpy(affine)[None], self.input_size)
+        inside = warp_image(np.ones(image.shape[:2], np.uint8), affine, self.input_size, border_value=0) > 0
+        return {
+            "image": to_tensor(warp_image(image, affine, self.input_size)),
+            "depth": maps.depth[0],
+            "normals": maps.normals[0],
+            "valid": maps.valid[0],
+            "inside": torch.from_numpy(inside)[None],
+        }
+
+
+class SmallCriticDataModule(L.LightningDataModule):
+    """Rendered SyRIP-format data (generator output with ``geosapiens_maps``) for :class:`SmallCriticTask`.
+
+    Args:
+        data_root: dataset root. annotation_file: SyRIP annotation file (relative to the root or absolute).
+        input_size: crop (H, W). padding: box padding.
+        val_every: every ``val_every``-th image (by sorted image path) is held out for validation.
+        batch_size, num_workers: DataLoader settings. augment: augment the training crops.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        annotation_file: str,
+        input_size: Sequence[int] = (128, 96),
+        padding: float = 1.25,
+        val_every: int = 10,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        from geosapiens.data.formats.syrip import read_syrip
+
+        hp = self.hparams
+        records = sorted(read_syrip(hp.data_root, hp.annotation_file), key=lambda r: str(r.image_path))
+        records = [r for r in records if r.maps_path is not None]
+        if len(records) < 2:
+            raise DataError(
+                hp.data_root,
+                f"{len(records)} images with rendered maps under {hp.annotation_file}; "
+                "need at least 2 (generate data with `geosapiens data synth`)",
+            )
+        every = max(2, int(hp.val_every))
+        val = [r for i, r in enumerate(records) if i % every == every - 1] or records[-1:]
+        train = [r for r in records if all(r is not v for v in val)]
+        self.train_set = RenderedMapsDataset(train, hp.input_size, hp.padding, augment=hp.augment)
+        self.val_set = RenderedMapsDataset(val, hp.input_size, hp.padding, augment=False)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.train_set,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            num_workers=hp.num_workers,
+            drop_last=len(self.train_set) > hp.batch_size,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.val_set,
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )

@@ -1,0 +1,1 @@
+"""Pictures: OpenCV drawing (:mod:`.draw`) and Matplotlib plots (:mod:`.plots`)."""
