@@ -56,13 +56,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geosapiens.cli.configs import SHIPPED
 from geosapiens.cli.seeds import Runner, SeedError, cpu_seconds, fit_and_test, seed_dir
 from geosapiens.cli.style import both_styles, progress_switch
 from geosapiens.data.synth.presets import PRESETS
 
 __all__ = ["DEMO_SEED_NOISE", "PROTOCOLS", "DemoPlan", "Protocol", "Run", "data_matches", "main", "plan"]
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SYNTH_ANNOTATION = "annotations/1000S/person_keypoints_train_infant.json"
 CACHE_ANNOTATION = "annotations/200R_1000S/person_keypoints_train_infant.json"
 SOURCE_ONLY, ORACLE, SHIFT, GEO = "source-only", "oracle", "SHIFT-style", "Geo-Sapiens"
@@ -471,7 +471,7 @@ def plan(
     ablations: bool = False,
     accelerator: str = "cpu",
     steps_scale: float = 1.0,
-    configs: Path = REPO_CONFIGS,
+    configs: Path = SHIPPED,
 ) -> DemoPlan:
     """Resolve paths and every run of ``protocol`` (``--fast``: the tiny preset, a few steps per run;
     ``steps_scale``: every stage's steps and validation interval times this, e.g. to calibrate on a GPU)."""
