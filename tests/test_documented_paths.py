@@ -449,6 +449,8 @@ LIGHT_HELP = [
     ["data", "check", "--help"],
     ["data", "synth", "--help"],
     ["demo", "--help"],
+    ["configs"],
+    ["configs", "copy", "--help"],
 ]
 
 

@@ -87,7 +87,7 @@ def test_every_import_of_the_tests_and_benchmarks_is_in_the_dev_extra(folder):
 def test_every_dependency_is_pinned_to_the_installed_version():
     requirements = [*PROJECT["dependencies"], *sum(PROJECT["optional-dependencies"].values(), [])]
     pins = [re.fullmatch(r"([A-Za-z0-9._-]+)(?:\[[a-z,]+\])?==(\S+)", r) for r in requirements]
-    unpinned = [r for r, pin in zip(requirements, pins, strict=True) if pin is None and "geosapiens[" not in r]
+    unpinned = [r for r, p in zip(requirements, pins, strict=True) if p is None and "geosapiens[" not in r]
     assert unpinned == []
     wrong = {p[1]: (p[2], importlib.metadata.version(p[1])) for p in pins if p is not None}
     assert {name: v for name, v in wrong.items() if v[0] != v[1]} == {}

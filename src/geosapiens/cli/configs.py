@@ -56,7 +56,7 @@ def _copy(dest: Path, overwrite: bool) -> int:
         print(f"geosapiens configs copy: {dest} is a file, not a folder", file=sys.stderr)
         return 2
     files = names()
-    edited = [n for n in files if (dest / n).exists() and not filecmp.cmp(SHIPPED / n, dest / n, shallow=False)]
+    edited = [n for n in files if (dest / n).exists() and not filecmp.cmp(SHIPPED / n, dest / n, False)]
     if edited and not overwrite:
         print(
             f"geosapiens configs copy: {len(edited)} file(s) in {dest} differ from the shipped ones: "

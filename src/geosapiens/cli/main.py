@@ -52,7 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "geosapiens.cli.priors",
         "fits per-keypoint normal priors (von Mises-Fisher) from a critic",
     ),
-    "configs": ("geosapiens.cli.configs", "lists the configs that ship with the package; copy writes them out"),
+    "configs": (
+        "geosapiens.cli.configs",
+        "lists the configs the package ships; `configs copy` writes them out to edit",
+    ),
     "demo": ("geosapiens.cli.demo", "runs the whole method end to end on generated data (CPU, minutes)"),
 }
 GROUPS = {
