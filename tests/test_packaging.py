@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from geosapiens.cli.configs import SHIPPED, names
+from geosapiens.cli.configs import SHIPPED, missing_config, names
 from geosapiens.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +124,19 @@ def test_configs_copy_writes_them_out_and_keeps_edits(tmp_path, monkeypatch, cap
     assert (copied / "uda.yaml").read_bytes() == (SHIPPED / "uda.yaml").read_bytes()
     (tmp_path / "file").write_text("")
     assert main(["configs", "copy", str(tmp_path / "file")]) == 2
+
+
+def test_a_missing_config_file_is_one_line_naming_the_shipped_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a wheel user's folder: no ./configs yet
+    assert main(["fit", "--config", "configs/uda.yaml", "--trainer.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "geosapiens fit: --config configs/uda.yaml: no such file; it is a config the package ships: "
+        "'geosapiens configs copy' writes them to ./configs\n"
+    )
+    assert main(["test", "--config=mine.yaml"]) == 2
+    assert "--config mine.yaml: no such file (the configs the package ships: 'geosapiens configs')" in (
+        capsys.readouterr().err
+    )
+    inline = "{trainer: {max_steps: 1}}"  # jsonargparse's inline config: the parser's to judge
+    assert missing_config(["--config", str(SHIPPED / "uda.yaml"), "--config", inline]) is None

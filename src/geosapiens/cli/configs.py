@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 from importlib import resources
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from geosapiens.cli.style import both_styles
 
-__all__ = ["SHIPPED", "main", "names"]
+__all__ = ["SHIPPED", "main", "missing_config", "names"]
 
 # pip unpacks a wheel, so the package (and its data) is a folder on disk, which LightningCLI can read.
 SHIPPED = Path(resources.files("geosapiens") / "configs")
@@ -27,6 +28,24 @@ SHIPPED = Path(resources.files("geosapiens") / "configs")
 def names(folder: Path = SHIPPED) -> list[str]:
     """Every config under ``folder``, as the relative path ``--config`` takes (``demo/uda.yaml``)."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.yaml"))
+
+
+def missing_config(args: list[str]) -> str | None:
+    """One line on the first ``--config`` file of a trainer command's ``args`` that does not exist, saying
+    where the shipped configs are (an install from a wheel has no ``./configs`` until ``configs copy``); None
+    when every one exists. Values that are not file names (jsonargparse also takes inline YAML) are left to
+    the parser."""
+    values = [b for a, b in zip(args, args[1:], strict=False) if a == "--config"]
+    values += [a.removeprefix("--config=") for a in args if a.startswith("--config=")]
+    for value in values:
+        if re.fullmatch(r"[^\s{}\[\]]+\.(ya?ml|json)", value) and not Path(value).expanduser().is_file():
+            shipped = Path(value).as_posix().removeprefix("configs/") in names()
+            return f"--config {value}: no such file" + (
+                "; it is a config the package ships: 'geosapiens configs copy' writes them to ./configs"
+                if shipped
+                else " (the configs the package ships: 'geosapiens configs')"
+            )
+    return None
 
 
 def _summary(path: Path) -> str:

@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geosapiens: deprecated: {DEPRECATED_PREDICT}", file=sys.stderr)
         return _run_tool("infer", argv[1:])
     if argv[0] in TRAINER_VERBS:
+        from geosapiens.cli.configs import missing_config
+
+        missing = missing_config(argv[1:])
+        if missing:
+            print(f"geosapiens {argv[0]}: {missing}", file=sys.stderr)
+            return 2
         return _run_trainer(argv, from_sys_argv)
     if argv[0] in GROUPS:
         group = argv[0]
