@@ -50,9 +50,8 @@ def missing_config(args: list[str]) -> str | None:
 
 def _summary(path: Path) -> str:
     """A config's first header line (what it is), without the comment sign."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        return line.lstrip("# ").strip() if line.startswith("#") else ""
-    return ""
+    first = path.read_text(encoding="utf-8").partition("\n")[0]
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
 
 
 def _list() -> int:
