@@ -24,7 +24,11 @@ def _session(root: Path, test_body: str) -> subprocess.CompletedProcess:
 
 
 def test_writing_into_the_repository_fails_the_session(tmp_path):
-    body = "    out = Path(__file__).parents[1] / 'runs' / 'out.json'\n    out.parent.mkdir()\n    out.write_text('{}')"
+    body = (
+        "    out = Path(__file__).parents[1] / 'runs' / 'out.json'\n"
+        "    out.parent.mkdir()\n"
+        "    out.write_text('{}')"
+    )
     run = _session(tmp_path / "repo", body)
     assert run.returncode == 1, run.stdout
     assert "tests changed the work tree" in run.stdout and "runs/out.json" in run.stdout
