@@ -97,7 +97,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
             "--quiet",
         ],
         check=True,
-        cwd=REPO,
+        cwd=tmp_path,
     )
     run = tmp_path / "run"
     args = [
@@ -129,7 +129,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "geosapiens.cli.main", *args],
-        cwd=REPO,
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
