@@ -47,6 +47,7 @@ def test_flip_channels_swaps_left_and_right():
     assert flip_channels(False, values)[0] is values
 
 
+@pytest.mark.slow
 def test_labels_are_the_stored_affine_of_the_annotation(records):
     """Many random views incl. flips: keypoints = affine(annotation) with channels swapped on flips, and the
     inverse maps them back to the annotation within 1e-3 px."""
@@ -107,6 +108,7 @@ def dot_centroids(image: np.ndarray, flipped: bool) -> dict[int, tuple[np.ndarra
     return out
 
 
+@pytest.mark.slow
 def test_drawn_dots_land_on_the_output_keypoints(records, tmp_path):
     """Each joint drawn as a coloured dot; after affine + elastic (one remap) the dot centroids are the
     output keypoints."""

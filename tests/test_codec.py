@@ -139,6 +139,7 @@ def test_soft_argmax_rejects_bad_temperature():
         UDPHeatmapCodec(INPUT_HW, HEATMAP_HW).soft_argmax(torch.zeros(1, 1, 4, 4), temperature=0)
 
 
+@pytest.mark.slow
 def test_long_dark_steps_are_applied_they_land_nearer_the_peak_on_noisy_heatmaps():
     """The decode default (``long_step="apply"``, mmpose's) against dropping steps longer than 1 heatmap px,
     on sigma-2 targets with white noise 0.1 (``benchmarks/dark_refinement.py``: 0.10 vs 0.21 px mean)."""

@@ -439,6 +439,7 @@ def test_oracle_errors_name_the_file(dataset, tmp_path):
         OracleCritic().image_maps(records[1])
 
 
+@pytest.mark.slow
 def test_generator_mini_rgbd_cache_and_depth_derived_normals(tmp_path, capsys):
     """On the generator's tiny MINI-RGBD output: the CLI caches it, and normals derived from its depth PNGs
     agree with its rendered normals (the fallback real MINI-RGBD, which has no normals, relies on)."""

@@ -63,6 +63,7 @@ def _module(**kwargs) -> Poisoned:
     return Poisoned(backbone="timm:resnet10t", input_size=(32, 32), flip_test=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_is_skipped_and_counted():
     module = _module(poison={1}, max_nonfinite_steps=3)
     _fit(module, steps=3)
@@ -74,6 +75,7 @@ def test_a_nonfinite_step_is_skipped_and_counted():
     assert module.nonfinite_total == 1 and module.nonfinite_in_row == 0
 
 
+@pytest.mark.slow
 def test_persistent_nonfinite_steps_stop_the_run_with_a_clear_error():
     module = _module(poison=set(range(100)), max_nonfinite_steps=2)
     with pytest.raises(FloatingPointError, match="3 optimiser steps in a row had non-finite gradients"):

@@ -194,6 +194,7 @@ def test_draw_on_a_real_syrip_image(syrip_sample, tmp_path):
     assert 0 < changed[y0:y1, x0:x1].sum() == changed.sum()  # the drawing stays on the infant's box
 
 
+@pytest.mark.slow
 def test_drawing_and_the_drawing_callback_need_no_matplotlib(tmp_path):
     """Training and config parsing run where matplotlib is missing (the GPU machine's image); plots say why
     they cannot."""

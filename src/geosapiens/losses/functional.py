@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosapiens.affine import invert_affine, is_mirror, to_3x3
+from geosapiens.affine import compose_affine, invert_affine, is_mirror
 from geosapiens.models.codec import resize_aligned
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth
@@ -117,12 +117,10 @@ def distillation_loss(
 
 
 def _pixel_to_normalized(size_hw: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """(3, 3) map from pixel coordinates of an H x W image to ``align_corners=True`` normalised ones."""
+    """(2, 3) affine from pixel coordinates of an H x W image to ``align_corners=True`` normalised ones."""
     H, W = size_hw
     sx, sy = 2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)
-    return torch.tensor(
-        [[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device
-    )
+    return torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0]], dtype=like.dtype, device=like.device)
 
 
 def warp_heatmaps(
@@ -159,7 +157,7 @@ def warp_heatmaps(
         heatmaps = torch.where(mirrored[:, None, None, None], swapped, heatmaps)
     # Sampling grid: view pixel -> source pixel, in normalised coordinates.
     N = _pixel_to_normalized(input_size_hw, heatmaps)
-    theta = (N @ to_3x3(invert_affine(src_to_view)) @ torch.linalg.inv(N))[:, :2]
+    theta = compose_affine(compose_affine(N, invert_affine(src_to_view)), invert_affine(N))
     grid = F.affine_grid(theta, [B, K, h, w], align_corners=True)
     warped = F.grid_sample(heatmaps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1).unsqueeze(1).to(heatmaps.dtype)
