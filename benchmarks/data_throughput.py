@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from geosapiens.data.augment import PairCollate, Photometric, ViewAugment, flip_channels, view_affine
-from geosapiens.data.crop import invert_affine, transform_points, warp_image
+from geosapiens.affine import apply_affine, invert_affine
+from geosapiens.data.augment import PairCollate, Photometric, ViewAugment, flip_channels
+from geosapiens.data.crop import view_affine, warp_image
 from geosapiens.data.datamodules import _worker_init
 from geosapiens.data.datasets import PairDataset, PoseDataset, read_image, to_tensor
 from geosapiens.data.elastic import ElasticScale
@@ -142,7 +143,7 @@ def breakdown(record: PoseRecord, size: tuple[int, int], repeats: int = 10) -> d
     bank = TextureBank()
     image = read_image(record.image_path)
     affine = view_affine(record.bbox, size, ViewAugment().sample(rng))
-    keypoints = transform_points(record.keypoints.astype(np.float64), affine)
+    keypoints = apply_affine(record.keypoints.astype(np.float64), affine)
     keypoints, labelled = flip_channels(False, keypoints, record.labelled)
     warp = elastic(keypoints, labelled, size, rng)
     crop = warp_image(image, affine, size)

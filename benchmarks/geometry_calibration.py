@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geosapiens.data.critic_cache import CriticCache, canonical_affines
+from geosapiens.data.critic_cache import CriticCache
+from geosapiens.data.crop import canonical_affine
 from geosapiens.data.datasets import PoseDataset
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.oracle_critic import OracleCritic
@@ -129,8 +130,8 @@ def occlusion_report(data: dict, maps, confidence: torch.Tensor, codec: UDPHeatm
 
 def lambda_z_report(cache: CriticCache, records, input_size) -> dict:
     oracle = OracleCritic()
-    affines = torch.from_numpy(canonical_affines(records, input_size, cache.padding))
-    _, units = oracle.maps_and_units(records, affines, input_size)
+    affines = np.stack([canonical_affine(r.bbox, input_size, cache.padding) for r in records])
+    _, units = oracle.maps_and_units(records, torch.from_numpy(affines), input_size)
     ok = np.isfinite(units).all(1)
     lam = (units[ok, 0] / units[ok, 1]) ** 2
     return {

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 import yaml
 
-from geosapiens.data.augment import view_affine
+from geosapiens.affine import apply_affine
 from geosapiens.data.critic_cache import CriticCache
-from geosapiens.data.crop import transform_points, warp_image
+from geosapiens.data.crop import canonical_affine, warp_image
 from geosapiens.data.datasets import read_image, to_tensor
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.losses import objectives
@@ -82,9 +82,9 @@ def load_targets(root: Path, annotation: str, cache: CriticCache, count: int, pa
     size = cache.input_size
     crops, kps, lab, box, paths = [], [], [], [], []
     for r in records:
-        affine = view_affine(r.bbox, size, None, padding)
+        affine = canonical_affine(r.bbox, size, padding)
         crops.append(to_tensor(warp_image(read_image(r.image_path, r.image_id), affine, size)))
-        kps.append(transform_points(np.asarray(r.keypoints, np.float64), affine))
+        kps.append(apply_affine(np.asarray(r.keypoints, np.float64), affine))
         lab.append(np.asarray(r.labelled, bool))
         box.append(max(r.bbox[2], r.bbox[3]) * abs(affine[0, 0]))  # image px -> crop px (isotropic scale)
         paths.append(str(r.image_path))

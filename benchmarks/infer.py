@@ -94,14 +94,13 @@ def _stream(runner, codec, frames, records, warmup: int, count: int):
     import numpy as np
     import torch
 
-    from geosapiens.data.augment import view_affine
-    from geosapiens.data.crop import invert_affine, warp_image
+    from geosapiens.affine import apply_affine, invert_affine
+    from geosapiens.data.crop import canonical_affine, warp_image
     from geosapiens.data.datasets import to_tensor
-    from geosapiens.models.codec import apply_affine
 
     def one(index: int) -> np.ndarray:
         record = records[index % len(records)]
-        affine = view_affine(record.bbox, runner.input_size)
+        affine = canonical_affine(record.bbox, runner.input_size)
         crop = warp_image(frames[record.image_path], affine, runner.input_size)
         keypoints, _ = codec.decode(runner(to_tensor(crop)[None]))
         back = torch.from_numpy(invert_affine(affine).astype(np.float32))[None]

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from geosapiens.affine import apply_affine  # noqa: E402
 from geosapiens.data.formats.syrip import read_syrip  # noqa: E402
 from geosapiens.data.synth.generate import STILL_SPLITS, generate, still_seed  # noqa: E402
 from geosapiens.data.synth.presets import Preset  # noqa: E402
@@ -46,7 +47,7 @@ def crop(
     s = size / side
     A = np.array([[s, 0, size / 2 - s * (x + w / 2)], [0, s, size / 2 - s * (y + h / 2)]], np.float32)
     out = cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    kp = keypoints @ A[:, :2].T + A[:, 2]
+    kp = apply_affine(keypoints, A)
     return out, kp.astype(np.float32), float(max(w, h) * s)
 
 
@@ -129,7 +130,7 @@ def augment(images: np.ndarray, kp: np.ndarray, rng: np.random.Generator) -> tup
             (SIZE / 2 - 0.5, SIZE / 2 - 0.5), rng.uniform(-30, 30), rng.uniform(0.8, 1.2)
         )
         img = cv2.warpAffine(images[b], A, (SIZE, SIZE), borderMode=cv2.BORDER_REFLECT)
-        k = kp[b] @ A[:, :2].T + A[:, 2]
+        k = apply_affine(kp[b], A)
         if rng.random() < 0.5:
             img = img[:, ::-1]
             k = k[FLIP] * np.array([-1, 1]) + np.array([SIZE - 1, 0])

@@ -158,6 +158,7 @@ def test_safetensors_with_official_names_load_like_the_pth(tmp_path, files):
         assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["pose", "pretrain", "torchscript"])
 def test_convert_round_trips(tmp_path, files, family):
     src = files.get(family) or save_official(

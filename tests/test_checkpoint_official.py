@@ -261,6 +261,7 @@ def test_pretrain_clean_drops_cls_and_resizes_pos_embed_like_the_finetunes(tmp_p
     assert ours.pos_embed.shape == (1, GRID[0] * GRID[1], DIM)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", ["pth", "torchscript"])
 def test_pose_checkpoint_matches_official_forward(tmp_path, container):
     official = official_model("pose")
@@ -278,6 +279,7 @@ def test_pose_checkpoint_matches_official_forward(tmp_path, container):
     assert rel_err(ours, traced) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["depth", "normal"])
 def test_dense_checkpoints_match_official_forward(tmp_path, family):
     from geosapiens.models.checkpoint import load_head_state
@@ -301,6 +303,7 @@ def test_dense_checkpoints_match_official_forward(tmp_path, family):
     assert rel_err(ours, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_task_pos_embed_resizes_to_other_input_sizes(tmp_path):
     """A 64x48-grid task file run at the paper's 1024x1024 (here 8x6 -> 8x8), resized at load/forward."""
     official = official_model("depth", seed=4)

@@ -61,6 +61,7 @@ def _loss_terms(stack: list[str], capsys) -> dict[str, dict]:
     return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["loss_terms"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base, overlay", OVERLAYS, ids=lambda s: s)
 def test_an_overlay_keeps_every_term_of_its_base(base, overlay, capsys):
     """A stacked config replaces the whole ``loss_terms`` mapping (jsonargparse merges no dicts): an overlay

@@ -17,10 +17,9 @@ from geosapiens.data.critic_cache import (
     DEFAULT_STRIDE,
     CriticCache,
     build_cache,
-    canonical_affines,
-    canonical_to_view,
     critic_identity,
 )
+from geosapiens.data.crop import canonical_affine, canonical_to_view
 from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.data.records import MAPS_DIRNAME, PoseRecord
 from geosapiens.errors import DataError
@@ -37,6 +36,11 @@ SPHERES = [  # (centre xyz in metres, radius): one infant-sized blob per image, 
     (np.array([0.1, 0.0, 1.2]), 0.25),
     (np.array([-0.05, -0.08, 1.0]), 0.18),
 ]
+
+
+def canonical_affines(records: list[PoseRecord]) -> np.ndarray:
+    """(N, 2, 3) the records' canonical crops (the frame the cache stores)."""
+    return np.stack([canonical_affine(r.bbox, CROP_HW) for r in records])
 
 
 def _camera_centre() -> np.ndarray:
@@ -120,7 +124,7 @@ def test_cached_and_warped_maps_match_the_scene_rendered_in_each_view(dataset, t
     cache = CriticCache(tmp_path / "cache", expected_critic="oracle", input_size=CROP_HW)
     assert len(cache) == 5
 
-    canonical = canonical_affines(records, CROP_HW)
+    canonical = canonical_affines(records)
     for i, (centre, radius) in enumerate(SPHERES):
         # the depth normalisation the cache applied, recovered from the stored canonical map
         stored = cache.load([records[i].image_path])
@@ -372,7 +376,7 @@ def test_model_critics_run_on_canonical_crops_of_the_images(tmp_path):
     )
     cache = CriticCache(tmp_path / "cache", expected_critic=f"torchscript:{weights}", input_size=CROP_HW)
 
-    A = canonical_affines(records[1:2], CROP_HW)[0]
+    A = canonical_affine(records[1].bbox, CROP_HW)
     image = read_image(records[1].image_path)
     crop = to_tensor(warp_image(image, A, CROP_HW))[None]
     inside = torch.from_numpy(warp_image(np.ones(IMAGE_HW, np.uint8), A, CROP_HW) > 0)[None, None]
@@ -416,7 +420,8 @@ def test_oracle_on_depth_pngs_derives_normals_from_depth(tmp_path):
     angle = np.degrees(np.arccos(np.clip((est * normals).sum(-1), -1, 1)))
     inner = binary_erosion(ok, iterations=3)  # smoothing (sigma 1.5 px) bends normals at the silhouette
     assert np.median(angle[ok]) < 1.0 and np.percentile(angle[inner], 95) < 2.0 and angle[inner].max() < 3.0
-    crop = OracleCritic(K).maps([record], torch.from_numpy(canonical_affines([record], CROP_HW)), CROP_HW)
+    A = torch.from_numpy(canonical_affine(record.bbox, CROP_HW))[None]
+    crop = OracleCritic(K).maps([record], A, CROP_HW)
     assert crop.depth.shape == (1, 1, *CROP_HW) and crop.valid.any()
 
 
@@ -434,6 +439,7 @@ def test_oracle_errors_name_the_file(dataset, tmp_path):
         OracleCritic().image_maps(records[1])
 
 
+@pytest.mark.slow
 def test_generator_mini_rgbd_cache_and_depth_derived_normals(tmp_path, capsys):
     """On the generator's tiny MINI-RGBD output: the CLI caches it, and normals derived from its depth PNGs
     agree with its rendered normals (the fallback real MINI-RGBD, which has no normals, relies on)."""
@@ -564,7 +570,7 @@ def test_strided_maps_agree_with_full_resolution_and_the_oracle_measures_lambda_
     assert dist.max() <= np.hypot(*CROP_HW) / (max(CROP_HW) - 1)
 
     # lambda_z = (depth unit / image unit)^2, each measured from the spheres directly
-    canonical = canonical_affines(records, CROP_HW)
+    canonical = canonical_affines(records)
     expected = []
     for i, (centre, radius) in enumerate(SPHERES):
         raw = _canonical_raw_depth(canonical[i], centre, radius) * 1000.0

@@ -7,15 +7,10 @@ import math
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from geosapiens.data.crop import (
-    bbox_to_center_scale,
-    compose_affine,
-    invert_affine,
-    transform_points,
-    udp_affine,
-    warp_image,
-)
+from geosapiens.affine import apply_affine, compose_affine, invert_affine
+from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
 
 
 def mmpose_udp_warp_matrix(center, scale, rot, output_size_wh):
@@ -60,14 +55,14 @@ def test_udp_box_spans_out_minus_one_pixels():
     affine = udp_affine(center, scale, (256, 192))
     corners = np.array([center - scale / 2, center, center + scale / 2])
     expected = [[0, 0], [95.5, 127.5], [191, 255]]
-    np.testing.assert_allclose(transform_points(corners, affine), expected, atol=1e-9)
+    np.testing.assert_allclose(apply_affine(corners, affine), expected, atol=1e-9)
 
 
 def test_flip_mirrors_the_crop():
     center, scale = np.array([300.0, 200.0]), np.array([150.0, 200.0])
     points = np.random.default_rng(0).uniform(0, 500, size=(20, 2))
-    plain = transform_points(points, udp_affine(center, scale, (256, 192), 30.0))
-    flipped = transform_points(points, udp_affine(center, scale, (256, 192), 30.0, flip=True))
+    plain = apply_affine(points, udp_affine(center, scale, (256, 192), 30.0))
+    flipped = apply_affine(points, udp_affine(center, scale, (256, 192), 30.0, flip=True))
     np.testing.assert_allclose(flipped[:, 0], 191 - plain[:, 0], atol=1e-9)
     np.testing.assert_allclose(flipped[:, 1], plain[:, 1], atol=1e-9)
 
@@ -80,10 +75,10 @@ def test_round_trip_image_crop_image_below_1e3_px():
         affine = udp_affine(center, scale * rng.uniform(0.5, 1.5), (1024, 768), rng.uniform(-180, 180),
                             flip=bool(rng.integers(2)))
         points = rng.uniform(-500, 3000, size=(17, 2))
-        back = transform_points(transform_points(points, affine), invert_affine(affine))
+        back = apply_affine(apply_affine(points, affine), invert_affine(affine))
         assert np.abs(back - points).max() < 1e-3
         # float32 (what batches carry) is also good enough at these coordinates.
-        back32 = transform_points(transform_points(points, affine.astype(np.float32)),
+        back32 = apply_affine(apply_affine(points, affine.astype(np.float32)),
                                   invert_affine(affine).astype(np.float32))
         assert np.abs(back32 - points).max() < 1e-3
 
@@ -93,14 +88,14 @@ def test_compose_is_a_after_b():
     a, b = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
     points = rng.normal(size=(5, 2))
     np.testing.assert_allclose(
-        transform_points(points, compose_affine(a, b)), transform_points(transform_points(points, b), a),
+        apply_affine(points, compose_affine(a, b)), apply_affine(apply_affine(points, b), a),
         atol=1e-12,
     )
     np.testing.assert_allclose(compose_affine(a, invert_affine(a)), np.eye(3)[:2], atol=1e-12)
 
 
 def test_warped_image_follows_the_points():
-    """A dot drawn in the image lands where transform_points puts its centre (bilinear warp, no bias)."""
+    """A dot drawn in the image lands where apply_affine puts its centre (bilinear warp, no bias)."""
     rng = np.random.default_rng(3)
     for _ in range(10):
         image = np.zeros((480, 640), np.float32)
@@ -112,7 +107,7 @@ def test_warped_image_follows_the_points():
         crop = warp_image(image, affine, (256, 192))
         cy, cx = np.mgrid[0:256, 0:192]
         centroid = np.array([(cx * crop).sum(), (cy * crop).sum()]) / crop.sum()
-        np.testing.assert_allclose(centroid, transform_points(centre, affine), atol=0.05)
+        np.testing.assert_allclose(centroid, apply_affine(centre, affine), atol=0.05)
 
 
 def test_warp_image_constant_zero_border_and_nearest_for_masks():
@@ -124,3 +119,40 @@ def test_warp_image_constant_zero_border_and_nearest_for_masks():
     assert crop[0, 0].tolist() == [0, 0, 0] and crop[32, 32].tolist() == [200, 200, 200]
     warped = warp_image(mask, affine, (64, 64), interpolation=cv2.INTER_NEAREST)
     assert set(np.unique(warped)) == {0, 1}
+
+
+def test_canonical_and_view_frames_round_trip():
+    """A record's canonical crop and a random view of it: the named frame changes take the same image points
+    from one crop to the other and back, in NumPy and torch."""
+    from geosapiens.affine import apply_affine, compose_affine
+    from geosapiens.data.crop import (
+        ViewParams,
+        canonical_affine,
+        canonical_to_view,
+        crop_to_crop,
+        view_affine,
+        view_to_canonical,
+    )
+
+    bbox, size = np.array([410.0, 120.0, 260.0, 380.0]), (256, 192)
+    canonical = canonical_affine(bbox, size)
+    np.testing.assert_allclose(canonical, view_affine(bbox, size, None))
+    np.testing.assert_allclose(canonical, view_affine(bbox, size, ViewParams()))
+    center, scale = bbox_to_center_scale(bbox, 192 / 256)
+    np.testing.assert_allclose(canonical, udp_affine(center, scale, size))
+    view = view_affine(bbox, size, ViewParams(scale=1.2, rotation=35.0, flip=True, shift=(0.05, -0.1)))
+    image_points = np.random.default_rng(9).uniform([400, 100], [700, 520], size=(17, 2))
+    in_canonical, in_view = apply_affine(image_points, canonical), apply_affine(image_points, view)
+
+    to_view, to_canonical = canonical_to_view(canonical, view), view_to_canonical(canonical, view)
+    np.testing.assert_allclose(apply_affine(in_canonical, to_view), in_view, atol=1e-9)
+    np.testing.assert_allclose(apply_affine(in_view, to_canonical), in_canonical, atol=1e-9)
+    np.testing.assert_allclose(compose_affine(to_canonical, to_view), np.eye(3)[:2], atol=1e-12)
+    np.testing.assert_allclose(crop_to_crop(view, canonical), to_canonical)
+
+    # batches of float32 tensors (what a DataLoader carries): computed in float64, returned in float32
+    c32, v32 = (torch.from_numpy(a.astype(np.float32))[None] for a in (canonical, view))
+    got = view_to_canonical(c32, v32)
+    assert got.dtype == torch.float32 and got.shape == (1, 2, 3)
+    np.testing.assert_allclose(got[0].numpy(), to_canonical, atol=1e-4)
+    np.testing.assert_allclose(canonical_to_view(c32, v32)[0].numpy(), to_view, atol=1e-4)

@@ -161,7 +161,7 @@ def test_unlabelled_mode_yields_pairs_from_workers(syrip):
     for part in (dm.train_labelled_dataset(), dm.train_pair_dataset(), dm.pair_train_loader().collate_fn):
         pickle.loads(pickle.dumps(part))  # spawn-started workers (and ddp_spawn) pickle them
     batch = next(iter(dm.train_dataloader()))
-    assert {"weak", "strong", "weak_to_strong", "canonical_affine", "cutmix_mask"} <= batch.keys()
+    assert {"weak", "strong", "weak_to_strong", "canonical_affine"} <= batch.keys()
     assert "keypoints" not in batch
     assert "keypoints" in next(iter(dm.val_dataloader()))  # validation stays labelled
 

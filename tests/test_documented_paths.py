@@ -399,7 +399,7 @@ def test_print_config_shows_the_paths_the_run_reads(tmp_path, monkeypatch, capsy
 # -- the command tree ----------------------------------------------------------------------------------------
 
 
-def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "geosapiens.cli.main", *args],
@@ -407,28 +407,28 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
         text=True,
         env=env,
         timeout=600,
-        **kwargs,
+        cwd=cwd,
     )
 
 
 @pytest.mark.parametrize("group", ["data", "critics", "priors"])
-def test_group_help_lists_its_commands_and_exits_0(group):
-    done = _cli(group, "--help")
+def test_group_help_lists_its_commands_and_exits_0(group, tmp_path):
+    done = _cli(group, "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"usage: geosapiens {group} COMMAND" in done.stdout
     assert {"data": "synth", "critics": "cache", "priors": "fit"}[group] in done.stdout
-    bare = _cli(group)
+    bare = _cli(group, cwd=tmp_path)
     assert bare.returncode == 2 and "usage:" in bare.stderr
 
 
-def test_version_top_help_and_unknown_command():
+def test_version_top_help_and_unknown_command(tmp_path):
     from geosapiens import __version__
 
-    done = _cli("--version")
+    done = _cli("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == f"geosapiens {__version__}"
-    top = _cli("--help")
+    top = _cli("--help", cwd=tmp_path)
     assert top.returncode == 0 and "infer" in top.stdout and "data" in top.stdout
-    assert _cli("no-such-command").returncode == 2
+    assert _cli("no-such-command", cwd=tmp_path).returncode == 2
 
 
 # Tools whose --help needs no torch (each imports its work when it runs). Not yet: convert (its --family
@@ -455,7 +455,7 @@ LIGHT_HELP = [
 
 
 @pytest.mark.parametrize("args", LIGHT_HELP, ids=" ".join)
-def test_help_imports_neither_torch_nor_lightning(args):
+def test_help_imports_neither_torch_nor_lightning(args, tmp_path):
     code = (
         "import contextlib, sys; from geosapiens.cli.main import main\n"
         f"with contextlib.suppress(SystemExit): main({args!r})\n"
@@ -467,6 +467,7 @@ def test_help_imports_neither_torch_nor_lightning(args):
         text=True,
         timeout=60,
         env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -497,6 +498,7 @@ def test_evaluate_into_a_closed_pipe_exits_quietly(workdir):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        cwd=workdir,
     )
     proc.stdout.close()  # `| head` that has already left
     err = proc.stderr.read().decode()

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from geosapiens.data.augment import view_affine
-from geosapiens.data.crop import transform_points
+from geosapiens.affine import apply_affine
+from geosapiens.data.crop import canonical_affine
 from geosapiens.data.elastic import (
     ElasticScale,
     ThinPlateSpline,
@@ -29,8 +29,8 @@ def crop_poses(syrip_sample):
     """(keypoints (K, 2) in the canonical 512 crop, labelled (K,)) per SyRIP sample record."""
     poses = []
     for record in read_syrip(syrip_sample, TRAIN):
-        affine = view_affine(record.bbox, SIZE)
-        poses.append((transform_points(record.keypoints.astype(np.float64), affine), record.labelled.copy()))
+        affine = canonical_affine(record.bbox, SIZE)
+        poses.append((apply_affine(record.keypoints.astype(np.float64), affine), record.labelled.copy()))
     return poses
 
 
@@ -56,9 +56,9 @@ def test_thin_plate_spline_interpolates_its_control_points():
     np.testing.assert_allclose(tps(src), dst, atol=1e-8)
     # An affine set of displacements is reproduced exactly everywhere (TPS's affine part).
     affine = np.array([[1.1, 0.2, 5.0], [-0.1, 0.9, -3.0]])
-    tps = ThinPlateSpline(src, transform_points(src, affine), norm=500)
+    tps = ThinPlateSpline(src, apply_affine(src, affine), norm=500)
     probe = rng.uniform(0, 500, size=(50, 2))
-    np.testing.assert_allclose(tps(probe), transform_points(probe, affine), atol=1e-6)
+    np.testing.assert_allclose(tps(probe), apply_affine(probe, affine), atol=1e-6)
 
 
 def test_skeleton_rule_scales_head_and_segments_exactly(crop_poses):

@@ -198,7 +198,7 @@ def test_benchmark_names_missing_files_and_how_to_make_them(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "infer.py"), "--data", str(tmp_path),
          "--teacher", str(tmp_path / "t.ckpt"), "--student", str(tmp_path / "s.ckpt")],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
     assert result.returncode == 2
     for name in ("t.ckpt", "s.ckpt", "validate100/person_keypoints_validate_infant.json"):

@@ -63,6 +63,7 @@ def _module(**kwargs) -> Poisoned:
     return Poisoned(backbone="timm:resnet10t", input_size=(32, 32), flip_test=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_is_skipped_and_counted():
     module = _module(poison={1}, max_nonfinite_steps=3)
     _fit(module, steps=3)
@@ -74,6 +75,7 @@ def test_a_nonfinite_step_is_skipped_and_counted():
     assert module.nonfinite_total == 1 and module.nonfinite_in_row == 0
 
 
+@pytest.mark.slow
 def test_persistent_nonfinite_steps_stop_the_run_with_a_clear_error():
     module = _module(poison=set(range(100)), max_nonfinite_steps=2)
     with pytest.raises(FloatingPointError, match="3 optimiser steps in a row had non-finite gradients"):
@@ -97,7 +99,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
             "--quiet",
         ],
         check=True,
-        cwd=REPO,
+        cwd=tmp_path,
     )
     run = tmp_path / "run"
     args = [
@@ -129,7 +131,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "geosapiens.cli.main", *args],
-        cwd=REPO,
+        cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

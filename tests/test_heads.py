@@ -119,6 +119,7 @@ def test_pose_model_heatmaps_at_a_quarter_and_learns():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_pose_model_rejects_a_head_that_does_not_reach_stride_4():
     with pytest.raises(ValueError, match="heatmap stride 8"):
         PoseModel(

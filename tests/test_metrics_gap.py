@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from geosapiens.metrics.gap import gap_reduction, gap_reduction_table
+from geosapiens.metrics.gap import gap_reduction
 
 
 def test_gap_reduction_values() -> None:
@@ -27,10 +27,3 @@ def test_gap_reduction_is_nan_with_a_reason_when_undefined() -> None:
     missing = gap_reduction(0.8, float("nan"), 0.9)
     assert math.isnan(missing.value) and "source_only=nan" in missing.reason
 
-
-def test_gap_reduction_table_uses_common_keys() -> None:
-    table = gap_reduction_table(
-        {"AP": 0.8, "pck@0.05": 0.7, "x": 1.0}, {"AP": 0.6, "pck@0.05": 0.5}, {"AP": 1.0, "pck@0.05": 0.5}
-    )
-    assert set(table) == {"AP", "pck@0.05"}
-    assert table["AP"].value == pytest.approx(0.5) and math.isnan(table["pck@0.05"].value)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from geosapiens.affine import apply_affine, is_mirror
 from geosapiens.data.augment import ViewAugment, flip_channels
-from geosapiens.data.critic_cache import canonical_to_view
-from geosapiens.data.crop import transform_points
+from geosapiens.data.crop import view_to_canonical
 from geosapiens.data.datasets import PairDataset
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.losses import objectives
@@ -61,24 +61,24 @@ def test_flipped_view_channel_k_lands_on_joint_k_in_the_canonical_frame(syrip_sa
     mirrored = ViewAugment(flip_prob=1.0, rotation_prob=1.0)
     data = PairDataset(records, INPUT_HW, weak=ViewAugment(flip_prob=1.0), strong=mirrored)
     samples = [data[i] for i in range(len(records))]
-    assert all(s["flipped"] for s in samples)
+    assert all(is_mirror(s["strong_affine"]) for s in samples)
     strong_affine = torch.stack([s["strong_affine"] for s in samples])
     canonical_affine = torch.stack([s["canonical_affine"] for s in samples])
     views, truth, labelled = [], [], []
     for r, s in zip(records, samples, strict=True):
         kp = np.asarray(r.keypoints, dtype=np.float64)
         in_view, lab = flip_channels(
-            True, transform_points(kp, s["strong_affine"].double().numpy()), r.labelled
+            True, apply_affine(kp, s["strong_affine"].double().numpy()), r.labelled
         )
         views.append(torch.from_numpy(in_view).float())
-        truth.append(torch.from_numpy(transform_points(kp, s["canonical_affine"].double().numpy())).float())
+        truth.append(torch.from_numpy(apply_affine(kp, s["canonical_affine"].double().numpy())).float())
         labelled.append(torch.from_numpy(np.asarray(r.labelled, bool)))
     heatmaps, _ = codec.encode(torch.stack(views), torch.ones(len(records), 17))
     maps = GeometryMaps(
         torch.zeros(4, 1, 24, 24), torch.zeros(4, 3, 24, 24), torch.ones(4, 1, 24, 24, dtype=torch.bool)
     )
     inputs = objectives.prepare_inputs(
-        heatmaps, codec, maps=maps, view_to_maps=canonical_to_view(strong_affine, canonical_affine)
+        heatmaps, codec, maps=maps, view_to_maps=view_to_canonical(canonical_affine, strong_affine)
     )
     canonical = inputs.uv * torch.tensor([INPUT_HW[1] - 1.0, INPUT_HW[0] - 1.0])
     truth, labelled = torch.stack(truth), torch.stack(labelled)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geosapiens.data.augment import view_affine
-from geosapiens.data.crop import transform_points, warp_image
+from geosapiens.affine import apply_affine
+from geosapiens.data.crop import canonical_affine, warp_image
 from geosapiens.data.datasets import PoseDataset, read_image
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.occlude import CutOcclude, TextureBank, procedural_texture
@@ -28,9 +28,9 @@ def test_covered_joints_become_invisible_and_labels_stay(records):
     for record in records[:8]:
         image = read_image(record.image_path)
         bank.add_background(image, record.bbox, rng, source=str(record.image_path))
-        affine = view_affine(record.bbox, (256, 192))
+        affine = canonical_affine(record.bbox, (256, 192))
         crop = warp_image(image, affine, (256, 192))
-        keypoints = transform_points(record.keypoints.astype(np.float64), affine)
+        keypoints = apply_affine(record.keypoints.astype(np.float64), affine)
         before_keypoints, before_crop = keypoints.copy(), crop.copy()
         visible = record.visible.copy()
         out, new_visible, mask = occlude(crop, keypoints, record.labelled, visible, rng, bank,

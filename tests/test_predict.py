@@ -25,6 +25,8 @@ from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.stages import SupervisedPose
 from geosapiens.stages.tta import HeadAdaptation
 
+pytestmark = pytest.mark.slow  # end-to-end: train a checkpoint, then run the command on videos
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

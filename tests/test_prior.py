@@ -264,6 +264,7 @@ def trained_prior(tmp_path_factory) -> tuple[PoseVAE, Path, float]:
     return task.vae.freeze(), ckpt, seconds
 
 
+@pytest.mark.slow
 def test_plausible_poses_score_lower_than_broken_ones(trained_prior):
     vae, _, seconds = trained_prior
     rng = np.random.default_rng(6)
@@ -284,6 +285,7 @@ def test_plausible_poses_score_lower_than_broken_ones(trained_prior):
     assert limbs.mean() > 4.0 * good.mean() and (limbs > good).float().mean() > 0.95
 
 
+@pytest.mark.slow
 def test_margin_frees_plausible_poses_and_still_charges_broken_ones(trained_prior):
     """With the margin at the 95th percentile of the prior's errors on plausible poses, plausible poses cost
     nothing and get no gradient (the prior leaves them where they are) while swapped limbs still cost."""
@@ -307,6 +309,7 @@ def test_margin_frees_plausible_poses_and_still_charges_broken_ones(trained_prio
     assert grad[free].abs().max() == 0
 
 
+@pytest.mark.slow
 def test_prior_checkpoint_loads_frozen(trained_prior, tmp_path):
     vae, ckpt, _ = trained_prior
     rng = np.random.default_rng(8)

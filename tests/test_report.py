@@ -142,6 +142,7 @@ def _errors_run(folder: Path, seed: int, hits: list[int], joints: int = 4) -> No
     (folder / "test_metrics.json").write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_seed_folders_mean_std_paired_ci_and_seed_noise(tmp_path, capsys):
     # 3 seeds x 4 samples x 4 joints. "geo" gains exactly one joint on every sample over "shift" in every seed
     # (paired difference +0.25 with a zero-width CI); "shift" beats "src" by 1, 2, 3 joints per sample in

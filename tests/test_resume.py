@@ -73,15 +73,15 @@ def _args(syrip: Path, run: Path, workers: int) -> list[str]:
     ]
 
 
-def _cli(args: list[str]) -> subprocess.Popen:
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "geosapiens.cli.main", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "geosapiens.cli.main", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _interrupt(args: list[str], run: Path, sig: signal.Signals, after_step: int) -> dict:
     """Start the run, send ``sig`` once the checkpoint of ``after_step`` exists; return the last.ckpt left."""
-    proc = _cli(args)
+    proc = _cli(args, cwd=run.parent)
     step_file = run / "checkpoints" / f"step={after_step}.ckpt"
     deadline = time.monotonic() + 240
     while not step_file.exists():

@@ -13,7 +13,10 @@ from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.sapiens_critic import SapiensCritic, TorchScriptCritic
 from test_checkpoint_official import IMG, official_model, rel_err, save_official
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning"),
+]
 
 CROP = (80, 56)  # any crop size: the critic resizes to its input (IMG, the stand-in for 1024 x 768) and back
 

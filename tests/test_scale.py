@@ -23,6 +23,7 @@ def test_presets_exist():
     assert {p.name for p in PRESETS} >= {"single_gpu.yaml", "8gpu_ddp.yaml", "2node_ddp.yaml", "fsdp_2b.yaml"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_preset_stacks_on_uda(preset, capsys):
     with pytest.raises(SystemExit) as done:
@@ -50,6 +51,7 @@ def test_run_id_order():
     assert run_id_from_env({**array, "GEOSAPIENS_RUN_ID": "uda-a"}) == "uda-a"
 
 
+@pytest.mark.slow
 def test_wandb_run_id_from_environment(tmp_path, monkeypatch):
     """The run W&B actually opens (offline) carries the SLURM job id; an explicit id still wins."""
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -77,6 +77,7 @@ def test_net_shapes_and_unit_normals():
     torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, *INPUT_HW), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_dataset_crops_and_targets(rendered):
     root, ann = rendered
     records = _records(root, ann)
@@ -98,6 +99,7 @@ def test_dataset_crops_and_targets(rendered):
     assert not torch.equal(aug["image"], ds[0]["image"]) and aug["valid"].any()
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_decrease_the_loss(rendered):
     root, ann = rendered
     torch.manual_seed(0)
@@ -131,6 +133,7 @@ def test_a_few_training_steps_decrease_the_loss(rendered):
     assert after["normal_angle_deg"] < 0.6 * before["normal_angle_deg"], (before, after)
 
 
+@pytest.mark.slow
 def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, monkeypatch):
     root, ann = rendered
     monkeypatch.setattr(sys, "argv", ["geosapiens"])

@@ -295,7 +295,7 @@ def _distributed_fit(out: Path, args: list[str], pythonpath: list[Path] = ()) ->
     what each rank ended training with."""
     cmd = [sys.executable, str(REPO / "tests/distributed_fit.py"), str(out), *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [REPO / "src", *pythonpath]))}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]

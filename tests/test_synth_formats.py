@@ -148,6 +148,7 @@ def test_maps_of_stills_match_the_images(tiny):
     assert rec.bbox[0] <= xs.min() - 0.5 + 1e-3 and rec.bbox[1] <= ys.min() - 0.5 + 1e-3
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_worker_count(tiny, tmp_path):
     again = tmp_path / "again"
     generate(again, TINY, seed=3, workers=2, progress=False)
@@ -163,6 +164,7 @@ def test_cli_refuses_to_mix_outputs_and_writes_the_preview(tiny, tmp_path, capsy
     assert main(["--out", str(tmp_path), "--seed", "-1"]) == 2
 
 
+@pytest.mark.slow
 def test_older_format_is_stale_for_the_demo_and_overwrite_removes_its_folders(tmp_path):
     from geosapiens.cli.demo import data_matches
     from geosapiens.data.synth.generate import FORMAT_VERSION, manifest

@@ -14,8 +14,9 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader, Dataset
 
+from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.callbacks.results import TestResultsWriter
-from geosapiens.callbacks.visualize import LogValidationImages, crop_to_image
+from geosapiens.callbacks.visualize import LogValidationImages
 from geosapiens.metrics.pck import pck_curve
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
@@ -203,7 +204,7 @@ def test_test_pck_curve_matches_pck_curve_and_lands_in_results(tmp_path):
     trainer.test(ToyStage(), _loader(batch_size=2))  # two batches of two
 
     preds = POSE_IMAGE + DIST[:, None, None].double() * DIRECTION  # (4, K, 2)
-    target = crop_to_image(POSE_CROP.expand(4, K, 2), AFFINE.expand(4, 2, 3))
+    target = apply_affine(POSE_CROP.expand(4, K, 2).double(), invert_affine(AFFINE.expand(4, 2, 3).double()))
     assert torch.allclose(target, POSE_IMAGE.expand(4, K, 2), atol=1e-9)
     labelled = torch.ones(4, K, dtype=torch.bool)
     labelled[:, 1] = False

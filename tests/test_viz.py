@@ -194,7 +194,8 @@ def test_draw_on_a_real_syrip_image(syrip_sample, tmp_path):
     assert 0 < changed[y0:y1, x0:x1].sum() == changed.sum()  # the drawing stays on the infant's box
 
 
-def test_drawing_and_the_drawing_callback_need_no_matplotlib():
+@pytest.mark.slow
+def test_drawing_and_the_drawing_callback_need_no_matplotlib(tmp_path):
     """Training and config parsing run where matplotlib is missing (the GPU machine's image); plots say why
     they cannot."""
     import os
@@ -220,6 +221,8 @@ def test_drawing_and_the_drawing_callback_need_no_matplotlib():
     )
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plots need matplotlib" in done.stdout

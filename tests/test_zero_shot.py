@@ -15,6 +15,7 @@ from test_checkpoint_official import GRID, IMG, images, official_model, rel_err,
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("keypoints", "container"), [(308, "pth"), (308, "torchscript"), (133, "pth"), (17, "pth")]
 )

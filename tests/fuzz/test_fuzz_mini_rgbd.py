@@ -296,6 +296,7 @@ def validate(record: PoseRecord, root: Path) -> None:
 CATEGORIES = {"joints": (10, 130), "images": (11, 80), "layout": (12, 30), "benign": (13, 20)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("category", list(CATEGORIES))
 def test_mutated_mini_rgbd_loads_valid_records_or_fails_naming_the_file(base, tmp_path, category):
     index, cases = CATEGORIES[category]

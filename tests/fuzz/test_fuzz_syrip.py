@@ -485,6 +485,7 @@ def run(case: Case, check_doc: Any = None) -> object:
 CATEGORIES = {"json": (0, 150), "text": (1, 50), "files": (2, 36), "benign": (3, 24)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("category", list(CATEGORIES))
 def test_mutated_syrip_loads_valid_records_or_fails_naming_the_file(base, tmp_path, category):
     doc0, cache = base

@@ -26,28 +26,16 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.metrics.pck import PCK
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
 from geosapiens.viz import draw, plots
 
-__all__ = ["LogValidationImages", "crop_to_image"]
+__all__ = ["LogValidationImages"]
 
 # GT drawn dimmed and in grey under the coloured prediction, so the two never look alike.
 _GT_COLORS = {"left": (235, 235, 235), "right": (235, 235, 235), "center": (235, 235, 235)}
-
-
-def crop_to_image(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """Map crop-frame points ``(B, K, 2)`` back to the image with the inverse of ``affine`` ``(B, 2, 3)``."""
-    full = torch.cat(
-        [affine.double(), affine.new_tensor([0.0, 0.0, 1.0]).double().expand(len(affine), 1, 3)], 1
-    )
-    inv = torch.linalg.inv(full)[:, :2]  # (B, 2, 3)
-    return points.double() @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
-
-
-def _image_to_crop(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    return points.double() @ affine[:, :, :2].double().transpose(1, 2) + affine[:, None, :, 2].double()
 
 
 def _head(batch: dict, n: int) -> dict:
@@ -195,7 +183,7 @@ class LogValidationImages(L.Callback):
             maps = maps_fn(head) if maps_fn is not None else None
         if not trainer.is_global_zero:
             return
-        sheet = self.render(head, _image_to_crop(keypoints, head["affine"]), scores, maps)
+        sheet = self.render(head, apply_affine(keypoints.double(), head["affine"]), scores, maps)
         self._publish(trainer, "val/predictions", sheet, f"epoch_{trainer.current_epoch:03d}.png")
 
     def render(
@@ -261,7 +249,7 @@ class LogValidationImages(L.Callback):
             return
         with torch.no_grad():
             keypoints, _ = pl_module.predict_keypoints(batch["image"], batch["affine"])
-        target = crop_to_image(batch["keypoints"], batch["affine"])
+        target = apply_affine(batch["keypoints"].double(), invert_affine(batch["affine"].double()))
         self._metric.update(keypoints.double(), target, batch["weights"] > 0, bbox=batch["bbox"].double())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -29,18 +29,17 @@ def sample_keypoint_normals(
     import torch
     from tqdm import tqdm
 
-    from geosapiens.data.critic_cache import canonical_affines
+    from geosapiens.affine import apply_affine
+    from geosapiens.data.crop import canonical_affine
     from geosapiens.losses.functional import sample_maps
 
     h, w = cache.input_size
-    affines = canonical_affines(records, (h, w), padding)
     normals, valid = [], []
     for start in tqdm(range(0, len(records), batch_size), desc="priors", unit="batch", disable=not progress):
         batch = records[start : start + batch_size]
         maps = cache.load([r.image_path for r in batch])
         points = np.stack([r.keypoints for r in batch]).astype(np.float64)
-        crop = points @ affines[start : start + len(batch), :, :2].transpose(0, 2, 1)
-        crop += affines[start : start + len(batch), None, :, 2]
+        crop = apply_affine(points, np.stack([canonical_affine(r.bbox, (h, w), padding) for r in batch]))
         uv = torch.from_numpy(crop / np.array([w - 1, h - 1])).float()
         inside = ((uv >= 0) & (uv <= 1)).all(-1)
         on_body = sample_maps(maps.valid.float(), uv)[..., 0] > 0.5

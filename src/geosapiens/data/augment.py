@@ -1,9 +1,9 @@
 """View sampling (one affine per view), photometric augmentation and CutMix.
 
-Geometry never goes through albumentations: each view is one random scale/rotation/flip/shift folded into
-the UDP crop affine (:func:`view_affine`), so the image is warped once and keypoints, critic maps and the
-weak->strong transform are exact matrix products. albumentations (2.0.8) does only pixel-level work
-(:class:`Photometric`); its distortion transforms drop or corrupt keypoints (``reference/stack.md`` §4).
+Geometry never goes through albumentations: each view is one random scale/rotation/flip/shift folded into the
+UDP crop affine (:func:`~geosapiens.data.crop.view_affine`), so the image is warped once and keypoints, critic
+maps and the weak->strong transform are exact matrix products. albumentations (2.0.8) does only pixel-level
+work (:class:`Photometric`); its distortion transforms drop or corrupt keypoints (``reference/stack.md`` §4).
 """
 
 from __future__ import annotations
@@ -17,28 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from geosapiens.data.crop import bbox_to_center_scale, udp_affine
+from geosapiens.data.crop import ViewParams
 from geosapiens.skeleton import COCO17
 
 __all__ = [
-    "ViewParams",
     "ViewAugment",
-    "view_affine",
     "flip_channels",
     "Photometric",
     "cutmix_batch",
     "PairCollate",
 ]
-
-
-@dataclass(frozen=True)
-class ViewParams:
-    """One view's random geometry: box scale factor, rotation (deg), mirror, centre shift (box fractions)."""
-
-    scale: float = 1.0
-    rotation: float = 0.0
-    flip: bool = False
-    shift: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -68,27 +56,6 @@ class ViewAugment:
         flip = bool(rng.random() < self.flip_prob) if flip is None else flip
         shift = rng.uniform(-self.shift_fraction, self.shift_fraction, size=2)
         return ViewParams(scale, rotation, flip, (float(shift[0]), float(shift[1])))
-
-
-def view_affine(
-    bbox_xywh: np.ndarray,
-    input_size_hw: tuple[int, int],
-    params: ViewParams | None = None,
-    padding: float = 1.25,
-) -> np.ndarray:
-    """Image -> view crop affine: the UDP box crop with the view's geometry folded in (one warp).
-
-    ``params=None`` gives the canonical (unaugmented) crop.
-
-    Returns:
-        (2, 3) float64.
-    """
-    h, w = input_size_hw
-    center, scale = bbox_to_center_scale(bbox_xywh, w / h, padding)
-    if params is None:
-        return udp_affine(center, scale, input_size_hw)
-    center = center + np.asarray(params.shift) * scale
-    return udp_affine(center, scale * params.scale, input_size_hw, params.rotation, params.flip)
 
 
 def flip_channels(flip: bool, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -162,7 +129,7 @@ def cutmix_batch(
     prob: float = 0.5,
     area_range: tuple[float, float] = (0.1, 0.3),
     draws: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Paste a random rectangle from the next image of the batch into each image (CutMix between targets).
 
     Args:
@@ -173,14 +140,12 @@ def cutmix_batch(
             pair dataset draws them per sample from its keyed generator. Default: torch's global RNG.
 
     Returns:
-        mixed (B, C, H, W) and mask (B, H, W) bool, True where pixels came from another image. ``images``
-        is modified in place (only the pasted rectangles are copied, not the batch). With B = 1 nothing is
-        pasted.
+        ``images``, mixed in place (only the pasted rectangles are copied, not the batch). With B = 1
+        nothing is pasted.
     """
     b, _, h, w = images.shape
-    mask = torch.zeros(b, h, w, dtype=torch.bool)
     if b < 2:
-        return images, mask
+        return images
     rand = torch.rand(b, 5, dtype=torch.float64) if draws is None else draws.to(torch.float64)
     pastes = []
     for i in range(b):
@@ -196,8 +161,7 @@ def cutmix_batch(
         pastes.append((i, region, images[(i + 1) % b, :, region[0], region[1]].clone()))  # before any paste
     for i, region, patch in pastes:
         images[i, :, region[0], region[1]] = patch
-        mask[i, region[0], region[1]] = True
-    return images, mask
+    return images
 
 
 class PairCollate:
@@ -206,14 +170,12 @@ class PairCollate:
     The paste of each image is decided by its sample's ``cutmix_draw`` (consumed here), so it is reproducible
     and resumable like every other augmentation.
 
-    Adds ``cutmix_mask`` (B, H, W) bool in the strong frame. Its use is the consistency loss's choice: the
-    teacher target comes from the un-mixed weak view, so under the mask it still says where the joint is
-    (the pasted patch acts as an occluder, training robustness to occlusion as cut-occlude does); a loss that
-    prefers to supervise only visible evidence can zero heatmap pixels or keypoints under the mask. Runs in
-    the DataLoader workers (cheap tensor copies), not on the accelerator.
+    The teacher target comes from the un-mixed weak view, so under a paste it still says where the joint is:
+    the pasted patch acts as an occluder, training robustness to occlusion as cut-occlude does. Runs in the
+    DataLoader workers (cheap tensor copies), not on the accelerator.
 
     Args:
-        cutmix_prob: per-image probability of a paste (0 disables CutMix; the mask is then all False).
+        cutmix_prob: per-image probability of a paste (0 disables CutMix).
         cutmix_area: rectangle area range as a fraction of the view.
     """
 
@@ -224,6 +186,5 @@ class PairCollate:
     def __call__(self, samples: Sequence[dict]) -> dict:
         batch = default_collate(list(samples))
         draws = batch.pop("cutmix_draw")
-        strong, mask = cutmix_batch(batch["strong"], self.cutmix_prob, self.cutmix_area, draws)
-        batch["strong"], batch["cutmix_mask"] = strong, mask
+        batch["strong"] = cutmix_batch(batch["strong"], self.cutmix_prob, self.cutmix_area, draws)
         return batch

@@ -6,7 +6,7 @@ unaugmented UDP crop of the record's box, the frame ``canonical_affine`` of a da
 stores them at a stride of the crop (``--stride``; the default 4 is the heatmaps' resolution, 16x fewer
 bytes than full resolution). Training reads an image's entry in the DataLoader worker
 (:class:`~geosapiens.data.datasets.PairDataset`) and samples it at keypoints mapped to the canonical frame;
-:meth:`CriticCache.lookup` warps a batch into a view instead, with the view's affine
+:meth:`CriticCache.lookup` warps entries into a view instead, with the view's affine
 (:func:`~geosapiens.models.geometry.warp_maps`: normals rotate with the image, x flips with it).
 
 Layout of a cache directory::
@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from geosapiens.affine import compose_affine, udp_rescale
+from geosapiens.data.crop import canonical_affine
 from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write, atomic_write_json
-from geosapiens.models.codec import invert_affine_torch
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance, normalize_relative_depth, resample_maps, warp_maps
 
@@ -49,8 +50,6 @@ __all__ = [
     "DEFAULT_STRIDE",
     "maps_from_entries",
     "build_cache",
-    "canonical_affines",
-    "canonical_to_view",
     "critic_identity",
     "load_critic",
     "parse_critic_spec",
@@ -134,29 +133,6 @@ def load_critic(spec: str, intrinsics: np.ndarray | None = None) -> OracleCritic
     if kind == "sapiens":
         return SapiensCritic(files[0], files[1])
     return TorchScriptCritic(files)
-
-
-def canonical_affines(
-    records: Sequence[PoseRecord], input_size_hw: tuple[int, int], padding: float = 1.25
-) -> np.ndarray:
-    """(N, 2, 3) float64 image -> canonical crop affines: the unaugmented UDP box crop the datasets use."""
-    from geosapiens.data.crop import bbox_to_center_scale, udp_affine
-
-    h, w = input_size_hw
-    out = np.empty((len(records), 2, 3), dtype=np.float64)
-    for i, r in enumerate(records):
-        center, scale = bbox_to_center_scale(r.bbox, w / h, padding)
-        out[i] = udp_affine(center, scale, (h, w))
-    return out
-
-
-def canonical_to_view(canonical_affine: torch.Tensor, view_affine: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) canonical crop -> view crop, from the two image -> crop affines a dataset sample carries."""
-    inv = invert_affine_torch(canonical_affine.double())
-    view = view_affine.double()
-    linear = view[:, :, :2] @ inv[:, :, :2]
-    shift = view[:, :, :2] @ inv[:, :, 2:] + view[:, :, 2:]
-    return torch.cat([linear, shift], dim=-1).to(view_affine.dtype)
 
 
 def _entry_key(image_path: str | Path, root: Path) -> str:
@@ -321,7 +297,8 @@ class CriticCache:
 
         Args:
             image_paths: B image paths (``batch["image_path"]``).
-            affine_canonical_to_view: (B, 2, 3) canonical crop px -> view px (:func:`canonical_to_view`).
+            affine_canonical_to_view: (B, 2, 3) canonical crop px -> view px
+                (:func:`~geosapiens.data.crop.canonical_to_view`).
             out_size_hw: view (H, W); the canonical crop size by default.
 
         Returns:
@@ -336,10 +313,8 @@ class CriticCache:
             valid=maps.valid.to(device, non_blocking=True),
         )
         size = tuple(int(v) for v in (out_size_hw or self.input_size))
-        (H, W), (h, w) = self.input_size, self.map_size
-        scale = [(W - 1) / (w - 1), (H - 1) / (h - 1), 1.0]
-        stored_to_crop = torch.diag(torch.tensor(scale, dtype=torch.float64))
-        affine = affine_canonical_to_view.double() @ stored_to_crop.to(device)
+        stored_to_crop = torch.from_numpy(udp_rescale(self.map_size, self.input_size)).to(device)
+        affine = compose_affine(affine_canonical_to_view.double(), stored_to_crop)
         return warp_maps(maps, affine, size)  # type: ignore[arg-type]
 
 
@@ -494,7 +469,7 @@ def build_cache(
         stale.unlink(missing_ok=True)
     atomic_write_json(manifest, manifest_path)
 
-    affines = canonical_affines(records, input_size_hw, padding)
+    affines = np.array([canonical_affine(r.bbox, input_size_hw, padding) for r in records]).reshape(-1, 2, 3)
     keep = _unique_images(records, affines)
     shape = (len(CHANNELS), *size)
     paths = {i: _entry_path(cache_dir, _entry_key(records[i].image_path, root)) for i in keep}

@@ -4,19 +4,32 @@ A crop is fully described by one affine ``A`` (image px -> crop px, pixel centre
 the image is warped with it once, keypoints are moved with it, and predictions go back to image pixels with
 ``invert_affine(A)``. Rotation and horizontal flip live in the same matrix, so an augmented view is still one
 warp (``reference/sapiens.md`` §5). Affines are float64: they are tiny and a round trip must stay < 1e-3 px.
+
+Three frames meet here: the image, the *canonical* crop (the unaugmented crop of a record's box,
+:func:`canonical_affine`: the frame critic caches and evaluation use) and a *view* (a random augmented crop,
+:func:`view_affine`). :func:`canonical_to_view` and :func:`view_to_canonical` move between a record's crops;
+the algebra itself (invert, compose, apply) is :mod:`geosapiens.affine`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+from geosapiens.affine import Array, compose_affine, invert_affine
 
 __all__ = [
     "bbox_to_center_scale",
     "udp_affine",
-    "invert_affine",
-    "compose_affine",
-    "transform_points",
+    "ViewParams",
+    "canonical_affine",
+    "view_affine",
+    "crop_to_crop",
+    "canonical_to_view",
+    "view_to_canonical",
     "warp_image",
 ]
 
@@ -86,29 +99,61 @@ def udp_affine(
     return affine
 
 
-def _to3x3(affine: np.ndarray) -> np.ndarray:
-    out = np.eye(3, dtype=np.float64)
-    out[:2] = affine
-    return out
+@dataclass(frozen=True)
+class ViewParams:
+    """One view's geometry: box scale factor, rotation (deg), mirror, centre shift (box fractions)."""
+
+    scale: float = 1.0
+    rotation: float = 0.0
+    flip: bool = False
+    shift: tuple[float, float] = (0.0, 0.0)
 
 
-def invert_affine(affine: np.ndarray) -> np.ndarray:
-    """(2, 3) inverse of a (2, 3) affine, in float64."""
-    return np.linalg.inv(_to3x3(affine))[:2]
+def canonical_affine(
+    bbox_xywh: np.ndarray | Sequence[float], input_size_hw: tuple[int, int], padding: float = 1.25
+) -> np.ndarray:
+    """(2, 3) float64 image -> canonical crop: the unaugmented UDP crop of the box (the one definition)."""
+    h, w = input_size_hw
+    center, scale = bbox_to_center_scale(bbox_xywh, w / h, padding)
+    return udp_affine(center, scale, input_size_hw)
 
 
-def compose_affine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a`` after ``b``: the (2, 3) affine ``x -> a(b(x))``."""
-    return (_to3x3(a) @ _to3x3(b))[:2]
+def view_affine(
+    bbox_xywh: np.ndarray | Sequence[float],
+    input_size_hw: tuple[int, int],
+    params: ViewParams | None,
+    padding: float = 1.25,
+) -> np.ndarray:
+    """(2, 3) float64 image -> view crop: the UDP box crop with the view's geometry folded in (one warp).
+
+    ``params=None`` is the canonical crop (:func:`canonical_affine`).
+    """
+    if params is None:
+        return canonical_affine(bbox_xywh, input_size_hw, padding)
+    h, w = input_size_hw
+    center, scale = bbox_to_center_scale(bbox_xywh, w / h, padding)
+    center = center + np.asarray(params.shift) * scale
+    return udp_affine(center, scale * params.scale, input_size_hw, params.rotation, params.flip)
 
 
-def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine to points ``(..., 2)``; returns ``(..., 2)`` in the points' float dtype."""
-    points = np.asarray(points)
-    dtype = points.dtype if np.issubdtype(points.dtype, np.floating) else np.float64
-    affine = np.asarray(affine, dtype=np.float64)
-    out = points.astype(np.float64) @ affine[:, :2].T + affine[:, 2]
-    return out.astype(dtype, copy=False)
+def crop_to_crop(source: Array, target: Array) -> Array:
+    """``(..., 2, 3)`` source crop px -> target crop px, from the two crops' image -> crop affines.
+
+    ``target o source^-1``; torch tensors are composed in float64 and returned in ``target``'s dtype.
+    """
+    if isinstance(target, np.ndarray):
+        return compose_affine(target, invert_affine(source))
+    return compose_affine(target.double(), invert_affine(source.double())).to(target.dtype)
+
+
+def canonical_to_view(canonical: Array, view: Array) -> Array:
+    """Canonical crop px -> view px, from a sample's ``canonical_affine`` and its view's affine."""
+    return crop_to_crop(canonical, view)
+
+
+def view_to_canonical(canonical: Array, view: Array) -> Array:
+    """View px -> canonical crop px (the inverse of :func:`canonical_to_view`, same argument order)."""
+    return crop_to_crop(view, canonical)
 
 
 def warp_image(

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geosapiens.data.augment import Photometric, ViewAugment, flip_channels, view_affine
+from geosapiens.affine import apply_affine, invert_affine
+from geosapiens.data.augment import Photometric, ViewAugment, flip_channels
 from geosapiens.data.critic_cache import CriticCache
-from geosapiens.data.crop import compose_affine, invert_affine, transform_points, warp_image
+from geosapiens.data.crop import canonical_affine, crop_to_crop, view_affine, warp_image
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
@@ -188,7 +189,7 @@ class PoseDataset(Dataset):
 
         params = self.geometry.sample(rng) if self.geometry is not None else None
         affine = view_affine(record.bbox, self.input_size, params, self.padding)
-        keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), affine)
+        keypoints = apply_affine(np.asarray(record.keypoints, dtype=np.float64), affine)
         keypoints, labelled, visible = flip_channels(
             params is not None and params.flip,
             keypoints,
@@ -235,9 +236,9 @@ class PoseDataset(Dataset):
 class PairDataset(Dataset):
     """Unlabelled target samples: a weak and a strong view of the same image (mean-teacher input).
 
-    Sample dict (API.md): ``weak``, ``strong`` (3, H, W) float normalised; ``weak_affine``, ``strong_affine``
-    (2, 3) float32 image -> view; ``canonical_affine`` (2, 3) image -> unaugmented crop (the frame critic
-    caches live in); ``weak_to_strong`` (2, 3) = strong_affine @ inv(weak_affine); ``flipped`` bool;
+    Sample dict (API.md): ``weak``, ``strong`` (3, H, W) float normalised; ``strong_affine`` (2, 3) float32
+    image -> strong view; ``canonical_affine`` (2, 3) image -> unaugmented crop (the frame critic caches live
+    in); ``weak_to_strong`` (2, 3) weak view px -> strong view px (:func:`~.crop.crop_to_crop`);
     ``cutmix_draw`` (5,) float64 uniforms for this sample's CutMix paste (:func:`~.augment.cutmix_batch`, so
     batch-level CutMix is keyed like the rest); ``image_path``, ``index``; with ``return_labels`` also
     ``keypoints`` (K, 2) and ``weights`` (K,) in the weak frame (validation only, never a training signal);
@@ -248,7 +249,7 @@ class PairDataset(Dataset):
     Both views share one mirror state (drawn with ``weak.flip_prob``), so ``weak_to_strong`` has a positive
     determinant and heatmap channel k of one view is channel k of the other: warping the teacher's weak
     heatmaps with it needs no left/right swap. Flipped views have their channels swapped as in
-    :class:`PoseDataset`; ``flipped`` says when (a critic normal map warped into a view must negate x then).
+    :class:`PoseDataset` (``strong_affine`` mirrors then: :func:`~geosapiens.affine.is_mirror`).
 
     Args:
         records: target images (labels ignored unless ``return_labels``).
@@ -293,7 +294,7 @@ class PairDataset(Dataset):
         size, padding = self.input_size, self.padding
         weak_affine = view_affine(record.bbox, size, self.weak.sample(rng, flip=flip), padding)
         strong_affine = view_affine(record.bbox, size, self.strong.sample(rng, flip=flip), padding)
-        canonical = view_affine(record.bbox, size, None, padding)
+        canonical = canonical_affine(record.bbox, size, padding)
         strong = warp_image(image, strong_affine, self.input_size)
         if self.photometric is not None:
             strong = self.photometric(strong, rng)
@@ -304,11 +305,9 @@ class PairDataset(Dataset):
         sample = {
             "weak": to_tensor(warp_image(image, weak_affine, self.input_size)),
             "strong": to_tensor(strong),
-            "weak_affine": f32(weak_affine),
             "strong_affine": f32(strong_affine),
             "canonical_affine": f32(canonical),
-            "weak_to_strong": f32(compose_affine(strong_affine, invert_affine(weak_affine))),
-            "flipped": flip,
+            "weak_to_strong": f32(crop_to_crop(weak_affine, strong_affine)),
             "cutmix_draw": torch.from_numpy(rng.random(5)),
             "image_path": str(record.image_path),
             "image_id": record.image_id,
@@ -319,7 +318,7 @@ class PairDataset(Dataset):
             if self.critic_cache.lambda_z is not None:
                 sample["critic_lambda_z"] = torch.tensor(self.critic_cache.lambda_z, dtype=torch.float32)
         if self.return_labels:
-            keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), weak_affine)
+            keypoints = apply_affine(np.asarray(record.keypoints, dtype=np.float64), weak_affine)
             keypoints, labelled = flip_channels(flip, keypoints, np.asarray(record.labelled, bool))
             sample["keypoints"] = f32(keypoints)
             sample["weights"] = f32(labelled)

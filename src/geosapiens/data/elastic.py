@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from geosapiens.affine import apply_affine
 from geosapiens.skeleton import COCO17, COCO17_CHAIN, COCO17_HEAD
 
 __all__ = [
@@ -358,7 +359,7 @@ class ElasticWarp:
         """
         nodes = self.nodes_map
         if then is not None:
-            nodes = nodes @ np.asarray(then, dtype=np.float64)[:, :2].T + np.asarray(then)[:, 2]
+            nodes = apply_affine(nodes, then)
         return upsample_map(nodes, output_size_hw, self.step)
 
 

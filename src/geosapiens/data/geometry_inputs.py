@@ -5,12 +5,13 @@ mask of the crop (:data:`GEOMETRY_CHANNELS`). Trained on the labelled source ima
 no RGB style gap to the target, only the critic's own gap; on the target its keypoints are pseudo-labels for
 the RGB student (``geo_pose`` in :mod:`geosapiens.stages.mean_teacher`).
 
-Maps come from a critic cache (canonical crop frame, any stride) and are warped into each augmented view with
-:func:`~geosapiens.models.geometry.warp_maps` (normals rotate and mirror with the view), so a sample carries
-the same keys as an RGB :class:`~geosapiens.data.datasets.PoseDataset` sample and every pose stage, metric
-and callback works on it unchanged. :class:`MapDegradation` corrupts the maps at training time (blur, normal
-and depth noise, dropped channels): a perfect critic exists only in the oracle, and a network trained on
-clean maps leans on the body mask (measured in issue #13's probe: 76.0 -> 55.2 PCK@0.1 without the mask).
+Maps come from a critic cache (canonical crop frame, any stride) and are warped into each augmented view by
+:meth:`~geosapiens.data.critic_cache.CriticCache.lookup` (normals rotate and mirror with the view), so a
+sample carries the keys of an RGB :class:`~geosapiens.data.datasets.PoseDataset` sample (but ``visible``) and
+every pose stage, metric and callback works on it unchanged. :class:`MapDegradation` corrupts the maps at
+training time (blur, normal and depth noise, dropped channels): a perfect critic exists only in the oracle,
+and a network trained on clean maps leans on the body mask (measured in issue #13's probe: 76.0 -> 55.2
+PCK@0.1 without the mask).
 """
 
 from __future__ import annotations
@@ -26,18 +27,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from geosapiens.data.augment import ViewAugment, flip_channels, view_affine
+from geosapiens.affine import apply_affine
+from geosapiens.data.augment import ViewAugment, flip_channels
 from geosapiens.data.critic_cache import CriticCache
-from geosapiens.data.crop import compose_affine, invert_affine, transform_points
+from geosapiens.data.crop import canonical_affine, canonical_to_view, view_affine
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.sampling import SampleKey, key_rng
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.models.geometry import warp_maps
 
 __all__ = [
     "GEOMETRY_CHANNELS",
     "maps_to_input",
-    "cache_to_crop",
     "MapDegradation",
     "CriticMapsDataset",
     "CriticInputDataModule",
@@ -53,16 +53,6 @@ def maps_to_input(maps: GeometryMaps) -> torch.Tensor:
     )
     body = valid.to(torch.float32)
     return torch.cat([maps.depth.float() * body, maps.normals.float() * body, body], dim=1)
-
-
-def cache_to_crop(cache_hw: Sequence[int], crop_hw: Sequence[int]) -> np.ndarray:
-    """(2, 3) UDP scale from a cache entry's pixel grid to the canonical crop's (pixel centres at integers).
-
-    A cache stored at a stride holds the canonical crop on a coarser grid whose first and last pixel centres
-    are the crop's: ``x_crop = x_cache * (W - 1) / (Ws - 1)``.
-    """
-    (hs, ws), (h, w) = cache_hw, crop_hw
-    return np.array([[(w - 1) / max(ws - 1, 1), 0.0, 0.0], [0.0, (h - 1) / max(hs - 1, 1), 0.0]])
 
 
 @dataclass
@@ -114,7 +104,7 @@ class CriticMapsDataset(Dataset):
     """Labelled crops whose pixels are the critic's maps of the crop, not its RGB.
 
     Sample dict: the keys of a :class:`~geosapiens.data.datasets.PoseDataset` sample, with ``image`` the
-    (5, H, W) :func:`maps_to_input` of the view (its ``visible`` marks joints inside the crop).
+    (5, H, W) :func:`maps_to_input` of the view, and no ``visible`` (no occlusion is known in maps).
 
     Args:
         records: the samples; every image must be in ``cache``.
@@ -149,31 +139,19 @@ class CriticMapsDataset(Dataset):
         record = self.records[index]
         params = self.geometry.sample(rng) if self.geometry is not None else None
         affine = view_affine(record.bbox, self.input_size, params, self.padding)
-        canonical = view_affine(record.bbox, self.input_size, None, self.padding)
-        keypoints = transform_points(np.asarray(record.keypoints, dtype=np.float64), affine)
-        keypoints, labelled, visible = flip_channels(
-            params is not None and params.flip,
-            keypoints,
-            np.asarray(record.labelled, bool),
-            np.asarray(record.visible, bool),
+        canonical = canonical_affine(record.bbox, self.input_size, self.padding)
+        keypoints = apply_affine(np.asarray(record.keypoints, dtype=np.float64), affine)
+        keypoints, labelled = flip_channels(
+            params is not None and params.flip, keypoints, np.asarray(record.labelled, bool)
         )
-        maps = self.cache.load([record.image_path])
-        cache_to_view = compose_affine(
-            compose_affine(affine, invert_affine(canonical)),
-            cache_to_crop(maps.depth.shape[-2:], self.input_size),
-        )
-        view = warp_maps(maps, torch.from_numpy(cache_to_view[None]).float(), self.input_size)
-        image = maps_to_input(view)[0]
+        to_view = torch.from_numpy(canonical_to_view(canonical, affine))[None]
+        image = maps_to_input(self.cache.lookup([record.image_path], to_view, self.input_size))[0]
         if self.degradation is not None:
             image = self.degradation(image, rng)
-        h, w = self.input_size
-        inside = (keypoints[:, 0] >= 0) & (keypoints[:, 0] <= w - 1) & (keypoints[:, 1] >= 0)
-        inside &= keypoints[:, 1] <= h - 1
         sample = {
             "image": image,
             "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
             "weights": torch.from_numpy(labelled.astype(np.float32)),
-            "visible": torch.from_numpy(visible & inside),
             "affine": torch.from_numpy(affine.astype(np.float32)),
             "bbox": torch.from_numpy(np.asarray(record.bbox, dtype=np.float32)),
             "image_path": str(record.image_path),

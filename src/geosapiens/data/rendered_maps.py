@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from geosapiens.data.crop import ViewParams, view_affine, warp_image
 from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError
@@ -53,19 +54,14 @@ class RenderedMapsDataset(Dataset):
         return len(self.records)
 
     def affine(self, record: PoseRecord) -> np.ndarray:
-        from geosapiens.data.crop import bbox_to_center_scale, udp_affine
-
-        h, w = self.input_size
-        center, scale = bbox_to_center_scale(record.bbox, w / h, self.padding)
-        if not self.augment:
-            return udp_affine(center, scale, self.input_size)
-        u = torch.rand(3).tolist()
-        rotation = (2 * u[0] - 1) * self.max_rotation
-        zoom = 1 + (2 * u[1] - 1) * self.max_scale
-        return udp_affine(center, scale * zoom, self.input_size, rotation, flip=u[2] < 0.5)
+        params = None
+        if self.augment:
+            u = torch.rand(3).tolist()
+            zoom = 1 + (2 * u[1] - 1) * self.max_scale
+            params = ViewParams(scale=zoom, rotation=(2 * u[0] - 1) * self.max_rotation, flip=u[2] < 0.5)
+        return view_affine(record.bbox, self.input_size, params, self.padding)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from geosapiens.data.crop import warp_image
         from geosapiens.data.datasets import read_image, to_tensor
 
         record = self.records[index]

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
+from geosapiens.affine import apply_affine, invert_affine
+from geosapiens.data.crop import canonical_affine, warp_image
 from geosapiens.data.datasets import to_tensor
 from geosapiens.deploy.boxes import BoxSource, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
@@ -35,7 +36,7 @@ from geosapiens.deploy.smoothing import smooth_track
 from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write_file
-from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens.models.codec import UDPHeatmapCodec, flip_test
 from geosapiens.models.pose_model import HEATMAP_STRIDE
 from geosapiens.skeleton import COCO17
 from geosapiens.stages.tta import HeadAdaptation
@@ -157,25 +158,21 @@ class Predictor:
 
     def crop(self, frame: Frame, box: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The normalised crop (3, H, W) of ``box`` and its image -> crop affine (2, 3)."""
-        h, w = self.input_size
-        center, scale = bbox_to_center_scale(box, w / h, padding=self.padding)
-        affine = udp_affine(center, scale, (h, w))
-        return to_tensor(warp_image(frame.image, affine, (h, w))), affine
+        affine = canonical_affine(box, self.input_size, self.padding)
+        return to_tensor(warp_image(frame.image, affine, self.input_size)), affine
 
     @torch.no_grad()
     def heatmaps(self, images: torch.Tensor) -> torch.Tensor:
         heatmaps = self.runner(images)
         if self.flip:
-            mirrored = self.runner(images.flip(-1).contiguous())
-            heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(mirrored, COCO17.flip_indices))
+            heatmaps = flip_test(heatmaps, self.runner(images.flip(-1).contiguous()), COCO17.flip_indices)
         return heatmaps
 
     def _refined_box(self, frame: Frame, box: np.ndarray) -> np.ndarray:
         """A coarse pass in ``box``, then the box source's box of its prediction (``box`` if none)."""
         image, affine = self.crop(frame, box)
         kp_crop, sc = self.codec.decode(self.heatmaps(image[None]))
-        to_image = invert_affine_torch(torch.as_tensor(affine[None])).double()
-        kp = apply_affine(kp_crop.double(), to_image).numpy()[0]
+        kp = apply_affine(kp_crop[0].double().numpy(), invert_affine(affine))
         refined = self.boxes.refine(kp, sc[0].double().numpy(), frame.image.shape)
         return box if refined is None else refined
 
@@ -200,7 +197,7 @@ class Predictor:
         keypoints, scores, boxes, paths, sizes = [], [], [], [], []
         for batch in self._batches(clip):
             images = torch.stack([b[2] for b in batch])
-            to_image = invert_affine_torch(torch.as_tensor(np.stack([b[3] for b in batch])))
+            to_image = torch.from_numpy(invert_affine(np.stack([b[3] for b in batch])))
             if self.adaptation is not None:
                 if clip.sequence is None:  # stills: every batch starts from the trained head
                     self.adaptation.reset(model.head)

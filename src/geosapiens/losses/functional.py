@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosapiens.affine import compose_affine, invert_affine, is_mirror
 from geosapiens.models.codec import resize_aligned
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth
@@ -116,18 +117,10 @@ def distillation_loss(
 
 
 def _pixel_to_normalized(size_hw: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """(3, 3) map from pixel coordinates of an H x W image to ``align_corners=True`` normalised ones."""
+    """(2, 3) affine from pixel coordinates of an H x W image to ``align_corners=True`` normalised ones."""
     H, W = size_hw
     sx, sy = 2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)
-    return torch.tensor(
-        [[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=like.dtype, device=like.device
-    )
-
-
-def _homogeneous(affine: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) -> (B, 3, 3)."""
-    last = affine.new_tensor([0.0, 0.0, 1.0]).expand(affine.shape[0], 1, 3)
-    return torch.cat([affine, last], dim=1)
+    return torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0]], dtype=like.dtype, device=like.device)
 
 
 def warp_heatmaps(
@@ -155,8 +148,8 @@ def warp_heatmaps(
         resampled into the view, and (B, 1, h, w) 1 where a view pixel falls inside the source crop.
     """
     B, K, h, w = heatmaps.shape
-    A = _homogeneous(src_to_view.to(heatmaps.dtype))
-    mirrored = torch.linalg.det(A[:, :2, :2]) < 0
+    src_to_view = src_to_view.to(heatmaps.dtype)
+    mirrored = is_mirror(src_to_view)
     if flip_indices is not None and bool(mirrored.any()):
         if len(flip_indices) != K:
             raise ValueError(f"{len(flip_indices)} flip indices for {K} heatmap channels")
@@ -164,7 +157,7 @@ def warp_heatmaps(
         heatmaps = torch.where(mirrored[:, None, None, None], swapped, heatmaps)
     # Sampling grid: view pixel -> source pixel, in normalised coordinates.
     N = _pixel_to_normalized(input_size_hw, heatmaps)
-    theta = (N @ torch.linalg.inv(A) @ torch.linalg.inv(N))[:, :2]
+    theta = compose_affine(compose_affine(N, invert_affine(src_to_view)), invert_affine(N))
     grid = F.affine_grid(theta, [B, K, h, w], align_corners=True)
     warped = F.grid_sample(heatmaps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1).unsqueeze(1).to(heatmaps.dtype)

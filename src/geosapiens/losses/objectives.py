@@ -45,9 +45,10 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import nn
 
+from geosapiens.affine import apply_affine, is_mirror
 from geosapiens.losses import functional as losses
 from geosapiens.losses.functional import DEFAULT_LAMBDA_Z
-from geosapiens.models.codec import UDPHeatmapCodec, apply_affine
+from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
 
@@ -253,7 +254,7 @@ def prepare_inputs(
     if maps is not None:
         canonical = keypoints if view_to_maps is None else apply_affine(keypoints, view_to_maps)
         if view_to_maps is not None:
-            mirrored = torch.linalg.det(view_to_maps[:, :, :2].double()) < 0
+            mirrored = is_mirror(view_to_maps)
             canonical = _swap_mirrored(canonical, mirrored, options.flip_indices)
             if confidence is not None:
                 confidence = _swap_mirrored(confidence, mirrored, options.flip_indices)
@@ -403,7 +404,7 @@ def geometry_pseudo_labels(
     keep = peaks >= threshold
     if maps_to_view is not None:
         keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
-        mirrored = torch.linalg.det(maps_to_view[:, :, :2].double()) < 0
+        mirrored = is_mirror(maps_to_view)
         keypoints = _swap_mirrored(keypoints, mirrored, flip_indices)
         keep = _swap_mirrored(keep, mirrored, flip_indices)
     h, w = codec.input_size

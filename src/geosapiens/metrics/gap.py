@@ -9,10 +9,9 @@ When the oracle does not differ from source-only there is no gap to close: the v
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["GapReduction", "gap_reduction", "gap_reduction_table"]
+__all__ = ["GapReduction", "gap_reduction"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,3 @@ def gap_reduction(ours: float, source_only: float, oracle: float, *, rel_tol: fl
         )
     return GapReduction((ours - source_only) / (oracle - source_only))
 
-
-def gap_reduction_table(
-    ours: Mapping[str, float], source_only: Mapping[str, float], oracle: Mapping[str, float]
-) -> dict[str, GapReduction]:
-    """Gap reduction for every metric present in all three mappings (``{"AP": ..., "pck@0.05": ...}``)."""
-    return {
-        k: gap_reduction(ours[k], source_only[k], oracle[k]) for k in ours if k in source_only and k in oracle
-    }

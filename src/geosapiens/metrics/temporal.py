@@ -36,7 +36,6 @@ __all__ = [
     "bone_length_cv",
     "g_error",
     "jitter",
-    "acceleration_error",
     "GError",
     "Jitter",
 ]
@@ -119,17 +118,6 @@ def jitter(sequences: Sequences, labelled: Sequences | None = None) -> Tensor:
     """Mean acceleration magnitude per sequence (``(T, K, D)``, consecutive frames), then over sequences."""
     seqs, masks = _as_list(sequences), _as_list(labelled)
     values = [_mean_norm(*_acceleration(s, None if masks is None else masks[i])) for i, s in enumerate(seqs)]
-    return torch.stack(values).nanmean()
-
-
-def acceleration_error(preds: Sequences, target: Sequences, labelled: Sequences | None = None) -> Tensor:
-    """Mean ``||a_pred - a_gt||`` per sequence, averaged over sequences (joints valid in both count)."""
-    preds, target, masks = _as_list(preds), _as_list(target), _as_list(labelled)
-    values = []
-    for i, (p, t) in enumerate(zip(preds, target, strict=True)):
-        ap, vp = _acceleration(p, None if masks is None else masks[i])
-        at, vt = _acceleration(t, None if masks is None else masks[i])
-        values.append(_mean_norm(ap - at, vp & vt))
     return torch.stack(values).nanmean()
 
 

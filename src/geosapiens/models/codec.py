@@ -23,34 +23,10 @@ import torch.nn.functional as F
 
 __all__ = [
     "UDPHeatmapCodec",
-    "apply_affine",
-    "invert_affine_torch",
     "flip_heatmaps",
-    "flip_keypoints",
+    "flip_test",
     "resize_aligned",
 ]
-
-
-def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """Map points through per-sample 2x3 affines.
-
-    Args:
-        points: (B, K, 2) x, y.
-        affine: (B, 2, 3) e.g. image -> crop; the inverse (:func:`invert_affine_torch`) takes crop px back to
-            image px.
-
-    Returns:
-        (B, K, 2) mapped points, same dtype as ``points``.
-    """
-    affine = affine.to(points.dtype)
-    return points @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
-
-
-def invert_affine_torch(affine: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) inverse of each 2x3 affine (as a map of the plane); (2, 3) input gives (2, 3)."""
-    linear, shift = affine[..., :2], affine[..., 2:]
-    inv = torch.linalg.inv(linear)
-    return torch.cat([inv, -inv @ shift], dim=-1)
 
 
 def resize_aligned(maps: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
@@ -85,12 +61,14 @@ def flip_heatmaps(heatmaps: torch.Tensor, flip_indices: Sequence[int]) -> torch.
     return heatmaps.flip(-1).index_select(1, index)
 
 
-def flip_keypoints(keypoints: torch.Tensor, flip_indices: Sequence[int], width: int) -> torch.Tensor:
-    """(B, K, 2) keypoints of a ``width``-px input, mirrored (x -> (width - 1) - x), left/right swapped."""
-    index = torch.as_tensor(list(flip_indices), device=keypoints.device, dtype=torch.long)
-    flipped = keypoints.index_select(1, index).clone()
-    flipped[..., 0] = (width - 1) - flipped[..., 0]
-    return flipped
+def flip_test(
+    heatmaps: torch.Tensor, heatmaps_of_flipped_input: torch.Tensor, flip_indices: Sequence[int]
+) -> torch.Tensor:
+    """(B, K, h, w) flip-test average ``0.5 * (model(x) + unflip(model(flip_W(x))))``, to decode after.
+
+    The one flip average: evaluation (``flip_test``), distillation's teacher and deployment all call it.
+    """
+    return 0.5 * (heatmaps + flip_heatmaps(heatmaps_of_flipped_input, flip_indices))
 
 
 def _gaussian_kernel1d(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -327,12 +305,3 @@ class UDPHeatmapCodec:
         x = (prob.sum(dim=2) * xs).sum(-1)
         y = (prob.sum(dim=3) * ys).sum(-1)
         return self.to_input(torch.stack([x, y], dim=-1))
-
-    flip_heatmaps = staticmethod(flip_heatmaps)
-
-    @staticmethod
-    def flip_test(
-        heatmaps: torch.Tensor, heatmaps_of_flipped_input: torch.Tensor, flip_indices: Sequence[int]
-    ) -> torch.Tensor:
-        """(B, K, h, w) flip-test average 0.5 * (model(x) + unflip(model(flip_W(x)))), to decode after."""
-        return 0.5 * (heatmaps + flip_heatmaps(heatmaps_of_flipped_input, flip_indices))

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosapiens.models.codec import invert_affine_torch, resize_aligned
+from geosapiens.affine import invert_affine
+from geosapiens.models.codec import resize_aligned
 from geosapiens.models.critics import GeometryMaps
 
 __all__ = [
@@ -106,7 +107,7 @@ def warp_maps(maps: GeometryMaps, affine: torch.Tensor, out_size_hw: tuple[int, 
     valid = torch.ones_like(depth) if maps.valid is None else maps.valid.to(device=device, dtype=depth.dtype)
     affine = affine.to(device=device, dtype=torch.float64)
 
-    inv = invert_affine_torch(affine)  # target -> source
+    inv = invert_affine(affine)  # target -> source
     ys, xs = torch.meshgrid(
         torch.arange(H, device=device, dtype=torch.float64),
         torch.arange(W, device=device, dtype=torch.float64),

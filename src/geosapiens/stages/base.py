@@ -14,6 +14,7 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
+from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
 from geosapiens.callbacks.rng import RestoreRNG
 from geosapiens.callbacks.teardown import DestroyProcessGroup
@@ -22,7 +23,7 @@ from geosapiens.errors import CheckpointError
 from geosapiens.metrics.pck import PCK, SampleErrors
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.checkpoint import load_checkpoint
-from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens.models.codec import UDPHeatmapCodec, flip_test
 from geosapiens.models.heads import DeconvHead
 from geosapiens.models.pose_model import PoseModel
 from geosapiens.skeleton import COCO17
@@ -197,8 +198,7 @@ class PoseStage(L.LightningModule):
         """Heatmaps (B, K, h, w), averaged with the mirrored image's when ``flip_test`` is on."""
         heatmaps = model(images)
         if self.hparams.flip_test:
-            flipped = model(images.flip(-1))
-            heatmaps = 0.5 * (heatmaps + self.codec.flip_heatmaps(flipped, COCO17.flip_indices))
+            heatmaps = flip_test(heatmaps, model(images.flip(-1)), COCO17.flip_indices)
         return heatmaps
 
     def predict_keypoints(
@@ -206,12 +206,12 @@ class PoseStage(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keypoints (B, K, 2) in IMAGE pixels and scores (B, K), through the crop affine (B, 2, 3)."""
         keypoints, scores = self.codec.decode(self.predict_heatmaps(self.evaluated_network, images))
-        return apply_affine(keypoints, invert_affine_torch(affine)), scores
+        return apply_affine(keypoints, invert_affine(affine)), scores
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict, metric: PCK, errors: SampleErrors | None = None) -> None:
         pred, _ = self.predict_keypoints(batch["image"], batch["affine"])
-        target = apply_affine(batch["keypoints"], invert_affine_torch(batch["affine"]))
+        target = apply_affine(batch["keypoints"], invert_affine(batch["affine"]))
         labelled = batch["weights"] > 0
         metric.update(pred, target, labelled, bbox=batch["bbox"])
         if errors is not None and "index" in batch:

@@ -14,9 +14,10 @@ from typing import Literal
 
 import torch
 
+from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.errors import CheckpointError
 from geosapiens.losses.functional import distillation_loss
-from geosapiens.models.codec import apply_affine, flip_heatmaps, invert_affine_torch, resize_aligned
+from geosapiens.models.codec import flip_test, resize_aligned
 from geosapiens.models.pose_model import PoseModel
 from geosapiens.skeleton import COCO17
 from geosapiens.stages.base import PoseStage, pose_model_from_checkpoint
@@ -132,8 +133,7 @@ class Distillation(PoseStage):
         with torch.no_grad():
             heatmaps = teacher(x)
             if self.hparams.teacher_flip:
-                mirrored = teacher(x.flip(-1))
-                heatmaps = 0.5 * (heatmaps + flip_heatmaps(mirrored, COCO17.flip_indices))
+                heatmaps = flip_test(heatmaps, teacher(x.flip(-1)), COCO17.flip_indices)
         return heatmaps
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -153,4 +153,4 @@ class Distillation(PoseStage):
         heatmaps = self.predict_heatmaps(self.model, resize_aligned(images, (h, w)))
         keypoints, scores = self.codec.decode(heatmaps)
         keypoints = keypoints * keypoints.new_tensor([(W - 1) / (w - 1), (H - 1) / (h - 1)])
-        return apply_affine(keypoints, invert_affine_torch(affine)), scores
+        return apply_affine(keypoints, invert_affine(affine)), scores

@@ -20,7 +20,8 @@ from torch import nn
 
 from geosapiens.callbacks.ema import EMATeacher
 from geosapiens.callbacks.schedule import LossSchedule, LossTerm, fractional_epoch
-from geosapiens.data.critic_cache import canonical_to_view, maps_from_entries
+from geosapiens.data.critic_cache import maps_from_entries
+from geosapiens.data.crop import canonical_to_view, view_to_canonical
 from geosapiens.losses import functional as losses
 from geosapiens.losses import objectives
 from geosapiens.models.critics import GeometricCritic
@@ -143,7 +144,7 @@ class MeanTeacherAdaptation(PoseStage):
     def critic_inputs(self, target: dict) -> dict[str, Any]:
         """Critic maps in the CANONICAL crop frame (where the normal priors were fitted), the (B, 2, 3)
         strong-view -> canonical affine that takes predicted keypoints there, and the critic's lambda_z."""
-        strong_to_canonical = canonical_to_view(target["strong_affine"], target["canonical_affine"])
+        strong_to_canonical = view_to_canonical(target["canonical_affine"], target["strong_affine"])
         if self.critic is None:
             if "critic_maps" in target:  # read by the DataLoader workers, stored at the cache's stride
                 maps = maps_from_entries(target["critic_maps"].float())

@@ -19,9 +19,10 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
+from geosapiens.affine import invert_affine
 from geosapiens.data.critic_cache import CriticCache
 from geosapiens.losses import objectives
-from geosapiens.models.codec import UDPHeatmapCodec, invert_affine_torch
+from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.models.normal_prior import load_normal_priors
@@ -248,7 +249,7 @@ class TestTimeAdaptation(HeadAdaptation, L.Callback):
             pl_module.codec,
             batch["image"],
             image_paths=list(batch["image_path"]),
-            crop_to_image=invert_affine_torch(batch["affine"]) if sequence is not None else None,
+            crop_to_image=invert_affine(batch["affine"]) if sequence is not None else None,
         )
 
     on_test_batch_start = on_predict_batch_start = _adapt
