@@ -14,10 +14,6 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
-from geosapiens.callbacks.rng import RestoreRNG
-from geosapiens.callbacks.teardown import DestroyProcessGroup
-from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
 from geosapiens.metrics.pck import PCK, SampleErrors
 from geosapiens.models.backbone import create_backbone
@@ -144,6 +140,7 @@ class PoseStage(L.LightningModule):
             :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
     """
 
+    # the checkpoints' selection metric: ``geosapiens fit`` gives it to the config's ModelCheckpoint/EarlyStopping
     monitor = "val/pck@0.1"
 
     def __init__(
@@ -294,15 +291,6 @@ class PoseStage(L.LightningModule):
                 f"{self.global_step}); lower the learning rate or check the data. The last good weights "
                 "are in the last checkpoint."
             )
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [
-            DestroyProcessGroup(),
-            BadSampleReport(),
-            CheckpointOnSigterm(),
-            LastCheckpointAtEnd(),
-            RestoreRNG(),
-        ]
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):
