@@ -97,7 +97,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     The one place a run is wired: every task gets the run-safety callbacks
     (:func:`~geosapiens.callbacks.infrastructure.infrastructure_callbacks`) and atomic checkpoint writes;
-    values that two classes share are stated once in a config and linked (:func:`link_shared_values`);
+    values that two classes share are stated once in a config and linked (:func:`link_crop_size`);
     ``$VARS`` and ``~`` are expanded in every string of the config before anything is built; a DataModule
     ``data_seed`` left unset is the run's ``seed_everything``.
     """
@@ -129,7 +129,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     class GeoSapiensCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            link_shared_values(parser)
+            link_crop_size(parser)
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -180,17 +180,13 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     )
 
 
-def link_shared_values(parser) -> None:
-    """State each value two classes share once, in the class that owns it:
-
-    - the crop size is the stage's ``model.init_args.input_size``; the DataModule crops at it (its
-      ``input_size``, or the parts' of a composed one: ``source`` and ``target``, a wrapped ``data``). A
-      stage that needs another crop from its data says so with ``data_input_size`` (distillation: the
-      teacher's crop);
-    - the checkpoint monitor is the task's ``monitor`` (e.g. ``val/pck@0.1`` for every pose stage), given
-      to every ``ModelCheckpoint`` and ``EarlyStopping`` of ``trainer.callbacks``.
-
-    Tasks without an ``input_size`` (the pose prior, the small critic) keep their DataModule's own.
+def link_crop_size(parser) -> None:
+    """The crop size, stated once: the stage's ``model.init_args.input_size``. The DataModule crops at it
+    (its ``input_size``, or the parts' of a composed one: ``source`` and ``target``, a wrapped ``data``); a
+    stage that needs another crop from its data says so with ``data_input_size`` (distillation: the
+    teacher's crop). Tasks without an ``input_size`` (the pose prior, the small critic) keep their
+    DataModule's own. (The checkpoint monitor is stated once too, by the task:
+    :class:`~geosapiens.callbacks.selection.BestCheckpoint`.)
     """
     for target in (
         "data.init_args.input_size",
@@ -199,18 +195,11 @@ def link_shared_values(parser) -> None:
         parser.link_arguments(
             ("model.init_args.input_size", "model.init_args"), target, compute_fn=data_crop_size
         )
-    parser.link_arguments("model.class_path", "trainer.callbacks.init_args.monitor", compute_fn=task_monitor)
 
 
 def data_crop_size(input_size, init_args) -> tuple[int, int]:
     """The crop a stage asks of its DataModule: its ``data_input_size`` when it has one, else its own."""
     return tuple(init_args.get("data_input_size") or input_size)
-
-
-def task_monitor(class_path: str) -> str | None:
-    """The validation metric a task's checkpoints are selected by (its class's ``monitor``)."""
-    module, name = class_path.rsplit(".", 1)
-    return getattr(getattr(importlib.import_module(module), name), "monitor", None)
 
 
 def fill_data_seeds(data, seed: int) -> None:
