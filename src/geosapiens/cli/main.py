@@ -97,7 +97,8 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     The one place a run is wired: every task gets the run-safety callbacks
     (:func:`~geosapiens.callbacks.infrastructure.infrastructure_callbacks`) and atomic checkpoint writes;
-    values that two classes share are stated once in a config and linked (:func:`link_crop_size`);
+    the crop size is stated once, by the stage, and linked to the DataModule (:func:`link_crop_size`; the
+    checkpoint monitor is the stage's too: :class:`~geosapiens.callbacks.selection.BestCheckpoint`);
     ``$VARS`` and ``~`` are expanded in every string of the config before anything is built; a DataModule
     ``data_seed`` left unset is the run's ``seed_everything``.
     """
