@@ -70,9 +70,7 @@ def _train(tmp: Path, steps: int, seed: int) -> tuple[Path, Path]:
         str(REPO / "configs/demo/oracle.yaml"),
         "--data.init_args.root",
         str(syrip),
-        "--model.init_args.input_size",
-        "[64, 64]",
-        "--data.init_args.input_size",
+        "--model.init_args.input_size",  # the DataModule crops at the stage's size
         "[64, 64]",
         "--data.init_args.batch_size",
         "8",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geosapiens.cli.main import main
+from geosapiens.cli.main import main, trainer_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STACKS = [
@@ -75,3 +75,60 @@ def test_an_overlay_keeps_every_term_of_its_base(base, overlay, capsys):
             assert after[term]["start_epoch"] == value["start_epoch"], f"{overlay}: {term} starts elsewhere"
         if term not in named:
             assert after[term]["weight"] == value["weight"], f"{overlay}: {term} changes weight"
+
+
+# -- what the CLI wires: each shared value stated once -----------------------------------------------------
+
+
+def _built(tmp_path, monkeypatch, *args: str):
+    """The stage, DataModule and trainer the CLI builds from ``args`` (nothing runs)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEOSAPIENS_DATA", str(tmp_path / "datasets"))
+    return trainer_cli([*args, "--trainer.logger", "false"], run=False)
+
+
+def test_the_crop_size_is_the_stages_for_every_part_of_the_data(tmp_path, monkeypatch):
+    fidip = ["--config", str(CONFIGS / "uda.yaml"), "--config", str(CONFIGS / "baselines/fidip.yaml")]
+    small = ["--model.init_args.backbone", "timm:resnet10t", "--model.init_args.backbone_kwargs", "{}"]
+    cli = _built(tmp_path, monkeypatch, *fidip, *small, "--model.init_args.input_size", "[64, 48]")
+    assert tuple(cli.model.hparams.input_size) == (64, 48)
+    assert cli.datamodule.source.input_size == cli.datamodule.target.input_size == (64, 48)
+
+
+def test_a_distillation_student_crops_its_data_at_the_teachers_size(tmp_path, monkeypatch):
+    cli = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / "distill.yaml"))
+    assert tuple(cli.model.hparams.input_size) == (256, 256)
+    assert cli.datamodule.source.input_size == cli.datamodule.target.input_size == (1024, 1024)
+
+
+def test_a_task_without_a_crop_size_keeps_its_datamodules(tmp_path, monkeypatch):
+    cli = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / "critics/small_critic.yaml"))
+    assert tuple(cli.datamodule.hparams.input_size) == (128, 96)
+
+
+def test_the_data_seed_is_the_runs_seed_unless_pinned(tmp_path, monkeypatch):
+    distill = ["--config", str(CONFIGS / "distill.yaml"), "--seed_everything", "7"]
+    cli = _built(tmp_path, monkeypatch, *distill, "--data.init_args.target.init_args.data_seed", "3")
+    assert (cli.datamodule.source.data_seed, cli.datamodule.target.data_seed) == (7, 3)
+
+
+def test_every_path_argument_is_read_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cli = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / "critics/small_critic.yaml"),
+                 "--model.init_args.export_path", "$GEOSAPIENS_DATA/critic.safetensors",
+                 "--data.init_args.data_root", "~/synth")  # fmt: skip
+    assert cli.model.hparams.export_path == str(tmp_path / "datasets" / "critic.safetensors")
+    assert cli.datamodule.hparams.data_root == str(tmp_path / "home" / "synth")
+
+
+def test_every_task_gets_the_run_safety_callbacks_from_the_cli(tmp_path, monkeypatch):
+    from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
+    from geosapiens.callbacks.rng import RestoreRNG
+    from geosapiens.data.robust import BadSampleReport
+    from geosapiens.io import AtomicCheckpointIO
+
+    for config in ("critics/small_critic.yaml", "priors/pose_vae.yaml", "distill.yaml"):
+        trainer = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / config)).trainer
+        kinds = {type(cb) for cb in trainer.callbacks}
+        assert {CheckpointOnSigterm, LastCheckpointAtEnd, RestoreRNG, BadSampleReport} <= kinds, config
+        assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), config

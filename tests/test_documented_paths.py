@@ -73,7 +73,7 @@ trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, pr
           accelerator: cpu, devices: 1, num_sanity_val_steps: 0, enable_progress_bar: false}
 model:
   init_args: {backbone: "timm:resnet10t", backbone_kwargs: {}, head_kwargs: {channels: [64, 64, 64]},
-              input_size: [64, 64], teacher_flip: false}
+              input_size: [64, 64], data_input_size: [64, 64], teacher_flip: false}
 data:
   init_args:
     source: {init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}}

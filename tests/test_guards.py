@@ -147,6 +147,48 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     assert ckpt["global_step"] >= 5 and any(k.startswith("model.") for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
+def test_sigterm_checkpoint_of_a_task_that_is_no_pose_stage_resumes(tmp_path):
+    """The run-safety callbacks are the CLI's, for every task: the pose prior (a plain LightningModule, no
+    PoseStage) also saves its last.ckpt on SIGTERM, says how to resume, and ``--ckpt_path last`` goes on from
+    that step."""
+    data = tmp_path / "data"
+    synth = ["data", "synth", "--out", str(data), "--preset", "tiny", "--quiet"]
+    subprocess.run([sys.executable, "-m", "geosapiens.cli.main", *synth], check=True, cwd=REPO)
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(REPO / "configs/priors/pose_vae.yaml")]
+    args += ["--config", str(REPO / "configs/demo/pose_vae.yaml")]
+    args += ["--data.init_args.syrip_root", str(data / "SyRIP"), "--data.init_args.mini_rgbd_root"]
+    args += [str(data / "MINI-RGBD_web"), "--data.init_args.mini_rgbd_sequences", '["01"]']
+    args += ["--data.init_args.batch_size", "4", "--trainer.max_epochs", "100000"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run)]
+    args += ["--trainer.logger.init_args.save_dir", str(run)]
+    command = [sys.executable, "-m", "geosapiens.cli.main", *args]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not list(run.rglob("*.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # the first epoch's checkpoint: training is under way
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert "SIGTERM: saved" in out and "resume with --ckpt_path last" in out, out[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    step = ckpt["global_step"]
+    assert step > 0 and any(k.startswith("vae.") for k in ckpt["state_dict"])
+    assert any("RestoreRNG" in k for k in ckpt["callbacks"])  # the global RNG states travel with it
+
+    resumed = subprocess.run(
+        [*command, "--trainer.max_steps", str(step + 2), "--ckpt_path", "last"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step + 2
+
+
 class _Worsening(L.LightningModule):
     """Its validation metric never improves, so Lightning 2.6 saves neither a best nor a last checkpoint
     after the first validation."""

@@ -206,6 +206,11 @@ def test_supervised_stage_fits_tests_and_predicts(prepared, tmp_path):
     main(["test", *args])
     results = next((tmp_path / "test").rglob("test_metrics.json"))
     assert '"test/pck@0.1"' in results.read_text()
+    saved = json.loads(results.read_text())
+    curve = saved["pck_curve"]  # the stage's, from its test predictions: it meets the logged PCK
+    by_t = dict(zip([round(t, 2) for t in curve["thresholds"]], curve["pck"], strict=True))
+    for t in (0.05, 0.1, 0.2):
+        assert by_t[t] == pytest.approx(saved["metrics"][f"test/pck@{t:g}"])
 
 
 def test_mean_teacher_resumes_student_teacher_schedule_and_optimiser(prepared, tmp_path):

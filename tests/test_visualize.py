@@ -1,6 +1,7 @@
 """LogValidationImages in real Trainer runs: the sheet's size and pixels (prediction, dimmed ground truth,
-critic maps), CSV and W&B (offline) loggers, and the test PCK curve against metrics.pck.pck_curve, also summed
-over two DDP ranks."""
+critic maps), CSV and W&B (offline) loggers, and the test PCK curve (a stage's, from its per-sample errors:
+metrics.pck.pck_curve_from_errors, as PoseStage makes it) against metrics.pck.pck_curve, also gathered over
+two DDP ranks, plotted and written."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.callbacks.results import TestResultsWriter
 from geosapiens.callbacks.visualize import LogValidationImages
-from geosapiens.metrics.pck import pck_curve
+from geosapiens.metrics.pck import SampleErrors, pck_curve, pck_curve_from_errors
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
 from geosapiens.viz import draw
@@ -56,6 +57,7 @@ class CropDataset(Dataset):
             "affine": AFFINE,
             "bbox": BBOX,
             "image_path": f"/data/infant_{i}.png",
+            "index": i,
         }
 
 
@@ -66,6 +68,8 @@ class ToyStage(L.LightningModule):
         super().__init__()
         self.layer = torch.nn.Linear(1, 1)
         self.predict_calls = 0
+        self.test_errors = SampleErrors(norm="bbox")
+        self.test_pck_curve: dict | None = None
 
     def training_step(self, batch, batch_idx):
         return self.layer(torch.ones(1, 1)).sum()
@@ -74,7 +78,15 @@ class ToyStage(L.LightningModule):
         self.log("val/loss", 0.0, batch_size=len(batch["image"]))
 
     def test_step(self, batch, batch_idx):
+        """As PoseStage's: each sample's errors from the predictions, the curve from them at the end."""
+        keypoints, _ = self.predict_keypoints(batch["image"], batch["affine"])
+        target = apply_affine(batch["keypoints"].double(), invert_affine(batch["affine"].double()))
+        labelled = batch["weights"] > 0
+        self.test_errors.update(keypoints, target, labelled, index=batch["index"], bbox=batch["bbox"])
         self.log("test/pck@0.1", 0.5, batch_size=len(batch["image"]))
+
+    def on_test_epoch_end(self):
+        self.test_pck_curve = pck_curve_from_errors(self.test_errors.compute()[1], "bbox")
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
@@ -201,7 +213,9 @@ def test_test_pck_curve_matches_pck_curve_and_lands_in_results(tmp_path):
     curve_cb = LogValidationImages()
     results = TestResultsWriter()
     trainer = _trainer(tmp_path, CSVLogger(tmp_path, name="run"), [curve_cb, results])
-    trainer.test(ToyStage(), _loader(batch_size=2))  # two batches of two
+    stage = ToyStage()
+    trainer.test(stage, _loader(batch_size=2))  # two batches of two
+    assert stage.predict_calls == 2  # the stage's own test forward, one per batch: the callback only draws
 
     preds = POSE_IMAGE + DIST[:, None, None].double() * DIRECTION  # (4, K, 2)
     target = apply_affine(POSE_CROP.expand(4, K, 2).double(), invert_affine(AFFINE.expand(4, 2, 3).double()))
@@ -209,7 +223,7 @@ def test_test_pck_curve_matches_pck_curve_and_lands_in_results(tmp_path):
     labelled = torch.ones(4, K, dtype=torch.bool)
     labelled[:, 1] = False
     thr, mean, per_joint = pck_curve(preds, target, labelled, torch.full((4,), 100.0))
-    curve = curve_cb.test_pck_curve
+    curve = stage.test_pck_curve
     assert curve["thresholds"] == pytest.approx(thr.tolist(), abs=1e-12)
     assert curve["pck"] == pytest.approx(mean.tolist())
     by_t = dict(zip([round(t, 2) for t in curve["thresholds"]], curve["pck"], strict=True))

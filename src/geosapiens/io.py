@@ -32,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 __all__ = [
+    "expand_path",
     "atomic_write",
     "atomic_write_file",
     "atomic_torch_save",
@@ -41,6 +42,15 @@ __all__ = [
 
 # Errors that mean "no room": the message tells the user to free space.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def expand_path(path: str) -> str:
+    """``path`` as a run reads it: ``$VARS`` and a leading ``~`` expanded (an unset variable stays as written,
+    for the reader to name). Configs say ``$GEOSAPIENS_DATA/SyRIP`` so that one environment variable points
+    every config at the user's datasets."""
+    if "$" not in path and not path.startswith("~"):
+        return path
+    return os.path.expanduser(os.path.expandvars(path))
 
 
 @contextmanager

@@ -12,8 +12,8 @@ PCK-vs-threshold curve. File layout (values are fractions; NaN is written as ``n
      "per_sample": {"norm": "bbox", "keypoints": ["nose", ...], "index": [0, 1, ...],
                     "errors": [[0.031, null, ...], ...]}}
 
-The curve is taken from a ``test_pck_curve`` attribute (that dict) of the LightningModule, else of any
-callback that has one (:class:`~geosapiens.callbacks.visualize.LogValidationImages` computes it).
+The curve is the module's ``test_pck_curve`` (that dict; :class:`~geosapiens.stages.base.PoseStage` draws
+it from the test predictions' per-sample errors: :func:`~geosapiens.metrics.pck.pck_curve_from_errors`).
 ``per_sample`` is the module's ``test_samples`` (:class:`~geosapiens.stages.base.PoseStage` keeps it):
 per test sample (``index`` in the test dataset), each joint's error as a fraction of the PCK normaliser;
 ``null`` = not scored (unlabelled), :data:`NO_PREDICTION` = scored without a prediction (wrong at any
@@ -39,7 +39,7 @@ import torch
 from geosapiens.io import atomic_write_file
 from geosapiens.metrics.results import NO_PREDICTION, RESULTS_FILENAME, RESULTS_FORMAT
 
-__all__ = ["json_safe", "find_pck_curve", "TestResultsWriter"]
+__all__ = ["json_safe", "TestResultsWriter"]
 
 
 def json_safe(value: Any) -> Any:
@@ -61,15 +61,6 @@ def json_safe(value: Any) -> Any:
 
 def _qualname(obj: Any) -> str | None:
     return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def find_pck_curve(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
-    """The test PCK curve a module or callback exposes as ``test_pck_curve`` (the module's wins)."""
-    for owner in (pl_module, *trainer.callbacks):
-        curve = getattr(owner, "test_pck_curve", None)
-        if curve:
-            return curve
-    return None
 
 
 class TestResultsWriter(L.Callback):
@@ -120,8 +111,8 @@ class TestResultsWriter(L.Callback):
             else None,
         }
         out: dict[str, Any] = {"format": RESULTS_FORMAT, "metrics": metrics, "run": run}
-        curve = find_pck_curve(trainer, pl_module)
-        if curve is not None:
+        curve = getattr(pl_module, "test_pck_curve", None)
+        if curve:
             out["pck_curve"] = json_safe(curve)
         samples = getattr(pl_module, "test_samples", None)
         if samples:

@@ -1,4 +1,5 @@
-"""Pictures during training: predicted skeletons on validation crops, and the test PCK curve.
+"""Pictures during training: predicted skeletons on validation crops, and the test PCK curve (drawn only: the
+stage computes the curve from its test predictions).
 
 Module contract (the stages implement it):
 
@@ -10,8 +11,8 @@ Module contract (the stages implement it):
 Validation and test batches are the labelled dicts of API.md: ``image`` normalised, ``keypoints`` crop px,
 ``weights``, ``affine``, ``bbox`` image px, ``image_path``.
 
-Distributed runs: the forward passes run on *every* rank (a model sharded with FSDP needs all ranks in each
-forward, and the curve is a sum over ranks); only global rank 0 draws, writes and logs.
+Distributed runs: the validation forward runs on *every* rank (a model sharded with FSDP needs all ranks in
+each forward); only global rank 0 draws, writes and logs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from geosapiens.affine import apply_affine, invert_affine
-from geosapiens.metrics.pck import PCK
+from geosapiens.affine import apply_affine
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.skeleton import COCO17
 from geosapiens.viz import draw, plots
 
 __all__ = ["LogValidationImages"]
@@ -57,23 +56,19 @@ class LogValidationImages(L.Callback):
     Infant photos stay on the machine unless asked (``log_images``): by default (``"local"``) the sheet goes
     to TensorBoard loggers (``add_image``, local files) and, without one or with ``save_png=True``, to
     ``<log_dir>/images/epoch_XXX.png``; ``"remote"`` also sends it to W&B loggers (``log_image``: an upload,
-    now or at ``wandb sync``); ``"off"`` draws no sheet. The test PCK curve (a plot, no photo) goes to every
-    image logger.
+    now or at ``wandb sync``); ``"off"`` draws no sheet.
 
-    During ``trainer.test`` the callback scores ``predict_keypoints`` against each batch's ground truth (one
-    extra forward per test batch) with a :class:`~geosapiens.metrics.pck.PCK` over ``curve_thresholds``
-    (sum states, so exact under DDP), keeps the result as :attr:`test_pck_curve` (which
-    :class:`~geosapiens.callbacks.results.TestResultsWriter` stores), plots it to
-    ``<log_dir>/images/test_pck_curve.png`` and logs the plot.
+    When ``trainer.test`` ends, the module's ``test_pck_curve`` (the dict
+    :func:`~geosapiens.metrics.pck.pck_curve_from_errors` makes; a :class:`~geosapiens.stages.base.PoseStage`
+    computes it from its test predictions) is plotted to ``<log_dir>/images/test_pck_curve.png`` and sent to
+    every image logger (a plot, no photo).
 
     Args:
         num_images: crops per sheet.
         every_n_epochs: epoch period of the validation sheet.
         cols: tiles per row (default 4, or 2 when critic maps widen each tile).
         save_png: also save PNGs when an image logger exists (None: only without one).
-        pck_curve: compute and log the test PCK curve.
-        curve_thresholds: thresholds of the curve (default 0, 0.01, ..., 0.5, as ``pck_curve``).
-        curve_norm: PCK normaliser of the curve (``"bbox"``: max side of the ground-truth box).
+        pck_curve: plot and log the module's test PCK curve.
         score_threshold: predicted joints with a lower score are not drawn.
         log_images: where validation sheets (infant photos) go: ``"local"`` files and TensorBoard,
             ``"remote"`` W&B too, ``"off"`` nowhere.
@@ -87,8 +82,6 @@ class LogValidationImages(L.Callback):
         cols: int | None = None,
         save_png: bool | None = None,
         pck_curve: bool = True,
-        curve_thresholds: list[float] | None = None,
-        curve_norm: str = "bbox",
         score_threshold: float = 0.3,
         log_images: Literal["local", "remote", "off"] = "local",
     ) -> None:
@@ -103,16 +96,10 @@ class LogValidationImages(L.Callback):
         self.cols = cols
         self.save_png = save_png
         self.pck_curve = pck_curve
-        self.curve_thresholds = (
-            [round(0.01 * i, 2) for i in range(51)] if curve_thresholds is None else list(curve_thresholds)
-        )
-        self.curve_norm = curve_norm
         self.score_threshold = score_threshold
         self.log_images = log_images
-        self.test_pck_curve: dict[str, Any] | None = None
         self.last_image_path: Path | None = None
         self._log_dir: Path | None = None
-        self._metric: PCK | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -124,8 +111,6 @@ class LogValidationImages(L.Callback):
             )
         # trainer.log_dir is a broadcast: resolve it on every rank, here, never inside rank-0-only code.
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if stage == "test" and self.pck_curve:
-            self._metric = PCK(thresholds=self.curve_thresholds, norm=self.curve_norm).to(pl_module.device)
 
     def _image_loggers(self, trainer: L.Trainer, photo: bool) -> list:
         """Loggers that take images; of a ``photo``, only the local ones unless ``log_images="remote"``."""
@@ -232,44 +217,12 @@ class LogValidationImages(L.Callback):
 
     # ------------------------------------------------------------------- test
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if (
-            self._metric is None
-            or not isinstance(batch, dict)
-            or not {"keypoints", "weights"} <= batch.keys()
-        ):
-            return
-        with torch.no_grad():
-            keypoints, _ = pl_module.predict_keypoints(batch["image"], batch["affine"])
-        target = apply_affine(batch["keypoints"].double(), invert_affine(batch["affine"].double()))
-        self._metric.update(keypoints.double(), target, batch["weights"] > 0, bbox=batch["bbox"].double())
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._metric is None:
-            return
-        values = self._metric.compute()  # a collective under DDP: every rank calls it
-        self._metric.reset()
-        thresholds = list(self._metric.thresholds)
-        self.test_pck_curve = {
-            "thresholds": thresholds,
-            "pck": [values[f"pck@{t:g}"].item() for t in thresholds],
-            "per_joint": {
-                name: [values[f"pck@{t:g}/{name}"].item() for t in thresholds] for name in COCO17.names
-            },
-            "norm": self.curve_norm,
-        }
-        if not trainer.is_global_zero:
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        curve = getattr(pl_module, "test_pck_curve", None)
+        if not self.pck_curve or not curve or not trainer.is_global_zero:
             return
         fig = plots.plot_pck_curves(
-            {type(pl_module).__name__: (thresholds, self.test_pck_curve["pck"])}, title="test PCK"
+            {type(pl_module).__name__: (curve["thresholds"], curve["pck"])}, title="test PCK"
         )
         self._publish(
             trainer,

@@ -289,13 +289,13 @@ class DemoPlan:
         return [arg for name in names for arg in ("--config", str(self.configs / name))]
 
     def run_args(self, run: Run, seed: int) -> list[str]:
-        """Every ``--key=value`` of one run and seed: data root, crop size, steps, accelerator, its own."""
+        """Every ``--key=value`` of one run and seed: data root, crop size (the stage's; the CLI gives it to
+        the DataModule), steps, accelerator, its own."""
         size = json.dumps(list(self.input_size))
         steps, val_every = self.protocol.steps[run.stage]
         args = [f"--model.init_args.input_size={size}", f"--trainer.accelerator={self.accelerator}"]
         loaders = ["source.init_args.", "target.init_args."] if run.kind == "adapt" else [""]
         args += [f"--data.init_args.{key}root={self.syrip}" for key in loaders]
-        args += [f"--data.init_args.{key}input_size={size}" for key in loaders]
         if self.steps_scale != 1.0 and run.stage != "adabn":  # AdaBN's batches only re-estimate statistics
             steps, val_every = (max(1, round(self.steps_scale * n)) for n in (steps, val_every))
         if self.fast:
@@ -793,7 +793,6 @@ def _prepare(p: DemoPlan, run: Runner, data_seed: int) -> None:
          "--seed_everything=0", f"--trainer.accelerator={p.accelerator}", f"--trainer.max_steps={steps}",
          f"--trainer.val_check_interval={val_every}", f"--data.init_args.critic_cache={p.cache}",
          f"--data.init_args.data.init_args.root={p.syrip}", f"--model.init_args.input_size={size}",
-         f"--data.init_args.data.init_args.input_size={size}",
          *(["--data.init_args.data.init_args.batch_size=8", "--data.init_args.data.init_args.num_workers=0"]
            if p.fast else [])],
     )  # fmt: skip

@@ -97,7 +97,15 @@ def _usage(group: str | None = None) -> str:
 
 def trainer_cli(args: list[str] | None, run: bool = True):
     """LightningCLI over every stage module and DataModule the package defines (``run=False``: parse and
-    instantiate only, for callers that drive the trainer themselves). ``args=None`` reads ``sys.argv``."""
+    instantiate only, for callers that drive the trainer themselves). ``args=None`` reads ``sys.argv``.
+
+    The one place a run is wired: every task gets the run-safety callbacks
+    (:func:`~geosapiens.callbacks.infrastructure.infrastructure_callbacks`) and atomic checkpoint writes;
+    the crop size is stated once, by the stage, and linked to the DataModule (:func:`link_crop_size`; the
+    checkpoint monitor is the stage's too: :class:`~geosapiens.callbacks.selection.BestCheckpoint`);
+    ``$VARS`` and ``~`` are expanded in every string of the config before anything is built; a DataModule
+    ``data_seed`` left unset is the run's ``seed_everything``.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # Given args, LightningCLI warns when sys.argv has arguments too (ours always does: the same ones).
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -106,6 +114,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
+    from geosapiens.callbacks.infrastructure import infrastructure_callbacks
     from geosapiens.cli.runs import (
         bind_wandb_runs,
         finish_wandb_runs,
@@ -121,9 +130,20 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         it in its error)."""
 
         def dump(self, cfg, *args, **kwargs):
-            return super().dump(_expand_paths(cfg), *args, **kwargs)
+            return super().dump(expand_paths(cfg), *args, **kwargs)
 
     class GeoSapiensCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            link_crop_size(parser)
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            for key, value in vars(expand_paths(config)).items():
+                config[key] = value
+            seed = config.get("seed_everything")
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                fill_data_seeds(config.get("data"), seed)
+
         def instantiate_trainer(self, **kwargs):
             # Checkpoints land whole or not at all: a kill or a full disk mid-save keeps the previous one.
             if not self._get(self.config_init, "trainer", default={}).get("plugins"):
@@ -156,6 +176,8 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
+        # added to the config's callbacks for every task; not configurable, always there
+        trainer_defaults={"callbacks": infrastructure_callbacks()},
         save_config_kwargs={"overwrite": True},
         parser_class=ExpandedPathsParser,
         args=args,
@@ -163,19 +185,63 @@ def trainer_cli(args: list[str] | None, run: bool = True):
     )
 
 
-def _expand_paths(value):
-    """``value`` (a parsed config, or any value in it) with ``$VARS`` and a leading ``~`` expanded in every
-    string, as :func:`geosapiens.data.datamodules.data_path` reads them."""
+def link_crop_size(parser) -> None:
+    """The crop size, stated once: the stage's ``model.init_args.input_size``. The DataModule crops at it
+    (its ``input_size``, or the parts' of a composed one: ``source`` and ``target``, a wrapped ``data``); a
+    stage that needs another crop from its data says so with ``data_input_size`` (distillation: the
+    teacher's crop). Tasks without an ``input_size`` (the pose prior, the small critic) keep their
+    DataModule's own. (The checkpoint monitor is stated once too, by the task:
+    :class:`~geosapiens.callbacks.selection.BestCheckpoint`.)
+    """
+    for target in (
+        "data.init_args.input_size",
+        *(f"data.init_args.{part}.init_args.input_size" for part in ("source", "target", "data")),
+    ):
+        parser.link_arguments(
+            ("model.init_args.input_size", "model.init_args"), target, compute_fn=data_crop_size
+        )
+
+
+def data_crop_size(input_size, init_args) -> tuple[int, int]:
+    """The crop a stage asks of its DataModule: its ``data_input_size`` when it has one, else its own."""
+    return tuple(init_args.get("data_input_size") or input_size)
+
+
+def fill_data_seeds(data, seed: int) -> None:
+    """Give every DataModule of the config (composed ones' parts too) whose ``data_seed`` is unset the run's
+    seed: the data order and augmentation then change with ``seed_everything``; an explicit ``data_seed``
+    pins them."""
     from jsonargparse import Namespace
 
-    if isinstance(value, str) and ("$" in value or value.startswith("~")):
-        return os.path.expanduser(os.path.expandvars(value))
+    if isinstance(data, list):
+        for item in data:
+            fill_data_seeds(item, seed)
+        return
+    if not isinstance(data, Namespace) or not isinstance(data.get("init_args"), Namespace):
+        return
+    init_args = data.init_args
+    if "data_seed" in init_args and init_args.data_seed is None:
+        init_args.data_seed = seed
+    for value in vars(init_args).values():
+        fill_data_seeds(value, seed)
+
+
+def expand_paths(value):
+    """``value`` (a parsed config, or any value in it) with ``$VARS`` and a leading ``~`` expanded in every
+    string (:func:`geosapiens.io.expand_path`): every path argument reads the same, whichever class takes
+    it."""
+    from jsonargparse import Namespace
+
+    from geosapiens.io import expand_path
+
+    if isinstance(value, str):
+        return expand_path(value)
     if isinstance(value, Namespace):
-        return Namespace(**{k: _expand_paths(v) for k, v in vars(value).items()})
+        return Namespace(**{k: expand_paths(v) for k, v in vars(value).items()})
     if isinstance(value, dict):
-        return {k: _expand_paths(v) for k, v in value.items()}
+        return {k: expand_paths(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_expand_paths(v) for v in value)
+        return type(value)(expand_paths(v) for v in value)
     return value
 
 

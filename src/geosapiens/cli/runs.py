@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from geosapiens.callbacks.selection import BestCheckpoint
 from geosapiens.callbacks.wandb_resume import bind_run_id
 from geosapiens.errors import UsageError
 
@@ -56,10 +57,12 @@ def _names(folders: list[Path]) -> str:
 
 
 def _best_files(trainer, folders: list[Path]) -> list[Path]:
-    """Where the monitored ``ModelCheckpoint`` keeps its best model when its filename is fixed (``best``)."""
+    """Where the monitored ``ModelCheckpoint`` keeps its best model when its filename is fixed (``best``); a
+    :class:`BestCheckpoint` reads its monitor from the module at setup, after this is asked."""
     files = []
     for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.filename and "{" not in cb.filename:
+        monitored = isinstance(cb, BestCheckpoint) or (isinstance(cb, ModelCheckpoint) and cb.monitor)
+        if monitored and cb.filename and "{" not in cb.filename:
             files.append(Path(cb.dirpath) / f"{cb.filename}{cb.FILE_EXTENSION}")
     return files or [f / f"best{ModelCheckpoint.FILE_EXTENSION}" for f in folders]
 
@@ -100,7 +103,7 @@ def resolve_ckpt_path(trainer, ckpt_path: str | None, verb: str) -> str | None:
         if not found:
             raise UsageError(
                 f"--ckpt_path best: no {_best_files(trainer, folders)[0].name} in {_names(folders)} (written "
-                "by the ModelCheckpoint that monitors val/pck@0.1, filename: best); pass a checkpoint file"
+                "by the config's BestCheckpoint, filename: best); pass a checkpoint file"
             )
         return str(found[0])
     if ckpt_path.split(":")[0] in SPECIAL_PATHS:

@@ -8,7 +8,7 @@
 For seed ``k``: ``fit`` with ``--seed_everything=k`` (which also seeds the data: every DataModule's
 ``data_seed`` defaults to it, so batch order and augmentation draws change with the seed; an explicit
 ``data_seed`` in the config would pin them), its trainer and logger folders under ``<out>/seed<k>/``; then
-``test`` of its best checkpoint (the config's ``ModelCheckpoint(filename="best", monitor=...)``: model
+``test`` of its best checkpoint (the config's ``BestCheckpoint``, by the stage's monitor: model
 selection on the validation split) into ``<out>/seed<k>/test/``, where the config's
 :class:`~geosapiens.callbacks.results.TestResultsWriter` writes ``test_metrics.json``. The config's logger
 must take ``save_dir`` (CSV, TensorBoard and W&B loggers do). Each seed's folder is emptied first.
@@ -137,8 +137,8 @@ def best_checkpoint(run_dir: Path) -> Path:
     found = sorted(run_dir.rglob("best*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, str(p)))
     if not found:
         raise SeedError(
-            f"{run_dir}: no best*.ckpt after fit: the config needs a ModelCheckpoint with filename 'best' "
-            "and a validation monitor (was validation skipped?)"
+            f"{run_dir}: no best*.ckpt after fit: the config needs a BestCheckpoint (or a ModelCheckpoint "
+            "with filename 'best' and a validation monitor); was validation skipped?"
         )
     return found[-1]
 

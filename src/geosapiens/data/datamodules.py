@@ -16,7 +16,6 @@ DataModule's ``state_dict`` (saved in checkpoints, restored on resume), so a run
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +42,7 @@ from geosapiens.data.records import PoseRecord
 from geosapiens.data.robust import SkipBadSamples
 from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError
+from geosapiens.io import expand_path
 
 __all__ = [
     "PoseDataModule",
@@ -69,14 +69,14 @@ def _worker_init(worker_id: int) -> None:
 def data_path(path: str | Path) -> Path:
     """A dataset path from a config, with ``$VARS`` expanded: configs say ``$GEOSAPIENS_DATA/SyRIP`` so a user
     points every config at their downloaded datasets once, with one environment variable."""
-    expanded = os.path.expandvars(str(path))
+    expanded = expand_path(str(path))
     if "$" in expanded:
         raise DataError(
             path,
             "an environment variable in this path is not set: export GEOSAPIENS_DATA=<the folder "
             "holding MINI-RGBD_web/ and SyRIP/> (README, Data)",
         )
-    return Path(expanded).expanduser()
+    return Path(expanded)
 
 
 def split_by_image(records: Sequence[PoseRecord], fraction: float, seed: int) -> tuple[list, list, list]:
@@ -117,7 +117,8 @@ class PoseDataModule(L.LightningDataModule):
             the end of the epoch (:class:`~geosapiens.data.robust.BadSampleReport`); off = stop with the
             error naming the file.
         data_seed: seed of the training order and of every augmentation (each sample's randomness is keyed
-            by (seed, pass, index): :mod:`geosapiens.data.sampling`); None = the run's ``seed_everything``.
+            by (seed, pass, index): :mod:`geosapiens.data.sampling`); None = the run's ``seed_everything``
+            (``geosapiens fit`` fills it in from the config), 0 outside the CLI.
         critic_cache: critic cache of the training images (``geosapiens critics cache``): the unlabelled pairs
             then carry each image's cached maps (``critic_maps``), read by the DataLoader workers. It must
             have been built for this ``input_size`` and ``padding`` (checked when training starts: a
@@ -242,10 +243,9 @@ class PoseDataModule(L.LightningDataModule):
             )
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        seed = self.data_seed if self.data_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         return ResumableLoader(
             dataset,
-            seed=seed,
+            seed=0 if self.data_seed is None else self.data_seed,
             num_replicas=replicas,
             rank=rank,
             drop_last=len(dataset) // replicas > self.batch_size,

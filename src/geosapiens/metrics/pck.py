@@ -41,6 +41,9 @@ __all__ = [
     "pck_compute",
     "pck",
     "pck_curve",
+    "CURVE_THRESHOLDS",
+    "pck_from_errors",
+    "pck_curve_from_errors",
     "normalised_errors",
     "PCK",
     "SampleErrors",
@@ -222,6 +225,40 @@ def pck_curve(
     )
     mean, per_joint = pck(preds, target, labelled, norm, thr)
     return thr.double(), mean, per_joint
+
+
+CURVE_THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(51))  # 0, 0.01, ..., 0.5
+
+
+def pck_from_errors(errors: Tensor, thresholds: Sequence[float] | Tensor) -> tuple[Tensor, Tensor]:
+    """PCK of normalised errors (:func:`normalised_errors`, ``(N, K)``: NaN not scored, ``inf`` no
+    prediction): ``(mean (T,), per_joint (T, K))``, equal to :func:`pck` of the predictions they came from.
+
+    Example:
+        >>> pck_from_errors(torch.tensor([[0.05, float("nan")], [float("inf"), 0.3]]), [0.1])[0]
+        tensor([0.3333], dtype=torch.float64)
+    """
+    thr = _as_thresholds(thresholds, errors.device)
+    errors = errors.double()
+    correct = (errors[None] < thr[:, None, None]).sum(dim=1)  # NaN and inf compare False
+    return pck_compute(correct, (~torch.isnan(errors)).sum(dim=0))
+
+
+def pck_curve_from_errors(
+    errors: Tensor,
+    norm: str,
+    thresholds: Sequence[float] = CURVE_THRESHOLDS,
+    keypoint_names: Sequence[str] = COCO17.names,
+) -> dict:
+    """The PCK-vs-threshold curve of a test run's per-sample errors, as ``test_metrics.json`` stores it:
+    ``{"thresholds": [...], "pck": [...], "per_joint": {name: [...]}, "norm": norm}`` (NaN: never scored)."""
+    mean, per_joint = pck_from_errors(errors.reshape(-1, len(keypoint_names)), thresholds)
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "pck": mean.tolist(),
+        "per_joint": {name: per_joint[:, j].tolist() for j, name in enumerate(keypoint_names)},
+        "norm": norm,
+    }
 
 
 class PCK(Metric):

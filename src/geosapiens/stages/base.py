@@ -15,12 +15,8 @@ import torch
 from torch import nn
 
 from geosapiens.affine import apply_affine, invert_affine
-from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
-from geosapiens.callbacks.rng import RestoreRNG
-from geosapiens.callbacks.teardown import DestroyProcessGroup
-from geosapiens.data.robust import BadSampleReport
 from geosapiens.errors import CheckpointError
-from geosapiens.metrics.pck import PCK, SampleErrors
+from geosapiens.metrics.pck import PCK, SampleErrors, pck_curve_from_errors
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.checkpoint import load_checkpoint
 from geosapiens.models.codec import UDPHeatmapCodec, flip_test
@@ -145,6 +141,8 @@ class PoseStage(L.LightningModule):
             :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
     """
 
+    # the checkpoints' selection metric: ``geosapiens fit`` gives it to the config's ModelCheckpoint and
+    # EarlyStopping callbacks
     monitor = "val/pck@0.1"
 
     def __init__(
@@ -181,9 +179,11 @@ class PoseStage(L.LightningModule):
         self.param_ndims: dict[int, int] = {}
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
-        # every test sample's errors, for paired comparisons of runs (written by TestResultsWriter)
+        # every test sample's errors, for paired comparisons of runs, and the test PCK curve drawn from them
+        # (both written by TestResultsWriter; LogValidationImages plots the curve)
         self.test_errors = SampleErrors(norm=pck_norm)
         self.test_samples: dict[str, Any] | None = None
+        self.test_pck_curve: dict[str, Any] | None = None
 
     # -- inference -------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -228,7 +228,7 @@ class PoseStage(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_pck, "test/")
-        self.test_samples = None
+        self.test_samples = self.test_pck_curve = None
         if self.test_errors.update_called:
             index, errors = self.test_errors.compute()  # a collective under DDP: every rank calls it
             self.test_samples = {
@@ -237,6 +237,7 @@ class PoseStage(L.LightningModule):
                 "index": index.reshape(-1).tolist(),
                 "errors": errors.tolist(),
             }
+            self.test_pck_curve = pck_curve_from_errors(errors, self.test_errors.norm)
         self.test_errors.reset()
 
     def _log_metric(self, metric: PCK, prefix: str) -> None:
@@ -294,15 +295,6 @@ class PoseStage(L.LightningModule):
                 f"{self.global_step}); lower the learning rate or check the data. The last good weights "
                 "are in the last checkpoint."
             )
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return [
-            DestroyProcessGroup(),
-            BadSampleReport(),
-            CheckpointOnSigterm(),
-            LastCheckpointAtEnd(),
-            RestoreRNG(),
-        ]
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.errors import CheckpointError
@@ -54,6 +55,10 @@ class Distillation(PoseStage):
             step; the same flip test that usually adds a point or so of PCK, for cleaner targets).
         confidence_weighted: weight each joint's loss by the teacher's heatmap peak
             (:func:`~geosapiens.losses.functional.distillation_loss`).
+        data_input_size: the crop (H, W) the DataModule delivers: the teacher's input size, so the teacher
+            sees its own resolution (``geosapiens fit`` gives it to the DataModule); None = the student's
+            ``input_size``. Any crop works (both networks get it resampled); a teacher checkpoint of another
+            size is only warned about.
         init_from_teacher: start the student from the teacher's weights: ``True`` (or ``"all"``) the whole
             network (same backbone and head, e.g. the teacher's network on a smaller crop), ``"backbone"``
             its backbone only (a student with a slimmer head); a mean-teacher run's EMA network is usually
@@ -67,6 +72,7 @@ class Distillation(PoseStage):
         teacher_weights: Literal["model", "teacher"] = "teacher",
         teacher_flip: bool = False,
         confidence_weighted: bool = False,
+        data_input_size: tuple[int, int] | None = None,
         init_from_teacher: bool | Literal["all", "backbone"] = False,
         **kwargs,
     ) -> None:
@@ -89,6 +95,12 @@ class Distillation(PoseStage):
                 raise CheckpointError(f"Distillation teacher_checkpoint: {err}") from err
             self.__dict__["_teacher"] = teacher.requires_grad_(False).eval()
             self.teacher_input_size = size
+            crop = self.hparams.data_input_size
+            if crop is not None and tuple(crop) != tuple(size):
+                rank_zero_warn(
+                    f"Distillation: the teacher {path} takes {size[0]}x{size[1]} crops, data_input_size is "
+                    f"{crop[0]}x{crop[1]}: the teacher sees resampled crops"
+                )
             mode = self.hparams.init_from_teacher
             if mode:
                 source, target = (
@@ -112,14 +124,16 @@ class Distillation(PoseStage):
     def _log_data_hparams_apart(self) -> None:
         """The DataModule crops at the teacher's size and the student has its own ``input_size``: Lightning
         refuses to merge two hyperparameter sets that give one key two values, so when they differ the
-        DataModule's are logged under ``data/`` (its checkpoint entry is unchanged)."""
+        DataModule's are logged under ``data/`` (its checkpoint entry is unchanged) and it is re-saved with
+        ``save_hyperparameters(logger=False)``, Lightning's way of keeping a module's hyperparameters out of
+        the loggers."""
         datamodule = self.trainer.datamodule
-        if datamodule is None or not datamodule._log_hyperparams:
+        if datamodule is None or not self.trainer.loggers:
             return
         ours, theirs = self.hparams_initial, datamodule.hparams_initial
         if all(ours[k] == theirs[k] for k in ours.keys() & theirs.keys() if k != "_class_path"):
             return
-        datamodule._log_hyperparams = False
+        datamodule.save_hyperparameters(datamodule.hparams, logger=False)
         for logger in self.trainer.loggers:
             logger.log_hyperparams({f"data/{k}": v for k, v in theirs.items() if k != "_class_path"})
 

@@ -128,8 +128,8 @@ class MeanTeacherAdaptation(PoseStage):
         return self.teacher if self.hparams.evaluate == "teacher" else self.model
 
     def train(self, mode: bool = True) -> MeanTeacherAdaptation:
+        # the frozen helpers always predict with running statistics (the EMA teacher: EMATeacher keeps it so)
         super().train(mode)
-        self.teacher.eval()  # the teacher always predicts with running statistics
         for frozen in (self.vae, self.geometry_teacher):
             if frozen is not None:
                 frozen.eval()
@@ -139,7 +139,7 @@ class MeanTeacherAdaptation(PoseStage):
         ema = EMATeacher(
             decay=self.hparams.ema_decay, warmup=self.hparams.ema_warmup, student="model", teacher="teacher"
         )
-        return [*super().configure_callbacks(), ema, self.schedule]
+        return [ema, self.schedule]
 
     def critic_inputs(self, target: dict) -> dict[str, Any]:
         """Critic maps in the CANONICAL crop frame (where the normal priors were fitted), the (B, 2, 3)

@@ -23,6 +23,8 @@ class PosePriorTask(L.LightningModule):
         kl_warmup_steps: optimiser steps of the linear KL warm-up (0: none).
     """
 
+    monitor = "val/rec"  # the checkpoints' selection metric (``geosapiens fit`` links it; lower is better)
+
     def __init__(
         self,
         num_keypoints: int = 17,
