@@ -99,7 +99,7 @@ def _train(tmp: Path, steps: int, seed: int) -> tuple[Path, Path]:
 def real_like(checkpoint: Path, syrip: Path) -> None:
     from geosapiens.data.datamodules import SyRIPRealDataModule
     from geosapiens.models.codec import UDPHeatmapCodec
-    from geosapiens.stages.base import build_pose_model
+    from geosapiens.models.stage_checkpoint import build_pose_model
 
     # The pose network alone (``model.*``, the student), whatever stage trained it.
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)

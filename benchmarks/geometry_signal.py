@@ -168,7 +168,7 @@ def build_objectives(
 
         vae = PoseVAE.load(args.pose_prior)
     if args.geometry_teacher:
-        from geosapiens.stages.base import pose_model_from_checkpoint
+        from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
@@ -289,7 +289,7 @@ def descend(objective: Objective, start: torch.Tensor, lr: float, steps: int) ->
 
 
 def network_predictions(path: str, t: Targets) -> torch.Tensor:
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
     net, size, _ = pose_model_from_checkpoint(path)
     if tuple(size) != tuple(t.images.shape[-2:]):

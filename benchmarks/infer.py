@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
     from geosapiens.deploy.runtime import OnnxRunner, TorchRunner
     from geosapiens.models.codec import UDPHeatmapCodec
-    from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import evaluated_weights, pose_model_from_checkpoint
 
     torch.set_num_threads(args.threads)
     root = args.annotation.parent.parent.parent  # <root>/annotations/<split>/<file>.json

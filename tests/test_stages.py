@@ -357,7 +357,7 @@ def test_mean_teacher_under_fsdp_on_two_cpu_processes(prepared, tmp_path):
     step the gathered teacher is exactly the EMA of the gathered student (buffers copied); ranks agree;
     weight decay reaches the 2-D weights, which FSDP shows the optimiser as 1-D shard views; the checkpoint
     keeps the plain ``model.*``/``teacher.*`` keys."""
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
     preset = yaml.safe_load((REPO / "configs/cluster/fsdp_2b.yaml").read_text())["trainer"]["strategy"]
     strategy = {**preset, "class_path": "distributed_fit.CPUFSDPStrategy"}  # tests/distributed_fit.py

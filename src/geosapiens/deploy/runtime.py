@@ -190,7 +190,7 @@ def open_runner(
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     if runtime == "torch":
-        from geosapiens.stages.base import pose_model_from_checkpoint
+        from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
         if threads is not None:
             torch.set_num_threads(int(threads))

@@ -9,8 +9,8 @@ from torch import nn
 
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
 from geosapiens.models.heads import SapiensHeatmapHead
+from geosapiens.models.official_checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
 
 __all__ = ["HEATMAP_STRIDE", "PoseModel"]
 
