@@ -102,6 +102,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
+    from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
     from geosapiens.cli.runs import (
         bind_wandb_runs,
         finish_wandb_runs,
@@ -109,7 +110,6 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
-    from geosapiens.io import AtomicCheckpointIO
 
     class ExpandedPathsParser(LightningArgumentParser):
         """``--print_config`` (and the run's saved ``config.yaml``) show paths as the run reads them:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from geosapiens.errors import GeoSapiensError
-from geosapiens.models.pose_model import HEATMAP_STRIDE, PoseModel
+from geosapiens.models.codec import HEATMAP_STRIDE
+
+if TYPE_CHECKING:
+    from geosapiens.models.pose_model import PoseModel
 
 __all__ = [
     "METADATA_PREFIX",

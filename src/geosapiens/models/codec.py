@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HEATMAP_STRIDE",
     "UDPHeatmapCodec",
     "apply_affine",
     "invert_affine_torch",
@@ -29,6 +30,8 @@ __all__ = [
     "flip_keypoints",
     "resize_aligned",
 ]
+
+HEATMAP_STRIDE = 4  # project convention: a pose network's heatmaps are (B, K, H/4, W/4)
 
 
 def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
