@@ -217,6 +217,7 @@ def test_mean_teacher_resumes_student_teacher_schedule_and_optimiser(prepared, t
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("teacher.") for k in keys) and any(k.startswith("model.") for k in keys)
     assert not any("critic" in k for k in keys)
+    assert not any(k.startswith("vae.") for k in keys)  # the frozen pose prior stays in its own file
     ema_state = next(v for k, v in ckpt["callbacks"].items() if "EMATeacher" in k)
     assert ema_state  # the callback's step counter travels with the checkpoint
     student = {k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
