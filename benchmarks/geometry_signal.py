@@ -51,12 +51,13 @@ import yaml
 from geosapiens.data.augment import view_affine
 from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import transform_points, warp_image
-from geosapiens.data.datasets import read_image, to_tensor
+from geosapiens.data.datasets import read_image
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.losses import objectives
 from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import body_distance
+from geosapiens.models.preprocess import to_tensor
 
 GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", "geo_pose")  # what "configured" sums (no manifold)
 LIMB_CHAINS = ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16))  # shoulder-elbow-wrist, hip-knee-ankle

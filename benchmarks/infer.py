@@ -96,8 +96,8 @@ def _stream(runner, codec, frames, records, warmup: int, count: int):
 
     from geosapiens.data.augment import view_affine
     from geosapiens.data.crop import invert_affine, warp_image
-    from geosapiens.data.datasets import to_tensor
     from geosapiens.models.codec import apply_affine
+    from geosapiens.models.preprocess import to_tensor
 
     def one(index: int) -> np.ndarray:
         record = records[index % len(records)]

@@ -66,7 +66,8 @@ class RenderedMapsDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         from geosapiens.data.crop import warp_image
-        from geosapiens.data.datasets import read_image, to_tensor
+        from geosapiens.data.datasets import read_image
+        from geosapiens.models.preprocess import to_tensor
 
         record = self.records[index]
         affine = self.affine(record)

@@ -29,7 +29,6 @@ import torch
 from tqdm import tqdm
 
 from geosapiens.data.crop import bbox_to_center_scale, udp_affine, warp_image
-from geosapiens.data.datasets import to_tensor
 from geosapiens.deploy.boxes import BoxSource, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import smooth_track
@@ -37,6 +36,7 @@ from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write_file
 from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec, apply_affine, invert_affine_torch
+from geosapiens.models.preprocess import to_tensor
 from geosapiens.skeleton import COCO17
 
 if TYPE_CHECKING:  # the ONNX path imports neither Lightning nor timm: TTA's caller brings them

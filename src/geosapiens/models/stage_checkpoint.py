@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from geosapiens.errors import CheckpointError
-from geosapiens.models.official_checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from geosapiens.models.pose_model import PoseModel
@@ -82,7 +81,8 @@ def build_pose_model(
     num_keypoints: int = 17,
 ) -> PoseModel:
     """Backbone by name (``sapiens_0.6b``, ``sapiens_tiny``, ``timm:resnet18``...) + a light deconv head."""
-    # imported here: the readers above serve the pose prior and the small critic, which need no timm
+    # imported here (and below): the readers above serve the pose prior and the small critic, which need no
+    # timm; pyproject's import-linter contract names these imports as the only way it enters ONNX prediction
     from geosapiens.models.backbone import create_backbone
     from geosapiens.models.heads import DeconvHead
     from geosapiens.models.pose_model import PoseModel
@@ -117,6 +117,8 @@ def pose_model_from_checkpoint(
     Returns:
         The model, its crop size (H, W) and the checkpoint's hyperparameters.
     """
+    from geosapiens.models.official_checkpoint import load_checkpoint
+
     path = Path(path)
     ckpt = read_checkpoint(path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
