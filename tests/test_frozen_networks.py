@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from geosapiens.models.frozen import keep_out_of_state_dict
+from geosapiens.models.frozen import drop_frozen_keys, keep_frozen
 from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.models.small_critic import SmallCritic, SmallCriticNet
 from geosapiens.stages import Distillation, MeanTeacherAdaptation, SupervisedPose
@@ -20,16 +20,19 @@ TINY_CRITIC = {"depth_deconvs": (8,), "depth_convs": (8,), "normal_deconvs": (8,
 FROZEN = ("critic.", "vae.", "geometry_teacher.")
 
 
-def test_kept_out_children_are_absent_and_a_strict_load_goes_without_them():
+@pytest.mark.parametrize("from_state_dict", [False, True])
+def test_frozen_children_leave_checkpoints_and_a_strict_load_goes_without_them(from_state_dict):
     def holder() -> nn.Module:
         outer = nn.Module()
         outer.inner = nn.Module()
         outer.inner.trained, outer.inner.frozen = nn.Linear(2, 2), nn.Linear(2, 2)
-        keep_out_of_state_dict(outer.inner, "frozen")
+        keep_frozen(outer.inner, "frozen", from_state_dict=from_state_dict)
         return outer
 
     a, b = holder(), holder()
     state = a.state_dict()
+    assert any(k.startswith("inner.frozen.") for k in state) != from_state_dict
+    drop_frozen_keys(a.inner, state, "inner.")
     assert sorted(state) == ["inner.trained.bias", "inner.trained.weight"]
     frozen = b.inner.frozen.weight.clone()
     assert not b.load_state_dict(state).missing_keys  # strict
@@ -68,26 +71,26 @@ def _mean_teacher(files: dict) -> MeanTeacherAdaptation:
 def test_mean_teacher_checkpoint_holds_no_frozen_network_and_reloads_strictly(files, tmp_path):
     stage = _mean_teacher(files)
     assert stage.critic is not None and stage.vae is not None and stage.geometry_teacher is not None
-    state = {k: v.clone() for k, v in stage.state_dict().items()}
+    checkpoint = {
+        "state_dict": {k: v.clone() for k, v in stage.state_dict().items()},
+        "hyper_parameters": dict(stage.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    stage.on_save_checkpoint(checkpoint)  # as Lightning's checkpoint connector calls it on every save
+    state = checkpoint["state_dict"]
     assert any(k.startswith("model.") for k in state) and any(k.startswith("teacher.") for k in state)
     assert not [k for k in state if k.startswith(FROZEN)]
     path = tmp_path / "stage.ckpt"
-    torch.save(
-        {
-            "state_dict": state,
-            "hyper_parameters": dict(stage.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
+    torch.save(checkpoint, path)
     with torch.no_grad():
         for p in stage.model.parameters():
             p.add_(1.0)  # the reloaded stage must take the checkpoint's model, not a fresh one
     reloaded = MeanTeacherAdaptation.load_from_checkpoint(
         path, critic=SmallCritic(SmallCriticNet(**TINY_CRITIC)), strict=True
     )
+    reloaded_state = reloaded.state_dict()
     for key, value in state.items():
-        torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded_state[key], value, rtol=0, atol=0)
     # frozen networks: no gradients, no train mode, whatever the stage's mode
     reloaded.train()
     for name in ("critic", "vae", "geometry_teacher"):

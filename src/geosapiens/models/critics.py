@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from geosapiens.models.frozen import keep_out_of_state_dict
+from geosapiens.models.frozen import keep_frozen
 
 
 @dataclass
@@ -48,13 +48,12 @@ class GeometricCritic(nn.Module, ABC):
 
     Critics never train with the pose model: parameters are frozen, the module stays in eval mode whatever
     ``train()`` is called with, and its state dict is empty so critic weights never land in a training
-    checkpoint (:func:`~geosapiens.models.frozen.keep_out_of_state_dict`; they are reloaded from their own
-    file).
+    checkpoint (:func:`~geosapiens.models.frozen.keep_frozen`; they are reloaded from their own file).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        keep_out_of_state_dict(self)
+        keep_frozen(self, from_state_dict=True)
 
     def freeze(self) -> GeometricCritic:
         for p in self.parameters():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from geosapiens.errors import CheckpointError
+from geosapiens.models.heads import DeconvHead
 
 if TYPE_CHECKING:
     from geosapiens.models.pose_model import PoseModel
@@ -84,7 +85,6 @@ def build_pose_model(
     # imported here (and below): the readers above serve the pose prior and the small critic, which need no
     # timm; pyproject's import-linter contract names these imports as the only way it enters ONNX prediction
     from geosapiens.models.backbone import create_backbone
-    from geosapiens.models.heads import DeconvHead
     from geosapiens.models.pose_model import PoseModel
 
     kwargs = dict(backbone_kwargs or {})

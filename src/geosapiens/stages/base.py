@@ -20,7 +20,7 @@ from geosapiens.callbacks.teardown import DestroyProcessGroup
 from geosapiens.data.robust import BadSampleReport
 from geosapiens.metrics.pck import PCK, SampleErrors
 from geosapiens.models.codec import UDPHeatmapCodec, apply_affine, invert_affine_torch
-from geosapiens.models.frozen import frozen_children, keep_out_of_state_dict
+from geosapiens.models.frozen import drop_frozen_keys, frozen_children, keep_frozen
 from geosapiens.models.stage_checkpoint import build_pose_model, load_model_weights
 from geosapiens.skeleton import COCO17
 
@@ -95,12 +95,14 @@ class PoseStage(L.LightningModule):
     def hold_frozen(self, name: str, network: nn.Module | None) -> None:
         """Hold a network read from its own file (critic, pose prior, geometry or distillation teacher) as
         ``self.<name>``: no gradients, always in eval mode, in no optimiser group and in no checkpoint
-        (:func:`~geosapiens.models.frozen.keep_out_of_state_dict`). ``network`` may be None (not given, or
-        read later)."""
+        (:mod:`geosapiens.models.frozen`). ``network`` may be None (not given, or read later)."""
         if network is not None:
             network.requires_grad_(False).eval()
         setattr(self, name, network)
-        keep_out_of_state_dict(self, name)
+        keep_frozen(self, name)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        drop_frozen_keys(self, checkpoint["state_dict"])
 
     def train(self, mode: bool = True) -> PoseStage:
         super().train(mode)
