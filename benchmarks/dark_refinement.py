@@ -97,15 +97,10 @@ def _train(tmp: Path, steps: int, seed: int) -> tuple[Path, Path]:
 def real_like(checkpoint: Path, syrip: Path) -> None:
     from geosapiens.data.datamodules import SyRIPRealDataModule
     from geosapiens.models.codec import UDPHeatmapCodec
-    from geosapiens.stages.base import build_pose_model
+    from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
     # The pose network alone (``model.*``, the student), whatever stage trained it.
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    size = tuple(hp["input_size"])
-    kwargs = {k: v for k, v in (hp.get("backbone_kwargs") or {}).items() if k != "checkpoint"}
-    network = build_pose_model(hp["backbone"], size, kwargs, hp.get("head_kwargs")).eval()
-    network.load_state_dict({k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    network, size, hp = pose_model_from_checkpoint(checkpoint, "model")
     codec = UDPHeatmapCodec(size, (size[0] // 4, size[1] // 4), sigma=hp.get("sigma", 2.0))
     dm = SyRIPRealDataModule(syrip, input_size=size, batch_size=50, num_workers=0, pin_memory=False)
     dm.setup("test")

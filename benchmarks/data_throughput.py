@@ -35,10 +35,11 @@ from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment, flip_channels
 from geosapiens.data.crop import view_affine, warp_image
 from geosapiens.data.datamodules import _worker_init
-from geosapiens.data.datasets import PairDataset, PoseDataset, read_image, to_tensor
+from geosapiens.data.datasets import PairDataset, PoseDataset, read_image
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
+from geosapiens.models.preprocess import to_tensor
 from geosapiens.skeleton import COCO17
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.losses import functional as losses
 from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec
-from geosapiens.stages.base import pose_model_from_checkpoint
+from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
 REAL = "annotations/200R/person_keypoints_train_infant.json"
 SYNTH = "annotations/1000S/person_keypoints_train_infant.json"

@@ -51,13 +51,13 @@ import yaml
 from geosapiens.affine import apply_affine
 from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import canonical_affine, warp_image
-from geosapiens.data.datasets import read_image, to_tensor
+from geosapiens.data.datasets import read_image
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.losses import objectives
-from geosapiens.models.codec import UDPHeatmapCodec
+from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import body_distance
-from geosapiens.models.pose_model import HEATMAP_STRIDE
+from geosapiens.models.preprocess import to_tensor
 
 GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", "geo_pose")  # what "configured" sums (no manifold)
 LIMB_CHAINS = ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16))  # shoulder-elbow-wrist, hip-knee-ankle
@@ -168,7 +168,7 @@ def build_objectives(
 
         vae = PoseVAE.load(args.pose_prior)
     if args.geometry_teacher:
-        from geosapiens.stages.base import pose_model_from_checkpoint
+        from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
@@ -289,7 +289,7 @@ def descend(objective: Objective, start: torch.Tensor, lr: float, steps: int) ->
 
 
 def network_predictions(path: str, t: Targets) -> torch.Tensor:
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
     net, size, _ = pose_model_from_checkpoint(path)
     if tuple(size) != tuple(t.images.shape[-2:]):

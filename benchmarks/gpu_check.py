@@ -71,7 +71,7 @@ from geosapiens.cli.main import trainer_cli  # noqa: E402
 from geosapiens.data.critic_cache import build_cache  # noqa: E402
 from geosapiens.data.formats.syrip import read_syrip  # noqa: E402
 from geosapiens.models.backbone import SAPIENS_ARCHS, create_backbone  # noqa: E402
-from geosapiens.stages.base import build_pose_model  # noqa: E402
+from geosapiens.models.stage_checkpoint import build_pose_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UDA, DISTILL = REPO / "configs/uda.yaml", REPO / "configs/distill.yaml"

@@ -96,7 +96,7 @@ def _stream(runner, codec, frames, records, warmup: int, count: int):
 
     from geosapiens.affine import apply_affine, invert_affine
     from geosapiens.data.crop import canonical_affine, warp_image
-    from geosapiens.data.datasets import to_tensor
+    from geosapiens.models.preprocess import to_tensor
 
     def one(index: int) -> np.ndarray:
         record = records[index % len(records)]
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
     from geosapiens.deploy.runtime import OnnxRunner, TorchRunner
     from geosapiens.models.codec import UDPHeatmapCodec
-    from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import evaluated_weights, pose_model_from_checkpoint
 
     torch.set_num_threads(args.threads)
     root = args.annotation.parent.parent.parent  # <root>/annotations/<split>/<file>.json

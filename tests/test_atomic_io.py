@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 import geosapiens.io as gio
-from geosapiens.io import AtomicCheckpointIO, atomic_torch_save, atomic_write, atomic_write_json
+from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
+from geosapiens.io import atomic_torch_save, atomic_write, atomic_write_json
 
 # Children start with torch imported (no 5 s import). They must not start torch's OpenMP pool (which does not
 # survive a fork): what they save is built here, before the fork.

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from geosapiens.cli.main import main as cli_main
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import load_checkpoint, load_head_state, read_state_dict
 from geosapiens.models.heads import SapiensHeatmapHead
+from geosapiens.models.official_checkpoint import load_checkpoint, load_head_state, read_state_dict
 from geosapiens.models.pose_model import PoseModel
 from test_checkpoint_official import IMG, images, official_model, save_official
 

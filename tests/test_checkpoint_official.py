@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import load_checkpoint
+from geosapiens.models.official_checkpoint import load_checkpoint
 from geosapiens.models.pose_model import PoseModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
@@ -282,8 +282,8 @@ def test_pose_checkpoint_matches_official_forward(tmp_path, container):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["depth", "normal"])
 def test_dense_checkpoints_match_official_forward(tmp_path, family):
-    from geosapiens.models.checkpoint import load_head_state
     from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
+    from geosapiens.models.official_checkpoint import load_head_state
 
     official = official_model(family, seed=3)
     path = save_official(official, tmp_path / f"{family}.pth")
@@ -328,7 +328,7 @@ def test_task_pos_embed_resizes_to_other_input_sizes(tmp_path):
 
 
 def test_grid_inference_for_official_row_counts():
-    from geosapiens.models.checkpoint import _grid_for, resize_pos_embed
+    from geosapiens.models.official_checkpoint import _grid_for, resize_pos_embed
 
     assert _grid_for(4096) == (64, 64) and _grid_for(3072) == (64, 48) and _grid_for(48) is None
     pos = torch.randn(1, 3072, 8)
@@ -345,7 +345,7 @@ def test_grid_inference_for_official_row_counts():
 
 def test_full_size_official_key_table_maps_onto_timm():
     """sapiens.md §2.2: the 5 + 12 L official backbone keys map one-to-one onto timm's, same shapes."""
-    from geosapiens.models.checkpoint import official_to_timm
+    from geosapiens.models.official_checkpoint import official_to_timm
 
     d, depth = 1024, 24
     official = {"patch_embed.projection.weight": (d, 3, 16, 16), "patch_embed.projection.bias": (d,)}

@@ -125,7 +125,7 @@ def test_every_task_gets_the_run_safety_callbacks_from_the_cli(tmp_path, monkeyp
     from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
     from geosapiens.callbacks.rng import RestoreRNG
     from geosapiens.data.robust import BadSampleReport
-    from geosapiens.io import AtomicCheckpointIO
+    from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
 
     for config in ("critics/small_critic.yaml", "priors/pose_vae.yaml", "distill.yaml"):
         trainer = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / config)).trainer

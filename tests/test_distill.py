@@ -16,8 +16,8 @@ from geosapiens.data.datamodules import SyRIPRealDataModule
 from geosapiens.errors import CheckpointError
 from geosapiens.losses.functional import distillation_loss
 from geosapiens.models.codec import UDPHeatmapCodec, resize_aligned
+from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 from geosapiens.stages import Distillation
-from geosapiens.stages.base import pose_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_SIZE, STUDENT_SIZE = (64, 64), (48, 48)

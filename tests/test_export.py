@@ -22,8 +22,8 @@ from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
 from geosapiens.deploy.runtime import ModelFileError, OnnxRunner, TorchRunner, open_runner, read_metadata
 from geosapiens.errors import CheckpointError
 from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
+from geosapiens.models.stage_checkpoint import build_pose_model, pose_model_from_checkpoint
 from geosapiens.skeleton import COCO17
-from geosapiens.stages.base import build_pose_model, pose_model_from_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -158,6 +158,9 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
         rows = [r["train/loss_geo_pose"] for r in csv.DictReader(f) if r.get("train/loss_geo_pose")]
     geo = np.array(rows, dtype=float)
     assert len(geo) >= 1 and np.isfinite(geo).all() and (geo > 0).all()
+    # the frozen geometry teacher is re-read from its file, never saved with the stage
+    state = torch.load(next(uda_dir.rglob("last.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+    assert state and not any(k.startswith("geometry_teacher.") for k in state)
 
     with pytest.raises(ValueError, match="geometry_teacher"):
         from geosapiens.stages import MeanTeacherAdaptation

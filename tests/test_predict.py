@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,6 +31,7 @@ from geosapiens.stages.tta import HeadAdaptation
 
 pytestmark = pytest.mark.slow  # end-to-end: train a checkpoint, then run the command on videos
 
+REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -217,3 +222,29 @@ def test_python_api_matches_the_command_on_files_and_on_frames_in_memory(checkpo
     np.testing.assert_allclose(in_memory.keypoints, expected, atol=1e-9)  # FFV1 is lossless
     with pytest.raises(ValueError, match="uint8 RGB"):
         predictor.predict_frames([arrays[0].astype(np.float32)])
+
+
+def test_onnx_prediction_imports_neither_lightning_nor_timm(checkpoint, sequence, tmp_path):
+    """The clinic's path (an ONNX file on a CPU) runs without the training stack: in a fresh interpreter,
+    ``geosapiens infer --model X.onnx`` predicts and leaves Lightning and timm unimported."""
+    model = tmp_path / "tiny.onnx"
+    assert main(["export", str(checkpoint), "--out", str(model), "--no-check"]) == 0
+    frame = sorted(sequence["frames"].glob("*.png"))[0]
+    out = tmp_path / "out"
+    script = (
+        "import json, sys\n"
+        "from geosapiens.cli.main import main\n"
+        f"code = main(['infer', {str(frame)!r}, '--model', {str(model)!r}, '--out', {str(out)!r}, "
+        "'--no_progress'])\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'timm', 'geosapiens.stages')\n"
+        "print(json.dumps({'code': code, 'imported': [m for m in heavy if m in sys.modules]}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "imported": []}
+    (result,) = json.loads((out / "coco_results.json").read_text())
+    assert len(result["keypoints"]) == 17 * 3

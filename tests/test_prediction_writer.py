@@ -13,8 +13,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from geosapiens.callbacks.prediction_writer import PredictionWriter, merge_rows, track_columns
+from geosapiens.callbacks.prediction_writer import PredictionWriter
 from geosapiens.metrics.coco import coco_keypoint_ap
+from geosapiens.metrics.prediction_files import merge_rows, track_columns
 from geosapiens.skeleton import COCO17
 
 K = 17

@@ -97,7 +97,7 @@ def _fsdp_ema_worker(rank: int, world: int, port: int, classes: set[type], out: 
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from geosapiens.callbacks.ema import EMATeacher
-    from geosapiens.stages.base import build_pose_model
+    from geosapiens.models.stage_checkpoint import build_pose_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -222,6 +222,7 @@ def test_mean_teacher_resumes_student_teacher_schedule_and_optimiser(prepared, t
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("teacher.") for k in keys) and any(k.startswith("model.") for k in keys)
     assert not any("critic" in k for k in keys)
+    assert not any(k.startswith("vae.") for k in keys)  # the frozen pose prior stays in its own file
     ema_state = next(v for k, v in ckpt["callbacks"].items() if "EMATeacher" in k)
     assert ema_state  # the callback's step counter travels with the checkpoint
     student = {k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -362,7 +363,7 @@ def test_mean_teacher_under_fsdp_on_two_cpu_processes(prepared, tmp_path):
     step the gathered teacher is exactly the EMA of the gathered student (buffers copied); ranks agree;
     weight decay reaches the 2-D weights, which FSDP shows the optimiser as 1-D shard views; the checkpoint
     keeps the plain ``model.*``/``teacher.*`` keys."""
-    from geosapiens.stages.base import pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
     preset = yaml.safe_load((REPO / "configs/cluster/fsdp_2b.yaml").read_text())["trainer"]["strategy"]
     strategy = {**preset, "class_path": "distributed_fit.CPUFSDPStrategy"}  # tests/distributed_fit.py

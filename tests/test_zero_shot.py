@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geosapiens.errors import CheckpointError
-from geosapiens.models.checkpoint import load_checkpoint
+from geosapiens.models.official_checkpoint import load_checkpoint
 from geosapiens.models.pose_model import PoseModel
 from geosapiens.models.zero_shot import ZeroShotPoseModel, coco17_channels
 from geosapiens.skeleton import COCO17, GOLIATH308, GOLIATH308_TO_COCO17

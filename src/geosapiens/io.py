@@ -5,13 +5,7 @@ Every writer here writes a temporary file in the target's own directory, flushes
 so that the rename survives a power cut. Until the replace the previous file is untouched; after it the new
 file is complete. On an error the temporary file is removed; only a process killed outright (SIGKILL, power
 loss) can leave one behind, named ``.<target name>.<random>.tmp`` beside the target, never the target itself.
-
-Lightning's default ``TorchCheckpointIO`` also calls its save atomic, but it serialises the whole checkpoint
-into memory, writes it to the *system* temporary folder through an fsspec transaction and ``shutil.move``s it
-into place, without fsync. When ``/tmp`` is another filesystem than the checkpoint folder (a tmpfs, a
-node-local disk beside network storage: the usual cluster setup) that move is a copy into the target path, so
-a kill or a full disk during it leaves a truncated checkpoint. :class:`AtomicCheckpointIO` writes in place,
-as above.
+Lightning checkpoints are written so by :class:`~geosapiens.callbacks.checkpoint_io.AtomicCheckpointIO`.
 """
 
 from __future__ import annotations
@@ -26,10 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 __all__ = [
     "expand_path",
@@ -37,7 +28,6 @@ __all__ = [
     "atomic_write_file",
     "atomic_torch_save",
     "atomic_write_json",
-    "AtomicCheckpointIO",
 ]
 
 # Errors that mean "no room": the message tells the user to free space.
@@ -128,27 +118,6 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, *, indent: int | None =
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=indent, **kwargs)
         f.write("\n")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that saves atomically in place: ``Trainer(plugins=[AtomicCheckpointIO()])``.
-
-    Local paths are written with :func:`atomic_torch_save`: a kill or a full disk during a save leaves the
-    previous checkpoint loadable. Remote URLs (``s3://``, ``gs://`` ...) go through Lightning's own writer:
-    an object store's upload is already all-or-nothing. Loading and removal are Lightning's.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
-        fs, local = fsspec.core.url_to_fs(str(path))
-        if not isinstance(fs, LocalFileSystem):
-            super().save_checkpoint(checkpoint, path)
-            return
-        Path(local).parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(checkpoint, local)
 
 
 class _WriteGuard:

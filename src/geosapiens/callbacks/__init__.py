@@ -1,1 +1,1 @@
-"""Lightning callbacks: EMA teacher, schedules, visualisation, prediction writing."""
+"""Lightning callbacks (EMA teacher, schedules, visualisation, prediction writing) and checkpoint IO."""

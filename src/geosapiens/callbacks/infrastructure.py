@@ -3,7 +3,7 @@
 They are the CLI's, not a stage's (``geosapiens fit`` adds them to every task it trains, the pose stages as
 well as :class:`~geosapiens.stages.PosePriorTask` and :class:`~geosapiens.stages.SmallCriticTask`); a stage's
 ``configure_callbacks`` returns only what belongs to its method (the EMA teacher, the loss schedule).
-Checkpoints are written by :class:`~geosapiens.io.AtomicCheckpointIO`, which the CLI also adds.
+Checkpoints are written by :class:`~.checkpoint_io.AtomicCheckpointIO`, which the CLI also adds.
 """
 
 from __future__ import annotations

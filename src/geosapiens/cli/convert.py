@@ -16,7 +16,7 @@ from pathlib import Path
 
 from geosapiens.cli.style import both_styles
 from geosapiens.errors import CheckpointError
-from geosapiens.models.checkpoint import FAMILIES, METADATA_KEY, SapiensCheckpoint, load_checkpoint
+from geosapiens.models.official_checkpoint import FAMILIES, METADATA_KEY, SapiensCheckpoint, load_checkpoint
 
 __all__ = ["main", "save_converted"]
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from geosapiens.stages.base import evaluated_weights, pose_model_from_checkpoint
+    from geosapiens.models.stage_checkpoint import evaluated_weights, pose_model_from_checkpoint
 
     if args.out.suffix != ".onnx":
         print(f"geosapiens export: --out {args.out} must end in .onnx", file=sys.stderr)

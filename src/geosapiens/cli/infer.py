@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from geosapiens.callbacks.prediction_writer import write_predictions
     from geosapiens.deploy.boxes import BoxFile, TrackedBox, parse_box_source
     from geosapiens.deploy.predict import Predictor, log, result_rows, write_overlays
     from geosapiens.deploy.quality import QualityCheck
     from geosapiens.deploy.runtime import open_runner
     from geosapiens.deploy.sources import open_clips
     from geosapiens.io import atomic_write_file
+    from geosapiens.metrics.prediction_files import write_predictions
     from geosapiens.models.pose_vae import PoseVAE
     from geosapiens.skeleton import COCO17
 

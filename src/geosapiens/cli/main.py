@@ -114,6 +114,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
 
     import geosapiens.data.datamodules  # noqa: F401  (registers class paths for configs)
     import geosapiens.stages  # noqa: F401
+    from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
     from geosapiens.callbacks.infrastructure import infrastructure_callbacks
     from geosapiens.cli.runs import (
         bind_wandb_runs,
@@ -122,7 +123,6 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         resolve_ckpt_path,
         stable_checkpoint_folders,
     )
-    from geosapiens.io import AtomicCheckpointIO
 
     class ExpandedPathsParser(LightningArgumentParser):
         """``--print_config`` (and the run's saved ``config.yaml``) show paths as the run reads them:

@@ -62,7 +62,8 @@ class RenderedMapsDataset(Dataset):
         return view_affine(record.bbox, self.input_size, params, self.padding)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from geosapiens.data.datasets import read_image, to_tensor
+        from geosapiens.data.datasets import read_image
+        from geosapiens.models.preprocess import to_tensor
 
         record = self.records[index]
         affine = self.affine(record)

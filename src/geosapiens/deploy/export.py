@@ -59,7 +59,7 @@ def export_onnx(
 
     from geosapiens.deploy.runtime import METADATA_PREFIX
     from geosapiens.io import atomic_write_file
-    from geosapiens.models.pose_model import HEATMAP_STRIDE
+    from geosapiens.models.codec import HEATMAP_STRIDE
     from geosapiens.models.preprocess import SAPIENS_MEAN, SAPIENS_STD
     from geosapiens.skeleton import COCO17
 

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,17 +30,18 @@ from tqdm import tqdm
 
 from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.data.crop import canonical_affine, warp_image
-from geosapiens.data.datasets import to_tensor
 from geosapiens.deploy.boxes import BoxSource, parse_box_source
 from geosapiens.deploy.quality import QualityCheck
 from geosapiens.deploy.smoothing import smooth_track
 from geosapiens.deploy.sources import ArrayClip, Clip, Frame, open_clips
 from geosapiens.errors import DataError
 from geosapiens.io import atomic_write_file
-from geosapiens.models.codec import UDPHeatmapCodec, flip_test
-from geosapiens.models.pose_model import HEATMAP_STRIDE
+from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec, flip_test
+from geosapiens.models.preprocess import to_tensor
 from geosapiens.skeleton import COCO17
-from geosapiens.stages.tta import HeadAdaptation
+
+if TYPE_CHECKING:  # the ONNX path imports neither Lightning nor timm: TTA's caller brings them
+    from geosapiens.stages.tta import HeadAdaptation
 
 __all__ = ["ClipPrediction", "Predictor", "result_rows", "write_overlays"]
 

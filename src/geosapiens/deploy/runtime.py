@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from geosapiens.errors import GeoSapiensError
-from geosapiens.models.pose_model import HEATMAP_STRIDE, PoseModel
+from geosapiens.models.codec import HEATMAP_STRIDE
+
+if TYPE_CHECKING:
+    from geosapiens.models.pose_model import PoseModel
 
 __all__ = [
     "METADATA_PREFIX",
@@ -190,7 +193,7 @@ def open_runner(
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     if runtime == "torch":
-        from geosapiens.stages.base import pose_model_from_checkpoint
+        from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 
         if threads is not None:
             torch.set_num_threads(int(threads))

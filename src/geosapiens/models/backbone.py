@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from geosapiens.errors import CheckpointError
-from geosapiens.models.checkpoint import (
+from geosapiens.models.official_checkpoint import (
     FAMILIES,
     PATCH_SIZE,
     SapiensCheckpoint,

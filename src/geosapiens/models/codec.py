@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HEATMAP_STRIDE",
     "UDPHeatmapCodec",
     "flip_heatmaps",
     "flip_test",
     "resize_aligned",
 ]
+
+HEATMAP_STRIDE = 4  # project convention: a pose network's heatmaps are (B, K, H/4, W/4)
 
 
 def resize_aligned(maps: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:

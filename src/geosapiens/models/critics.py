@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from geosapiens.models.frozen import keep_frozen
+
 
 @dataclass
 class GeometryMaps:
@@ -41,26 +43,17 @@ class GeometryMaps:
         )
 
 
-def _forget_critic_keys(module: nn.Module, incompatible) -> None:
-    """Load post-hook: a training checkpoint never holds critic weights, so their absence is not an error."""
-    prefix = getattr(module, "_checkpoint_prefix", None)
-    if prefix is not None:
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
-
-
 class GeometricCritic(nn.Module, ABC):
     """A frozen image -> (depth, normals) estimator.
 
     Critics never train with the pose model: parameters are frozen, the module stays in eval mode whatever
-    ``train()`` is called with, and :meth:`state_dict` is empty so critic weights never land in a training
-    checkpoint (they are reloaded from their own file).
+    ``train()`` is called with, and its state dict is empty so critic weights never land in a training
+    checkpoint (:func:`~geosapiens.models.frozen.keep_frozen`; they are reloaded from their own file).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        # The parent's strict load_state_dict would otherwise report the (deliberately unsaved) weights of
-        # the critic's children as missing.
-        self.register_load_state_dict_post_hook(_forget_critic_keys)
+        keep_frozen(self, from_state_dict=True)
 
     def freeze(self) -> GeometricCritic:
         for p in self.parameters():
@@ -70,18 +63,10 @@ class GeometricCritic(nn.Module, ABC):
     def train(self, mode: bool = True) -> GeometricCritic:  # noqa: ARG002 - critics are always in eval mode
         return super().train(False)
 
-    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Nothing: critic weights stay out of training checkpoints (:meth:`weights` has them)."""
-        return {} if destination is None else destination
-
     def weights(self) -> dict[str, torch.Tensor]:
         """The critic's real weights, for writing its own file."""
-        return nn.Module.state_dict(self)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._checkpoint_prefix = (
-            prefix  # weights come from the critic's own file, never a training checkpoint
-        )
+        children = self.named_children()
+        return {f"{name}.{k}": v for name, child in children for k, v in child.state_dict().items()}
 
     @abstractmethod
     def forward(self, images: torch.Tensor) -> GeometryMaps:

@@ -9,12 +9,11 @@ from torch import nn
 
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
+from geosapiens.models.codec import HEATMAP_STRIDE
 from geosapiens.models.heads import SapiensHeatmapHead
+from geosapiens.models.official_checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
 
-__all__ = ["HEATMAP_STRIDE", "PoseModel"]
-
-HEATMAP_STRIDE = 4  # project convention: heatmaps are (B, K, H/4, W/4)
+__all__ = ["PoseModel"]
 
 
 class PoseModel(nn.Module):

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from geosapiens.errors import CheckpointError
+from geosapiens.models.stage_checkpoint import prefixed_weights, read_checkpoint
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -188,16 +189,14 @@ class PoseVAE(nn.Module):
                     raise CheckpointError(f"{path}: not a geosapiens pose VAE (metadata {meta})")
                 config, state = json.loads(meta["config"]), load_file(str(path), device=str(map_location))
             else:
-                ckpt = torch.load(path, map_location=map_location, weights_only=True)
+                ckpt = read_checkpoint(path)
                 hparams = ckpt.get("hyper_parameters", {})
                 config = {
                     k: hparams[k]
                     for k in ("num_keypoints", "latent_dim", "hidden_dim", "num_layers")
                     if k in hparams
                 }
-                state = {
-                    k.removeprefix("vae."): v for k, v in ckpt["state_dict"].items() if k.startswith("vae.")
-                }
+                state = prefixed_weights(ckpt, path, "vae.")
             vae = cls(**config)
             vae.load_state_dict(state)
         except CheckpointError:

@@ -19,10 +19,15 @@ from torch import nn
 
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state, load_torchscript
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth
 from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
+from geosapiens.models.official_checkpoint import (
+    SapiensCheckpoint,
+    load_checkpoint,
+    load_head_state,
+    load_torchscript,
+)
 
 __all__ = ["SapiensCritic", "TorchScriptCritic"]
 

@@ -31,6 +31,7 @@ from torch import nn
 from geosapiens.errors import CheckpointError
 from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import normalize_relative_depth
+from geosapiens.models.stage_checkpoint import prefixed_weights, read_checkpoint
 
 __all__ = [
     "SmallCriticNet",
@@ -149,17 +150,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 
 def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for truncated/unsafe files
-        raise CheckpointError(f"{path}: cannot load as a safe (weights_only) checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters", {})
     config = {
         k: hparams[k]
         for k in ("backbone", "depth_deconvs", "depth_convs", "normal_deconvs", "normal_convs")
         if k in hparams
     }
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    return config, state
+    return config, prefixed_weights(ckpt, path, "net.")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from geosapiens.errors import CheckpointError
 from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
 from geosapiens.models.heads import SapiensHeatmapHead
+from geosapiens.models.official_checkpoint import SapiensCheckpoint, load_checkpoint, load_head_state
 from geosapiens.models.pose_model import PoseModel
 from geosapiens.skeleton import GOLIATH308_TO_COCO17
 

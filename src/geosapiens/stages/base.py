@@ -1,13 +1,13 @@
 """What every pose stage shares: the model, the codec, evaluation and the optimiser.
 
-Stages are thin (torchgeo-style tasks): the model comes from :func:`build_pose_model`, targets and decoding
+Stages are thin (torchgeo-style tasks): the model comes from
+:func:`~geosapiens.models.stage_checkpoint.build_pose_model`, targets and decoding
 from the codec, losses from :mod:`~geosapiens.losses.functional`, metrics from :mod:`geosapiens.metrics`.
 A stage only says which losses it combines.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
@@ -15,104 +15,11 @@ import torch
 from torch import nn
 
 from geosapiens.affine import apply_affine, invert_affine
-from geosapiens.errors import CheckpointError
 from geosapiens.metrics.pck import PCK, SampleErrors, pck_curve_from_errors
-from geosapiens.models.backbone import create_backbone
-from geosapiens.models.checkpoint import load_checkpoint
 from geosapiens.models.codec import UDPHeatmapCodec, flip_test
-from geosapiens.models.heads import DeconvHead
-from geosapiens.models.pose_model import PoseModel
+from geosapiens.models.frozen import drop_frozen_keys, frozen_children, keep_frozen
+from geosapiens.models.stage_checkpoint import build_pose_model, load_model_weights
 from geosapiens.skeleton import COCO17
-
-
-def build_pose_model(
-    backbone: str,
-    input_size: tuple[int, int],
-    backbone_kwargs: dict | None = None,
-    head_kwargs: dict | None = None,
-    num_keypoints: int = 17,
-) -> PoseModel:
-    """Backbone by name (``sapiens_0.6b``, ``sapiens_tiny``, ``timm:resnet18``...) + a light deconv head."""
-    kwargs = dict(backbone_kwargs or {})
-    if not backbone.startswith("timm:"):
-        kwargs.setdefault("img_size", tuple(input_size))
-    net = create_backbone(backbone, **kwargs)
-    head = DeconvHead(net.out_channels, num_keypoints, in_stride=net.stride, **(head_kwargs or {}))
-    return PoseModel(net, head)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint's dict, read without unpickling code (``weights_only``)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every failure gets the file named
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({err})") from err
-
-
-def _load_prefixed(model: nn.Module, ckpt: dict[str, Any], path: Path, prefix: str) -> None:
-    """Load the checkpoint's ``prefix*`` weights into ``model``, all of them and nothing else."""
-    state = ckpt.get("state_dict", ckpt)
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"{path}: no '{prefix}*' weights in this checkpoint")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: '{prefix}*' weights do not fit the model (missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}); was it trained with another backbone or keypoint count?"
-        )
-
-
-def load_model_weights(model: nn.Module, path: str | Path, prefix: str = "model.") -> None:
-    """Initialise ``model`` from the ``prefix`` weights of a Lightning checkpoint (e.g. the warm-up's)."""
-    _load_prefixed(model, _read_checkpoint(Path(path)), Path(path), prefix)
-
-
-def evaluated_weights(hparams: dict[str, Any]) -> str:
-    """The state-dict prefix of the network a stage validated and tested: ``teacher`` for a mean teacher
-    evaluated by its EMA network, else ``model``."""
-    return "teacher" if hparams.get("evaluate") == "teacher" else "model"
-
-
-def pose_model_from_checkpoint(
-    path: str | Path, weights: str | None = None
-) -> tuple[PoseModel, tuple[int, int], dict[str, Any]]:
-    """The trained pose network of a stage checkpoint, rebuilt from its hyperparameters, in eval mode.
-
-    Needs no file but ``path``: a Sapiens pretrained ``backbone_kwargs.checkpoint`` is not re-read (the
-    trained weights replace it), only asked for its family when ``patch_padding`` is not recorded.
-
-    Args:
-        path: a Lightning checkpoint written by a :class:`PoseStage` (``best.ckpt``, ``last.ckpt``).
-        weights: which network: ``model`` (the student) or ``teacher`` (the mean teacher's EMA network);
-            None = the one the stage evaluated (:func:`evaluated_weights`).
-
-    Returns:
-        The model, its crop size (H, W) and the checkpoint's hyperparameters.
-    """
-    path = Path(path)
-    ckpt = _read_checkpoint(path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if "backbone" not in hparams or "input_size" not in hparams:
-        raise CheckpointError(
-            f"{path}: no backbone/input_size hyperparameters; was it written by a geosapiens pose stage "
-            "(the zero-shot model has no trained weights to load)?"
-        )
-    backbone_kwargs = dict(hparams.get("backbone_kwargs") or {})
-    pretrained = backbone_kwargs.pop("checkpoint", None)
-    if pretrained and "patch_padding" not in backbone_kwargs and "family" not in backbone_kwargs:
-        if not Path(pretrained).is_file():
-            raise CheckpointError(
-                f"{path}: its backbone was initialised from {pretrained}, which is not here; set its "
-                "family's patch padding (backbone_kwargs.patch_padding: 2 for pose/normal, 0 otherwise)"
-            )
-        backbone_kwargs["family"] = load_checkpoint(pretrained).family
-    input_size = tuple(int(v) for v in hparams["input_size"])
-    model = build_pose_model(hparams["backbone"], input_size, backbone_kwargs, hparams.get("head_kwargs"))
-    _load_prefixed(model, ckpt, path, f"{weights or evaluated_weights(hparams)}.")
-    return model.eval(), input_size, hparams
 
 
 class PoseStage(L.LightningModule):
@@ -184,6 +91,26 @@ class PoseStage(L.LightningModule):
         self.test_errors = SampleErrors(norm=pck_norm)
         self.test_samples: dict[str, Any] | None = None
         self.test_pck_curve: dict[str, Any] | None = None
+
+    # -- frozen networks -------------------------------------------------------------------------------------
+    def hold_frozen(self, name: str, network: nn.Module | None) -> None:
+        """Hold a network read from its own file (critic, pose prior, geometry or distillation teacher) as
+        ``self.<name>``: no gradients, always in eval mode, in no optimiser group and in no checkpoint
+        (:mod:`geosapiens.models.frozen`). ``network`` may be None (not given, or read later)."""
+        if network is not None:
+            network.requires_grad_(False).eval()
+        setattr(self, name, network)
+        keep_frozen(self, name)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        drop_frozen_keys(self, checkpoint["state_dict"])
+
+    def train(self, mode: bool = True) -> PoseStage:
+        super().train(mode)
+        for name in frozen_children(self):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).eval()
+        return self
 
     # -- inference -------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,9 @@ from geosapiens.errors import CheckpointError
 from geosapiens.losses.functional import distillation_loss
 from geosapiens.models.codec import flip_test, resize_aligned
 from geosapiens.models.pose_model import PoseModel
+from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 from geosapiens.skeleton import COCO17
-from geosapiens.stages.base import PoseStage, pose_model_from_checkpoint
+from geosapiens.stages.base import PoseStage
 
 
 def distillation_images(batch: dict) -> torch.Tensor:
@@ -42,10 +43,10 @@ def distillation_images(batch: dict) -> torch.Tensor:
 class Distillation(PoseStage):
     """Heatmap distillation of a frozen teacher into the stage's model (the student).
 
-    The teacher is read from ``teacher_checkpoint`` when fitting starts and is deliberately not a submodule:
-    it is in no checkpoint (a student checkpoint is the student alone, loadable by
-    :func:`~geosapiens.stages.base.pose_model_from_checkpoint`), in no optimiser group, never in train mode,
-    and ``test``/``predict`` of a student need no teacher file.
+    The teacher is read from ``teacher_checkpoint`` when fitting starts and held frozen
+    (:meth:`~geosapiens.stages.base.PoseStage.hold_frozen`): it is in no checkpoint (a student checkpoint is
+    the student alone, loadable by :func:`~geosapiens.models.stage_checkpoint.pose_model_from_checkpoint`),
+    in no optimiser group, never in train mode, and ``test``/``predict`` of a student need no teacher file.
 
     Args:
         teacher_checkpoint: a pose stage checkpoint (e.g. the Geo-Sapiens run's ``best.ckpt``).
@@ -79,11 +80,7 @@ class Distillation(PoseStage):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.teacher_input_size: tuple[int, int] | None = None
-
-    @property
-    def teacher(self) -> PoseModel | None:
-        """The frozen teacher once fitting has started (kept outside the module tree, see the class)."""
-        return self.__dict__.get("_teacher")
+        self.hold_frozen("teacher", None)  # the frozen teacher once fitting has started
 
     def load_teacher(self) -> PoseModel:
         """Read, freeze and keep the teacher (once)."""
@@ -93,7 +90,7 @@ class Distillation(PoseStage):
                 teacher, size, _ = pose_model_from_checkpoint(path, self.hparams.teacher_weights)
             except CheckpointError as err:
                 raise CheckpointError(f"Distillation teacher_checkpoint: {err}") from err
-            self.__dict__["_teacher"] = teacher.requires_grad_(False).eval()
+            self.hold_frozen("teacher", teacher.to(self.device))
             self.teacher_input_size = size
             crop = self.hparams.data_input_size
             if crop is not None and tuple(crop) != tuple(size):
@@ -136,9 +133,6 @@ class Distillation(PoseStage):
         datamodule.save_hyperparameters(datamodule.hparams, logger=False)
         for logger in self.trainer.loggers:
             logger.log_hyperparams({f"data/{k}": v for k, v in theirs.items() if k != "_class_path"})
-
-    def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
 
     def teacher_heatmaps(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's heatmaps of crops at any size (resampled to its input size)."""

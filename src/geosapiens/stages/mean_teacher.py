@@ -28,7 +28,8 @@ from geosapiens.models.critics import GeometricCritic
 from geosapiens.models.geometry import body_distance, warp_maps
 from geosapiens.models.normal_prior import load_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
-from geosapiens.stages.base import PoseStage, pose_model_from_checkpoint
+from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
+from geosapiens.stages.base import PoseStage
 
 SUPERVISED_TERMS = ("sup", "cons")  # every other term is a label-free one (losses.objectives.TERMS)
 
@@ -97,14 +98,14 @@ class MeanTeacherAdaptation(PoseStage):
         margin = {} if manifold_margin is None else {"manifold_margin": manifold_margin}
         self.options = objectives.ObjectiveOptions().override(**(objective or {}), **margin)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.critic = critic.freeze() if critic is not None else None
+        self.hold_frozen("critic", critic)
         if terms.get("manifold", LossTerm(0.0)).weight > 0 and not pose_prior:
             raise ValueError("manifold has weight but no pose_prior checkpoint is set")
         if terms.get("geo_norm", LossTerm(0.0)).weight > 0 and not normal_priors:
             raise ValueError("geo_norm has weight but no normal_priors file is set")
         if terms.get("geo_pose", LossTerm(0.0)).weight > 0 and not geometry_teacher:
             raise ValueError("geo_pose has weight but no geometry_teacher checkpoint is set")
-        self.geometry_teacher = None
+        net = None
         if geometry_teacher:
             net, size, _ = pose_model_from_checkpoint(geometry_teacher)
             if tuple(size) != tuple(self.hparams.input_size):
@@ -112,9 +113,9 @@ class MeanTeacherAdaptation(PoseStage):
                     f"{geometry_teacher}: geometry teacher trained on {size[0]}x{size[1]} crops, the stage "
                     f"uses {self.hparams.input_size[0]}x{self.hparams.input_size[1]}"
                 )
-            self.geometry_teacher = net.requires_grad_(False).eval()
+        self.hold_frozen("geometry_teacher", net)
         self._geometry_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
+        self.hold_frozen("vae", PoseVAE.load(pose_prior) if pose_prior else None)
         priors = load_normal_priors(normal_priors) if normal_priors else None
         self.register_buffer(
             "prior_mean", None if priors is None else torch.as_tensor(priors.mean).float(), persistent=False
@@ -126,14 +127,6 @@ class MeanTeacherAdaptation(PoseStage):
     @property
     def evaluated_network(self) -> nn.Module:
         return self.teacher if self.hparams.evaluate == "teacher" else self.model
-
-    def train(self, mode: bool = True) -> MeanTeacherAdaptation:
-        # the frozen helpers always predict with running statistics (the EMA teacher: EMATeacher keeps it so)
-        super().train(mode)
-        for frozen in (self.vae, self.geometry_teacher):
-            if frozen is not None:
-                frozen.eval()
-        return self
 
     def configure_callbacks(self) -> list[L.Callback]:
         ema = EMATeacher(
