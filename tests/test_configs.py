@@ -122,13 +122,24 @@ def test_every_path_argument_is_read_expanded(tmp_path, monkeypatch):
 
 
 def test_every_task_gets_the_run_safety_callbacks_from_the_cli(tmp_path, monkeypatch):
-    from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
+    from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
+    from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd, SkipNonFiniteSteps
     from geosapiens.callbacks.rng import RestoreRNG
     from geosapiens.data.robust import BadSampleReport
-    from geosapiens.callbacks.checkpoint_io import AtomicCheckpointIO
 
+    safety = {CheckpointOnSigterm, LastCheckpointAtEnd, RestoreRNG, BadSampleReport, SkipNonFiniteSteps}
     for config in ("critics/small_critic.yaml", "priors/pose_vae.yaml", "distill.yaml"):
         trainer = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / config)).trainer
         kinds = {type(cb) for cb in trainer.callbacks}
-        assert {CheckpointOnSigterm, LastCheckpointAtEnd, RestoreRNG, BadSampleReport} <= kinds, config
+        assert safety <= kinds, config
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), config
+
+
+def test_a_run_safety_callback_the_config_names_replaces_the_default(tmp_path, monkeypatch):
+    from geosapiens.callbacks.guards import SkipNonFiniteSteps
+
+    trainer = _built(tmp_path, monkeypatch, "--config", str(CONFIGS / "priors/pose_vae.yaml"),
+                     "--trainer.callbacks+=geosapiens.callbacks.guards.SkipNonFiniteSteps",
+                     "--trainer.callbacks.max_in_row=3").trainer  # fmt: skip
+    guards = [cb for cb in trainer.callbacks if isinstance(cb, SkipNonFiniteSteps)]
+    assert [g.max_in_row for g in guards] == [3]

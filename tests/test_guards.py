@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from geosapiens.callbacks.guards import SkipNonFiniteSteps
 from geosapiens.stages import SupervisedPose
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +46,9 @@ class Poisoned(SupervisedPose):
         return loss * float("nan") if self.global_step in self.poison else loss
 
 
-def _fit(module: SupervisedPose, steps: int) -> L.Trainer:
+def _fit(module: SupervisedPose, steps: int, guard: SkipNonFiniteSteps | None = None) -> L.Trainer:
     trainer = L.Trainer(
+        callbacks=[guard] if guard is not None else None,
         accelerator="cpu",
         max_steps=steps,
         logger=False,
@@ -65,21 +67,21 @@ def _module(**kwargs) -> Poisoned:
 
 @pytest.mark.slow
 def test_a_nonfinite_step_is_skipped_and_counted():
-    module = _module(poison={1}, max_nonfinite_steps=3)
-    _fit(module, steps=3)
+    module, guard = _module(poison={1}), SkipNonFiniteSteps(max_in_row=3)
+    _fit(module, steps=3, guard=guard)
     # step 1's NaN gradients were dropped: the weights going into step 2 equal those going into step 1 ...
     torch.testing.assert_close(module.weights_at[2], module.weights_at[1], rtol=0, atol=0)
     # ... while a healthy step changes them, and nothing non-finite ever reached the weights
     assert not torch.equal(module.weights_at[1], module.weights_at[0])
     assert all(torch.isfinite(p).all() for p in module.parameters())
-    assert module.nonfinite_total == 1 and module.nonfinite_in_row == 0
+    assert guard.total == 1 and guard.in_row == 0
 
 
 @pytest.mark.slow
 def test_persistent_nonfinite_steps_stop_the_run_with_a_clear_error():
-    module = _module(poison=set(range(100)), max_nonfinite_steps=2)
+    module = _module(poison=set(range(100)))
     with pytest.raises(FloatingPointError, match="3 optimiser steps in a row had non-finite gradients"):
-        _fit(module, steps=10)
+        _fit(module, steps=10, guard=SkipNonFiniteSteps(max_in_row=2))
 
 
 @pytest.mark.slow

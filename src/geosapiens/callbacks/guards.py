@@ -1,10 +1,12 @@
-"""Runs that fail safe: a SIGTERM (cluster pre-emption, ``scancel``) saves a resumable checkpoint first."""
+"""Runs that fail safe: a SIGTERM (cluster pre-emption, ``scancel``) saves a resumable checkpoint first; a
+step with non-finite gradients is skipped, never applied."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
@@ -48,3 +50,40 @@ class LastCheckpointAtEnd(L.Callback):
                 trainer.save_checkpoint(path)  # collective: every rank calls it, rank 0 writes
                 written.add(path)
             callback.last_model_path = str(path)
+
+
+class SkipNonFiniteSteps(L.Callback):
+    """Skip an optimiser step whose gradients are not finite; stop after ``max_in_row`` such steps in a row.
+
+    The gradients are set to None, so AdamW leaves every weight, moment and decay untouched. The decision is
+    reduced over ranks (a sharded FSDP rank sees only its gradient shard), so DDP and FSDP ranks agree.
+
+    Args:
+        max_in_row: non-finite steps in a row tolerated (each skipped and counted) before the run stops with
+            a ``FloatingPointError``.
+    """
+
+    def __init__(self, max_in_row: int = 20) -> None:
+        self.max_in_row = max_in_row
+        self.in_row, self.total = 0, 0
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self.in_row = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.in_row += 1
+        self.total += 1
+        pl_module.log("train/nonfinite_steps", float(self.total), reduce_fx="max")
+        if self.in_row > self.max_in_row:
+            raise FloatingPointError(
+                f"{self.in_row} optimiser steps in a row had non-finite gradients (step "
+                f"{trainer.global_step}); lower the learning rate or check the data. The last good weights "
+                "are in the last checkpoint."
+            )

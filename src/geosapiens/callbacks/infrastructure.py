@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import lightning.pytorch as L
 
-from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd
+from geosapiens.callbacks.guards import CheckpointOnSigterm, LastCheckpointAtEnd, SkipNonFiniteSteps
 from geosapiens.callbacks.rng import RestoreRNG
 from geosapiens.callbacks.teardown import DestroyProcessGroup
 from geosapiens.data.robust import BadSampleReport
@@ -18,11 +18,13 @@ from geosapiens.data.robust import BadSampleReport
 
 def infrastructure_callbacks() -> list[L.Callback]:
     """New instances of the run-safety callbacks: a resumable ``last.ckpt`` on SIGTERM and at the end of
-    training, the global RNG states in checkpoints, the bad-sample report, a clean process-group shutdown."""
+    training, the global RNG states in checkpoints, the bad-sample report, non-finite steps skipped, a clean
+    process-group shutdown. A config that names one of these classes replaces its default instance."""
     return [
         DestroyProcessGroup(),
         BadSampleReport(),
         CheckpointOnSigterm(),
         LastCheckpointAtEnd(),
         RestoreRNG(),
+        SkipNonFiniteSteps(),
     ]

@@ -149,6 +149,12 @@ def trainer_cli(args: list[str] | None, run: bool = True):
             if not self._get(self.config_init, "trainer", default={}).get("plugins"):
                 kwargs.setdefault("plugins", [AtomicCheckpointIO()])
             trainer = super().instantiate_trainer(**kwargs)
+            # a run-safety callback the config names itself (its own options) replaces the default instance
+            defaults = {id(c) for c in self.trainer_defaults["callbacks"]}
+            named = {type(c) for c in trainer.callbacks if id(c) not in defaults}
+            trainer.callbacks[:] = [
+                c for c in trainer.callbacks if id(c) not in defaults or type(c) not in named
+            ]
             stable_checkpoint_folders(trainer)
             return trainer
 
@@ -176,7 +182,7 @@ def trainer_cli(args: list[str] | None, run: bool = True):
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
-        # added to the config's callbacks for every task; not configurable, always there
+        # added to the config's callbacks for every task (one the config names itself replaces its default)
         trainer_defaults={"callbacks": infrastructure_callbacks()},
         save_config_kwargs={"overwrite": True},
         parser_class=ExpandedPathsParser,

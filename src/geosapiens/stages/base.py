@@ -42,8 +42,6 @@ class PoseStage(L.LightningModule):
         pck_norm: PCK normalisation (``bbox`` max side, ``bbox_diag``, ``torso``, ``head_neck``, ``image``).
         init_checkpoint: Lightning checkpoint whose ``model.*`` weights start this stage (stage chaining).
         grad_checkpointing: per-block activation checkpointing of the backbone (memory for compute).
-        max_nonfinite_steps: optimiser steps in a row whose gradients may be non-finite (each is skipped and
-            counted) before the run stops with an error.
         pose_model: a ready pose model instead of ``backbone`` + head, e.g. the adult zero-shot
             :class:`~geosapiens.models.zero_shot.ZeroShotPoseModel`.
     """
@@ -70,7 +68,6 @@ class PoseStage(L.LightningModule):
         pck_norm: str = "bbox",
         init_checkpoint: str | None = None,
         grad_checkpointing: bool = False,
-        max_nonfinite_steps: int = 20,
         pose_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -82,7 +79,6 @@ class PoseStage(L.LightningModule):
         if grad_checkpointing:
             self.model.backbone.set_grad_checkpointing(True)
         self.codec = UDPHeatmapCodec((h, w), (h // 4, w // 4), sigma=sigma)
-        self.nonfinite_in_row, self.nonfinite_total = 0, 0
         self.param_ndims: dict[int, int] = {}
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
@@ -199,29 +195,6 @@ class PoseStage(L.LightningModule):
         schedule = lr_lambda(self.hparams.warmup_steps, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip a step whose gradients are not finite (all grads to None: AdamW then leaves every weight,
-        moment and decay untouched); stop after ``max_nonfinite_steps`` in a row. The decision is reduced over
-        ranks, so DDP and FSDP ranks always agree."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
-        # a sharded (FSDP) rank sees only its gradient shard: every rank must take the same decision
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            self.nonfinite_in_row = 0
-            return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
-        self.nonfinite_in_row += 1
-        self.nonfinite_total += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_total), reduce_fx="max")
-        if self.nonfinite_in_row > self.hparams.max_nonfinite_steps:
-            raise FloatingPointError(
-                f"{self.nonfinite_in_row} optimiser steps in a row had non-finite gradients (step "
-                f"{self.global_step}); lower the learning rate or check the data. The last good weights "
-                "are in the last checkpoint."
-            )
 
 
 def lr_lambda(warmup_steps: int, total_steps: int | None):
