@@ -35,8 +35,9 @@ from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment, flip_channels
 from geosapiens.data.crop import view_affine, warp_image
 from geosapiens.data.datamodules import _worker_init
-from geosapiens.data.datasets import PairDataset, PoseDataset, read_image
+from geosapiens.data.datasets import PairDataset, PoseDataset
 from geosapiens.data.elastic import ElasticScale
+from geosapiens.data.images import read_image
 from geosapiens.data.occlude import CutOcclude, TextureBank
 from geosapiens.data.records import PoseRecord
 from geosapiens.models.preprocess import to_tensor

@@ -51,8 +51,8 @@ import yaml
 from geosapiens.affine import apply_affine
 from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import canonical_affine, warp_image
-from geosapiens.data.datasets import read_image
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.data.images import read_image
 from geosapiens.losses import objectives
 from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps

@@ -70,7 +70,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from geosapiens.cli.main import trainer_cli  # noqa: E402
 from geosapiens.data.critic_cache import build_cache  # noqa: E402
 from geosapiens.data.formats.syrip import read_syrip  # noqa: E402
-from geosapiens.models.backbone import SAPIENS_ARCHS, create_backbone  # noqa: E402
+from geosapiens.models.backbone import create_backbone  # noqa: E402
+from geosapiens.models.sapiens_archs import SAPIENS_ARCHS  # noqa: E402
 from geosapiens.models.stage_checkpoint import build_pose_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

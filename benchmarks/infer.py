@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geosapiens.data.datasets import read_image
     from geosapiens.data.formats.syrip import read_syrip
+    from geosapiens.data.images import read_image
     from geosapiens.deploy.export import TOLERANCE, check_onnx, export_onnx
     from geosapiens.deploy.runtime import OnnxRunner, TorchRunner
     from geosapiens.models.codec import UDPHeatmapCodec

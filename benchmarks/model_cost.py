@@ -30,9 +30,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from geosapiens.models.backbone import SAPIENS_ARCHS, create_backbone
+from geosapiens.models.backbone import create_backbone
 from geosapiens.models.heads import DeconvHead
 from geosapiens.models.pose_model import PoseModel
+from geosapiens.models.sapiens_archs import SAPIENS_ARCHS
 
 OFFICIAL = ("sapiens_0.3b", "sapiens_0.6b", "sapiens_1b", "sapiens_2b")
 

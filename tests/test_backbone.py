@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from geosapiens.models.backbone import SAPIENS_ARCHS, SapiensViT, TimmFeatureBackbone, create_backbone
+from geosapiens.models.backbone import SapiensViT, TimmFeatureBackbone, create_backbone
+from geosapiens.models.sapiens_archs import SAPIENS_ARCHS
 
 # sapiens.md §1: (embed, depth, heads, head_dim, encoder params incl. the 4097-row pretrain pos_embed)
 OFFICIAL = {

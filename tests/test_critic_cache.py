@@ -359,7 +359,7 @@ class BrightnessCritic(GeometricCritic):
 
 def test_model_critics_run_on_canonical_crops_of_the_images(tmp_path):
     from geosapiens.data.crop import warp_image
-    from geosapiens.data.datasets import read_image
+    from geosapiens.data.images import read_image
     from geosapiens.models.geometry import normalize_relative_depth
     from geosapiens.models.preprocess import to_tensor
 

@@ -15,10 +15,11 @@ from fixtures_mini_rgbd import write_mini_rgbd
 from geosapiens.affine import apply_affine
 from geosapiens.data.augment import PairCollate, Photometric, ViewAugment
 from geosapiens.data.crop import canonical_affine, warp_image
-from geosapiens.data.datasets import PairDataset, PoseDataset, read_image
+from geosapiens.data.datasets import PairDataset, PoseDataset
 from geosapiens.data.elastic import ElasticScale
 from geosapiens.data.formats.mini_rgbd import read_mini_rgbd
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.data.images import read_image
 from geosapiens.data.occlude import CutOcclude
 from geosapiens.data.sampling import ResumableLoader
 from geosapiens.errors import DataError

@@ -8,8 +8,9 @@ import torch
 
 from geosapiens.affine import apply_affine
 from geosapiens.data.crop import canonical_affine, warp_image
-from geosapiens.data.datasets import PoseDataset, read_image
+from geosapiens.data.datasets import PoseDataset
 from geosapiens.data.formats.syrip import read_syrip
+from geosapiens.data.images import read_image
 from geosapiens.data.occlude import CutOcclude, TextureBank, procedural_texture
 
 TRAIN = "annotations/200R/person_keypoints_train_infant.json"

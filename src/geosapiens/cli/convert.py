@@ -15,34 +15,7 @@ import sys
 from pathlib import Path
 
 from geosapiens.cli.style import both_styles
-from geosapiens.errors import CheckpointError
-from geosapiens.models.official_checkpoint import FAMILIES, METADATA_KEY, SapiensCheckpoint, load_checkpoint
-
-__all__ = ["main", "save_converted"]
-
-
-def save_converted(ckpt: SapiensCheckpoint, out: str | Path) -> dict:
-    """Write ``ckpt`` as safetensors with the metadata header; returns that metadata."""
-    from safetensors.torch import save_file
-
-    if ckpt.pos_embed_grid is None:
-        raise CheckpointError(f"{ckpt.path}: unknown pos_embed grid; pass --grid H W")
-    meta = {
-        "format": METADATA_KEY,
-        "preset": ckpt.preset,
-        "family": ckpt.family,
-        "patch_padding": ckpt.padding,
-        "pos_embed_grid": list(ckpt.pos_embed_grid),
-        "num_outputs": ckpt.num_outputs,
-        "source": Path(ckpt.path).name,
-    }
-    prefix = FAMILIES[ckpt.family].head_prefix
-    tensors = {f"backbone.{k}": v.contiguous() for k, v in ckpt.backbone.items()}
-    tensors.update({f"{prefix}{k}": v.contiguous() for k, v in ckpt.head.items()})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={METADATA_KEY: json.dumps(meta)})
-    return meta
+from geosapiens.models.sapiens_archs import FAMILIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         "--grid", type=int, nargs=2, metavar=("H", "W"), help="pos_embed grid when not inferable"
     )
     args = both_styles(parser).parse_args(argv)
+    from geosapiens.errors import CheckpointError
+    from geosapiens.models.official_checkpoint import load_checkpoint, save_converted
+
     if args.out.suffix != ".safetensors":
         parser.error(f"{args.out}: the output must end in .safetensors")
     try:

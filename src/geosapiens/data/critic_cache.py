@@ -358,7 +358,7 @@ class _CanonicalCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         from geosapiens.data.crop import warp_image
-        from geosapiens.data.datasets import read_image
+        from geosapiens.data.images import read_image
         from geosapiens.models.preprocess import to_tensor
 
         r = self.records[i]

@@ -62,7 +62,7 @@ class RenderedMapsDataset(Dataset):
         return view_affine(record.bbox, self.input_size, params, self.padding)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from geosapiens.data.datasets import read_image
+        from geosapiens.data.images import read_image
         from geosapiens.models.preprocess import to_tensor
 
         record = self.records[index]

@@ -4,14 +4,13 @@ Sapiens (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", ECCV 2
 pre-norm ViT-16: LayerNorm eps 1e-6, qkv bias, exact GELU, MLP ratio 4, no layer scale, a final norm, no
 class token in the finetuned task models, and (for the pose and normal families) a symmetric 2-px zero
 padding in the patch convolution. Shapes and facts: ``../shared/reference/sapiens.md`` §1-§2; checkpoint
-reading: ``checkpoint.py``.
+reading: ``official_checkpoint.py``; the size presets: ``sapiens_archs.py``.
 
 Every backbone returns a (B, out_channels, H/stride, W/stride) feature map.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,49 +21,16 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from geosapiens.errors import CheckpointError
-from geosapiens.models.official_checkpoint import (
-    FAMILIES,
-    PATCH_SIZE,
-    SapiensCheckpoint,
-    load_backbone_state,
-    load_checkpoint,
-)
+from geosapiens.models.official_checkpoint import SapiensCheckpoint, load_backbone_state, load_checkpoint
+from geosapiens.models.sapiens_archs import FAMILIES, PATCH_SIZE, SAPIENS_ARCHS
 
-__all__ = [
-    "SAPIENS_ARCHS",
-    "SapiensArch",
-    "SapiensViT",
-    "TimmFeatureBackbone",
-    "create_backbone",
-    "preset_for_shape",
-]
+__all__ = ["SapiensViT", "TimmFeatureBackbone", "create_backbone"]
 
 
-@dataclass(frozen=True)
-class SapiensArch:
-    """Shape of one Sapiens encoder (head_dim = embed_dim / num_heads: 64; 80 for 0.6b, 60 for 2b)."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float = 4.0
 
 
-# The preset table. The four official sizes match the released checkpoints; the small ones are for CPU runs.
-SAPIENS_ARCHS: dict[str, SapiensArch] = {
-    "sapiens_0.3b": SapiensArch(embed_dim=1024, depth=24, num_heads=16),
-    "sapiens_0.6b": SapiensArch(embed_dim=1280, depth=32, num_heads=16),
-    "sapiens_1b": SapiensArch(embed_dim=1536, depth=40, num_heads=24),
-    "sapiens_2b": SapiensArch(embed_dim=1920, depth=48, num_heads=32),
-    "sapiens_small": SapiensArch(embed_dim=384, depth=8, num_heads=6),
-    "sapiens_tiny": SapiensArch(embed_dim=192, depth=4, num_heads=3),
-    "sapiens_nano": SapiensArch(embed_dim=64, depth=2, num_heads=2),
-}
 
 
-def preset_for_shape(embed_dim: int, depth: int) -> str | None:
-    """The preset name with this width and depth (how a checkpoint's size is recognised), or None."""
-    return next((n for n, a in SAPIENS_ARCHS.items() if (a.embed_dim, a.depth) == (embed_dim, depth)), None)
 
 
 class SapiensViT(VisionTransformer):

@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosapiens.errors import CheckpointError
+from geosapiens.models.sapiens_archs import FAMILIES, preset_for_shape
 
 __all__ = [
-    "FAMILIES",
     "METADATA_KEY",
-    "Family",
     "SapiensCheckpoint",
     "detect_family",
     "load_backbone_state",
@@ -47,37 +46,15 @@ __all__ = [
     "official_to_timm",
     "read_state_dict",
     "resize_pos_embed",
+    "save_converted",
 ]
 
 METADATA_KEY = "geosapiens"  # safetensors header entry holding the json written by `geosapiens convert`
-PATCH_SIZE = 16
 TASK_GRID = (64, 48)  # every finetuned Sapiens model: 1024 x 768 input, 3072 pos-embed rows
 
 
-@dataclass(frozen=True)
-class Family:
-    """What a checkpoint family needs to run as it was trained.
-
-    Attributes:
-        padding: symmetric patch-embed padding in pixels the weights were trained with.
-        head_prefix: state-dict prefix of the head in the official container ('' = no head).
-        outputs: number of output channels that identifies the family's head (None = any, e.g. keypoints).
-    """
-
-    padding: int
-    head_prefix: str
-    outputs: int | None = None
 
 
-# The cfg table (timm's default_cfgs in spirit): every family takes 1024 x 768 (H x W) RGB input
-# normalised with mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375); the official files are
-# listed in sapiens.md §2.3.
-FAMILIES: dict[str, Family] = {
-    "pretrain": Family(padding=0, head_prefix=""),
-    "pose": Family(padding=2, head_prefix="head."),  # K = 308 (Goliath), 133 (COCO-WholeBody), 17 (COCO)
-    "depth": Family(padding=0, head_prefix="decode_head.", outputs=1),
-    "normal": Family(padding=2, head_prefix="decode_head.", outputs=3),
-}
 
 # (official mmpretrain name, timm name); applied in order, anchored at the start of the key.
 _BACKBONE_RENAMES: tuple[tuple[str, str], ...] = (
@@ -138,8 +115,6 @@ class SapiensCheckpoint:
     @property
     def preset(self) -> str | None:
         """The backbone preset with this embedding width and depth, if any."""
-        from geosapiens.models.backbone import preset_for_shape
-
         return preset_for_shape(self.embed_dim, self.depth)
 
 
@@ -448,8 +423,6 @@ def load_checkpoint(
 
 
 def _describe(sd: Mapping[str, torch.Tensor]) -> str:
-    from geosapiens.models.backbone import preset_for_shape
-
     if "patch_embed.proj.weight" not in sd:
         return "no patch embedding"
     dim, depth = int(sd["patch_embed.proj.weight"].shape[0]), _num_blocks(sd)
@@ -551,3 +524,27 @@ def load_head_state(head: nn.Module, checkpoint: SapiensCheckpoint, state: Mappi
             f"the head input width differs: file {state[first].shape[0]}, head {ours[first].shape[0]}"
         )
     raise _mismatch_error(checkpoint.path, f"{type(head).__name__}", missing, unexpected, shapes, causes)
+
+
+def save_converted(ckpt: SapiensCheckpoint, out: str | Path) -> dict:
+    """Write ``ckpt`` as safetensors with the metadata header; returns that metadata."""
+    from safetensors.torch import save_file
+
+    if ckpt.pos_embed_grid is None:
+        raise CheckpointError(f"{ckpt.path}: unknown pos_embed grid; pass --grid H W")
+    meta = {
+        "format": METADATA_KEY,
+        "preset": ckpt.preset,
+        "family": ckpt.family,
+        "patch_padding": ckpt.padding,
+        "pos_embed_grid": list(ckpt.pos_embed_grid),
+        "num_outputs": ckpt.num_outputs,
+        "source": Path(ckpt.path).name,
+    }
+    prefix = FAMILIES[ckpt.family].head_prefix
+    tensors = {f"backbone.{k}": v.contiguous() for k, v in ckpt.backbone.items()}
+    tensors.update({f"{prefix}{k}": v.contiguous() for k, v in ckpt.head.items()})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={METADATA_KEY: json.dumps(meta)})
+    return meta
