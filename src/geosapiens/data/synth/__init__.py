@@ -51,13 +51,13 @@ from __future__ import annotations
 
 from geosapiens.data.synth.generate import generate
 from geosapiens.data.synth.presets import PRESETS, Preset
-from geosapiens.data.synth.scene import Frame, Scene, render_frame, sample_sequence, sample_still
+from geosapiens.data.synth.scene import RenderedFrame, Scene, render_frame, sample_sequence, sample_still
 
 __all__ = [
     "generate",
     "PRESETS",
     "Preset",
-    "Frame",
+    "RenderedFrame",
     "Scene",
     "render_frame",
     "sample_sequence",

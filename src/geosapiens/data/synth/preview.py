@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from geosapiens.data.synth.body import COCO17_FROM_NODES
-from geosapiens.data.synth.scene import Frame, render_frame, sample_still, stream
+from geosapiens.data.synth.scene import RenderedFrame, render_frame, sample_still, stream
 from geosapiens.data.synth.writers import write_image
 from geosapiens.skeleton import COCO17
 
@@ -39,7 +39,7 @@ def draw_skeleton(
     return out
 
 
-def _panels(frame: Frame) -> list[np.ndarray]:
+def _panels(frame: RenderedFrame) -> list[np.ndarray]:
     idx = list(COCO17_FROM_NODES)
     skel = draw_skeleton(frame.rgb, frame.nodes_2d[idx], frame.visible[idx], frame.in_image[idx])
     d = frame.body_depth

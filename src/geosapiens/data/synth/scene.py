@@ -35,7 +35,7 @@ from geosapiens.data.synth.styles import (
 __all__ = [
     "Prop",
     "Scene",
-    "Frame",
+    "RenderedFrame",
     "stream",
     "sample_still",
     "sample_sequence",
@@ -70,7 +70,7 @@ class Scene:
 
 
 @dataclass
-class Frame:
+class RenderedFrame:
     """One rendered, labelled frame.
 
     Shapes: N = NUM_NODES (25 SMIL joints + 4 face points), image H x W.
@@ -321,7 +321,7 @@ def _face_and_hair(scene: Scene, q: np.ndarray, regions: np.ndarray, albedo: np.
     albedo[head] = col
 
 
-def render_frame(scene: Scene, noise_rng: np.random.Generator) -> Frame:
+def render_frame(scene: Scene, noise_rng: np.random.Generator) -> RenderedFrame:
     """Ray-cast, label and shade one frame. ``noise_rng`` drives the per-frame sensor noise only."""
     body, cam, app = scene.body, scene.camera, scene.appearance
     posed = body.pose(scene.pose.angles, scene.pose.root, scene.pose.position)
@@ -353,7 +353,7 @@ def render_frame(scene: Scene, noise_rng: np.random.Generator) -> Frame:
     rgb8 = finish(rgb, app, noise_rng, cam.width / 640.0)
 
     normals = np.where(mask[..., None], frags.normals, 0.0).astype(np.float32)
-    return Frame(
+    return RenderedFrame(
         rgb=rgb8,
         depth=np.where(np.isfinite(depth_m), depth_m * 1000.0, 0.0).astype(np.float32),
         body_depth=np.where(mask, frags.depth * 1000.0, 0.0).astype(np.float32),

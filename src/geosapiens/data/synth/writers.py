@@ -17,7 +17,7 @@ import numpy as np
 
 from geosapiens.data.records import MAPS_DIRNAME
 from geosapiens.data.synth.body import COCO17_FROM_NODES, NUM_JOINTS
-from geosapiens.data.synth.scene import Frame
+from geosapiens.data.synth.scene import RenderedFrame
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -56,7 +56,7 @@ def maps_path(root: Path, image_path: Path) -> Path:
     return root / MAPS_DIRNAME / Path(image_path).relative_to(root).with_suffix(".npz")
 
 
-def write_maps(path: Path, frame: Frame) -> None:
+def write_maps(path: Path, frame: RenderedFrame) -> None:
     """Rendered geometry as ``.npz``: ``depth`` float32 mm (0 off the infant), ``normals`` float16
     camera-frame unit vectors (0 off the infant), ``mask`` uint8 (1 = infant)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def mini_rgbd_paths(root: Path, sequence: str, index: int) -> dict[str, Path]:
     }
 
 
-def write_mini_rgbd_frame(root: Path, sequence: str, index: int, frame: Frame) -> None:
+def write_mini_rgbd_frame(root: Path, sequence: str, index: int, frame: RenderedFrame) -> None:
     """One MINI-RGBD frame: RGB PNG, uint16 depth PNG (mm), 0/255 mask PNG, 25-joint text files, maps.
 
     ``joints_2Ddep`` lines are ``x y depth id`` (pixels, depth in mm = 1000 z); ``joints_3D`` lines are
@@ -109,7 +109,7 @@ def write_mini_rgbd_frame(root: Path, sequence: str, index: int, frame: Frame) -
     write_maps(maps_path(root, paths["rgb"]), frame)
 
 
-def coco_keypoints(frame: Frame) -> np.ndarray:
+def coco_keypoints(frame: RenderedFrame) -> np.ndarray:
     """(17, 3) COCO keypoints x, y, v: 2 visible, 1 occluded (depth test), 0 outside the image (x=y=0)."""
     idx = list(COCO17_FROM_NODES)
     kp = np.zeros((len(idx), 3))
@@ -119,7 +119,7 @@ def coco_keypoints(frame: Frame) -> np.ndarray:
     return kp
 
 
-def coco_bbox(frame: Frame, keypoints: np.ndarray) -> list[float]:
+def coco_bbox(frame: RenderedFrame, keypoints: np.ndarray) -> list[float]:
     """Tight box (x, y, w, h) of the infant mask, grown to hold every in-image keypoint (occluded ones too).
 
     Pixel centres sit at integer coordinates, so mask columns ``c0..c1`` span ``[c0 - 0.5, c1 + 0.5]``: the
@@ -139,7 +139,7 @@ def coco_bbox(frame: Frame, keypoints: np.ndarray) -> list[float]:
 
 
 def coco_entries(
-    frame: Frame, image_id: int, file_name: str, synthetic: bool, posture: str
+    frame: RenderedFrame, image_id: int, file_name: str, synthetic: bool, posture: str
 ) -> tuple[dict, dict]:
     """SyRIP-schema ``images[]`` and ``annotations[]`` entries (reference/datasets.md §2.4) for one still.
 
