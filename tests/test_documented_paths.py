@@ -431,11 +431,16 @@ def test_version_top_help_and_unknown_command(tmp_path):
     assert _cli("no-such-command", cwd=tmp_path).returncode == 2
 
 
-# Tools whose --help needs no torch (each imports its work when it runs). Not yet: convert (its --family
-# choices come from the torch checkpoint module) and LightningCLI's verbs (the parser needs the classes).
+# Every command's --help needs no torch (each tool imports its work when it runs; the trainer verbs' page is
+# shipped, rendered ahead by LightningCLI's parser: test_the_shipped_trainer_help_is_the_parsers).
 LIGHT_HELP = [
     ["--help"],
     ["--version"],
+    ["fit", "--help"],
+    ["validate", "--help"],
+    ["test", "-h"],
+    ["predict", "--help"],
+    ["convert", "--help"],
     ["data", "--help"],
     ["critics", "--help"],
     ["priors", "--help"],
@@ -471,6 +476,22 @@ def test_help_imports_neither_torch_nor_lightning(args, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_the_shipped_trainer_help_is_the_parsers(capsys):
+    """The page `geosapiens fit --help` prints at once is the one LightningCLI's parser prints (re-render
+    with `python -m geosapiens.cli.trainer_help` after changing the CLI or a pin)."""
+    from geosapiens.cli.main import TRAINER_VERBS, main
+    from geosapiens.cli.trainer_help import render_help, shipped_help
+
+    for verb in TRAINER_VERBS:
+        rendered = render_help(verb)
+        assert f"usage: geosapiens [options] {verb} [-c CONFIG]" in rendered and "--ckpt_path" in rendered
+        stale = f"cli/help/{verb}.txt is stale: python -m geosapiens.cli.trainer_help"
+        assert shipped_help(verb) == rendered, stale
+        capsys.readouterr()
+        assert main([verb, "--help"]) == 0 and capsys.readouterr().out == rendered
 
 
 def test_evaluate_into_a_closed_pipe_exits_quietly(workdir):

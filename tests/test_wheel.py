@@ -50,6 +50,13 @@ def test_the_wheel_ships_every_config(wheel):
     assert set(names()) <= shipped
 
 
+def test_the_wheel_ships_the_trainer_help_pages(wheel):
+    from geosapiens.cli.main import TRAINER_VERBS
+
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"geosapiens/cli/help/{verb}.txt" for verb in TRAINER_VERBS} <= shipped
+
+
 def test_demo_runs_from_the_installed_wheel(wheel, tmp_path):
     before = _git_status()
     venv = tmp_path / "venv"

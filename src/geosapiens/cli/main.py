@@ -6,7 +6,8 @@ there is dataset-level prediction from a config. ``infer`` is prediction on file
 from a checkpoint or an ONNX file. The other commands are small tools, each a ``main(argv) -> int`` in the
 module that owns the work, listed in :data:`COMMANDS`; groups (``data``, ``critics``, ``priors``) print
 their own help. A tool imports its work (torch, OpenCV...) only once its options are parsed, so its
-``--help`` answers at once; the trainer verbs need Lightning and the stage classes to build their parser.
+``--help`` answers at once; the trainer verbs need Lightning and the stage classes to build their parser, so
+their plain ``--help`` page is shipped, rendered ahead by that parser (:mod:`.trainer_help`).
 
 Exit codes, everywhere: 0 ok, 1 problems found (``data check``, bad data met during a run), 2 usage error
 (unknown command or option, a missing argument, a named file that is missing or unusable). A
@@ -319,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geosapiens: deprecated: {DEPRECATED_PREDICT}", file=sys.stderr)
         return _run_tool("infer", argv[1:])
     if argv[0] in TRAINER_VERBS:
+        if argv[1:] in (["--help"], ["-h"]):  # the page every user gets: shipped, so it answers at once
+            from geosapiens.cli.trainer_help import shipped_help
+
+            print(shipped_help(argv[0]), end="")
+            return 0
         from geosapiens.cli.configs import missing_config
 
         missing = missing_config(argv[1:])
