@@ -181,6 +181,45 @@ def test_uda_config_runs_on_generated_data_with_checkpoints_in_a_stable_folder(p
     assert (folder / "wandb_run_id").read_text().strip() == _wandb_ids(paper)[-1]
 
 
+# The README's baseline and ablation rows, each an overlay stacked on configs/uda.yaml.
+OVERLAYS = [
+    "baselines/source_only.yaml",
+    "baselines/shift_style.yaml",
+    "baselines/fidip.yaml",
+    *(f"ablations/{name}.yaml" for name in (
+        "no_body", "no_depth", "no_normal", "no_manifold", "no_elastic", "no_cutocclude", "seed_geometry"
+    )),
+]  # fmt: skip
+ORACLE_TINY = """
+trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, precision: 32-true,
+          accelerator: cpu, devices: 1, num_sanity_val_steps: 0, enable_progress_bar: false}
+model:
+  init_args: {backbone: "timm:resnet10t", backbone_kwargs: {}, input_size: [64, 64], flip_test: false}
+data:
+  init_args: {batch_size: 2, num_workers: 0}
+"""
+
+
+def _root_dir(config: str) -> str:
+    import yaml
+
+    return yaml.safe_load((CONFIGS / config).read_text())["trainer"]["default_root_dir"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_baseline_and_ablation_overlay_trains_on_generated_data(paper, workdir, overlay):
+    assert main(["fit", *_configs("uda.yaml", overlay), "--config", "paper_tiny.yaml"]) == 0
+    assert (workdir / _root_dir(overlay) / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_the_oracle_row_trains_on_generated_data(workdir):
+    (workdir / "oracle_tiny.yaml").write_text(ORACLE_TINY)
+    assert main(["fit", *_configs("warmup.yaml", "oracle.yaml"), "--config", "oracle_tiny.yaml"]) == 0
+    assert (workdir / _root_dir("oracle.yaml") / "checkpoints" / "best.ckpt").is_file()
+
+
 def test_ckpt_path_last_resumes_the_checkpoint_and_the_wandb_run(paper, capsys):
     import torch
 
