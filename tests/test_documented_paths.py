@@ -521,8 +521,8 @@ def test_help_imports_neither_torch_nor_lightning(args, tmp_path):
 def test_the_shipped_trainer_help_is_the_parsers(capsys):
     """The page `geosapiens fit --help` prints at once is the one LightningCLI's parser prints (re-render
     with `python -m geosapiens.cli.trainer_help` after changing the CLI or a pin)."""
-    from geosapiens.cli.main import TRAINER_VERBS, main
-    from geosapiens.cli.trainer_help import render_help, shipped_help
+    from geosapiens.cli.main import TRAINER_VERBS, main, shipped_help
+    from geosapiens.cli.trainer_help import render_help
 
     for verb in TRAINER_VERBS:
         rendered = render_help(verb)

@@ -7,7 +7,7 @@ from a checkpoint or an ONNX file. The other commands are small tools, each a ``
 module that owns the work, listed in :data:`COMMANDS`; groups (``data``, ``critics``, ``priors``) print
 their own help. A tool imports its work (torch, OpenCV...) only once its options are parsed, so its
 ``--help`` answers at once; the trainer verbs need Lightning and the stage classes to build their parser, so
-their plain ``--help`` page is shipped, rendered ahead by that parser (:mod:`.trainer_help`).
+their plain ``--help`` page is shipped, rendered ahead by that parser (:func:`shipped_help`).
 
 Exit codes, everywhere: 0 ok, 1 problems found (``data check``, bad data met during a run), 2 usage error
 (unknown command or option, a missing argument, a named file that is missing or unusable). A
@@ -67,6 +67,13 @@ GROUPS = {
 # ``predict INPUT ...`` (a path first, not an option) was file prediction before ``infer``; still accepted
 # with a deprecation message for one release.
 DEPRECATED_PREDICT = "'geosapiens predict INPUT ...' is now 'geosapiens infer INPUT ...' (old form until 0.3)"
+
+
+def shipped_help(verb: str) -> str:
+    """The help page of a trainer verb, rendered ahead by its parser (:mod:`.trainer_help`)."""
+    from importlib import resources
+
+    return resources.files("geosapiens.cli").joinpath("help", f"{verb}.txt").read_text(encoding="utf-8")
 
 
 def version() -> str:
@@ -321,8 +328,6 @@ def main(argv: list[str] | None = None) -> int:
         return _run_tool("infer", argv[1:])
     if argv[0] in TRAINER_VERBS:
         if argv[1:] in (["--help"], ["-h"]):  # the page every user gets: shipped, so it answers at once
-            from geosapiens.cli.trainer_help import shipped_help
-
             print(shipped_help(argv[0]), end="")
             return 0
         from geosapiens.cli.configs import missing_config

@@ -15,15 +15,9 @@ import contextlib
 import io
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 WIDTH = 100  # columns the shipped pages are rendered at
-
-
-def shipped_help(verb: str) -> str:
-    """The shipped help page of a trainer verb."""
-    return resources.files("geosapiens.cli").joinpath("help", f"{verb}.txt").read_text(encoding="utf-8")
 
 
 def render_help(verb: str) -> str:
