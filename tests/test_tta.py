@@ -83,7 +83,7 @@ def test_geo_pose_pulls_the_decoded_keypoints_toward_the_geometry_teachers_once_
 
     adaptation.remember(model.head, SIZE)
     calls = []
-    adaptation.teacher.register_forward_hook(lambda *_: calls.append(1))
+    adaptation.geometry_teacher.register_forward_hook(lambda *_: calls.append(1))
     before = error()
     adaptation.adapt(model, codec, images)
     assert len(calls) == 1  # one teacher forward for the group, not one per step

@@ -92,8 +92,8 @@ class HeadAdaptation:
         self.critic = critic.freeze() if critic is not None else None
         self.priors = load_normal_priors(normal_priors).tensors() if normal_priors else None
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
-        self.geometry_teacher = geometry_teacher
-        self.teacher: nn.Module | None = None  # read by remember(), at the model's crop size
+        self.geometry_teacher_file = geometry_teacher
+        self.geometry_teacher: nn.Module | None = None  # read by remember(), at the model's crop size
         self.weights = self._usable(DEFAULT_WEIGHTS)
         self.options = objectives.ObjectiveOptions.from_args(objective, manifold_margin)
         self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted group
@@ -108,7 +108,7 @@ class HeadAdaptation:
             raise ValueError(f"HeadAdaptation: unknown terms {sorted(unknown)}; use {known}")
         off = {"geo_norm"} if self.priors is None else set()
         off |= {"manifold"} if self.vae is None else set()
-        off |= {"geo_pose"} if not self.geometry_teacher else set()
+        off |= {"geo_pose"} if not self.geometry_teacher_file else set()
         if self.cache is None and self.critic is None:
             off |= {name for name, term in objectives.TERMS.items() if term.needs_maps}
         return {name: 0.0 if name in off else w for name, w in weights.items()}
@@ -119,7 +119,7 @@ class HeadAdaptation:
         A mean teacher's ``loss_terms``, over the plan's layout as its
         :class:`~geosapiens.callbacks.schedule.LossSchedule` reads them, give each term's final weight (so a
         trained network is adapted on its own objective, written once in its config); a stage without them
-        (warm-up, supervised, distilled) leaves :data:`DEFAULT_WEIGHTS`. ``temporal``, which no stage trains,
+        (warm-up, supervised, distilled) gets :data:`DEFAULT_WEIGHTS`. ``temporal``, which no stage trains,
         keeps its default.
         """
         base = DEFAULT_WEIGHTS
@@ -138,8 +138,8 @@ class HeadAdaptation:
         """Keep ``head``'s current weights as the trained ones to reset to, and read the geometry teacher,
         which must take the model's ``input_size`` crops (checked here, before anything is predicted)."""
         self._trained = copy.deepcopy(head.state_dict())
-        if self.geometry_teacher:
-            self.teacher = objectives.load_geometry_teacher(self.geometry_teacher, input_size)
+        if self.geometry_teacher_file:
+            self.geometry_teacher = objectives.load_geometry_teacher(self.geometry_teacher_file, input_size)
 
     def reset(self, head: nn.Module) -> None:
         """Put the trained weights back (a new video starts, or testing ends)."""
@@ -178,9 +178,9 @@ class HeadAdaptation:
         """``geo_pose``'s pseudo-labels of a group of canonical crops (``extras``; empty when it is off)."""
         if maps is None or self.weights.get("geo_pose", 0.0) <= 0:
             return {}
-        if self.teacher is None:
+        if self.geometry_teacher is None:
             raise RuntimeError("HeadAdaptation.adapt before remember(): the geometry teacher is read there")
-        teacher = self.teacher.to(maps.depth.device)
+        teacher = self.geometry_teacher.to(maps.depth.device)
         keypoints, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, self.options)
         return objectives.geometry_pseudo_labels(keypoints, keep, None, codec, self.options)
 
@@ -269,7 +269,8 @@ class TestTimeAdaptation(HeadAdaptation, L.Callback):
 
     Batches must be canonical test crops (as every DataModule's test/predict loader gives), in frame order
     for video (a batch whose ``sequence`` differs from the previous batch's starts a new video). The head is
-    restored when testing ends. Arguments are :class:`HeadAdaptation`'s.
+    restored when testing ends. The terms are weighted as the module's stage trained them
+    (:meth:`HeadAdaptation.weigh_as`). Arguments are :class:`HeadAdaptation`'s.
     """
 
     __test__ = False  # not a pytest class, whatever its name says
