@@ -173,10 +173,10 @@ def build_objectives(
         net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
         parts = [
             objectives.geometry_pseudo_labels(
-                *objectives.geometry_teacher_keypoints(net, t.maps.rows(slice(i, i + 64)), codec),
+                *objectives.geometry_teacher_keypoints(net, t.maps.rows(slice(i, i + 64)), codec, options),
                 None,
                 codec,
-                options.geo_pose_threshold,
+                options,
             )
             for i in range(0, len(t.paths), 64)
         ]

@@ -9,6 +9,8 @@
                         SapiensCritic's shape (a depth and a normal model, each a ``--critic-backbone``
                         backbone, by default the pose one, with the official Sapiens depth / normal head,
                         random weights) at the pose input size
+    (e) (c) + geo_pose  + geo_pose with a geometry teacher (the pose backbone on the critic maps' channels,
+                        random weights) whose keypoints the stage computes once per cached target image
 
 Each runs through a real ``lightning.Trainer`` (optimiser, schedulers, callbacks, EMA update) on batches
 prepared beforehand, so data loading is not timed. Time per step is the median interval between batch starts
@@ -16,7 +18,10 @@ after the warm-up steps; FLOPs are counted over one further whole step with
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention; FLOPs = 2 x MACs).
 In FLOP units of "one student forward on one image" = 1, a step costs (a) 3B (forward 1 + backward 2), (b) 6B
 + 1B (teacher) = 7B, so (b)/(a) ~ 7/3 before the head's and the losses' small extras; (d) adds the critic's
-forward (two backbones).
+forward (two backbones). (e) adds one no-grad teacher forward per target image per run, not per step: the
+prepared target batches repeat 6 images of the tiny preset, at the defaults all seen in the warm-up steps, so
+its timed steps are the steady state of any run longer than an epoch; (e) / (b) is printed against issue
+#13's target of 1.10.
 
     python benchmarks/step_cost.py   # CPU: sapiens_tiny, 128x128, B=4, 10 steps; ~3 min on 2 cores
     python benchmarks/step_cost.py --backbone sapiens_0.6b --size 1024 --device cuda   # bf16-mixed
@@ -40,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from geosapiens.cli.main import main as geosapiens_main
 from geosapiens.data.datamodules import AdaptationDataModule, SyRIPRealDataModule, SyRIPSynthDataModule
+from geosapiens.data.geometry_inputs import GEOMETRY_CHANNELS
 from geosapiens.models.backbone import create_backbone
 from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
 from geosapiens.models.normal_prior import NormalPriors, save_normal_priors
@@ -101,7 +107,19 @@ def prepare(root: Path, size: int, preset: str = "tiny", workers: int | None = N
     )
     save_normal_priors(root / "priors.json", priors)
     PoseVAE().save(root / "vae.safetensors")
-    return {**roots, "cache": cache, "priors": root / "priors.json", "vae": root / "vae.safetensors"}
+    files = {"cache": cache, "priors": root / "priors.json", "vae": root / "vae.safetensors"}
+    return {**roots, **files, "root": root}
+
+
+def geometry_teacher(path: Path, backbone: str, size: int) -> Path:
+    """A geometry teacher checkpoint as ``configs/demo/geometry_teacher.yaml``'s stage writes it: ``backbone``
+    on the critic maps' channels at ``size``, random weights (a forward costs what a trained one does)."""
+    kwargs = {"in_chans": len(GEOMETRY_CHANNELS)}
+    stage = SupervisedPose(
+        backbone=backbone, backbone_kwargs=kwargs, input_size=(size, size), flip_test=False
+    )
+    torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}, path)
+    return path
 
 
 def adaptation_batches(syrip: Path, size: int, batch: int, count: int, cache: Path) -> list[dict]:
@@ -184,16 +202,20 @@ def build(kind: str, args: argparse.Namespace, paths: dict[str, Path]) -> L.Ligh
     terms = {"cons": {"weight": 1.0, "start_epoch": 0}, "manifold": off, "geo_depth": off, "geo_norm": off}
     terms["geo_body"] = off
     extra: dict = {}
-    if kind in ("c", "d"):
+    if kind in ("c", "d", "e"):
         terms |= {
             "geo_depth": {"weight": 0.1, "start_epoch": 0},
             "geo_norm": {"weight": 0.1, "start_epoch": 0},
         }
         extra["normal_priors"] = str(paths["priors"])
-    if kind == "c":  # the stand-in critic of (d) has no body mask, so no silhouette to pull towards
+    if kind in ("c", "e"):  # the stand-in critic of (d) has no body mask, so no silhouette to pull towards
         terms["geo_body"] = {"weight": 1.0, "start_epoch": 0}
         terms["manifold"] = {"weight": 0.05, "start_epoch": 0}
         extra["pose_prior"] = str(paths["vae"])
+    if kind == "e":
+        terms["geo_pose"] = {"weight": 0.225, "start_epoch": 0}
+        teacher = paths["root"] / f"geometry_teacher_{args.size}.ckpt"
+        extra["geometry_teacher"] = str(geometry_teacher(teacher, args.backbone, args.size))
     if kind == "d":
         extra["critic"] = StandInSapiensCritic(args.critic_backbone or args.backbone, (args.size, args.size))
     return MeanTeacherAdaptation(loss_terms=terms, ema_decay=0.999, **common, **extra)
@@ -204,6 +226,7 @@ LABELS = {
     "b": "(b) mean teacher (cons)",
     "c": "(c) (b) + geo + manifold, cached critic",
     "d": "(d) (b) + geo, online critic",
+    "e": "(e) (c) + geo_pose, geometry teacher",
 }
 
 
@@ -220,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--stages", default="abcd", help="subset of a, b, c, d")
+    parser.add_argument("--stages", default="abcde", help="subset of a, b, c, d, e")
     return parser.parse_args(argv)
 
 
@@ -260,6 +283,11 @@ def table(args: argparse.Namespace, rows: dict[str, tuple[float, int]]) -> str:
         lines.append(
             f"{LABELS[kind]:<42}{seconds:>9.3f}{flops / 1e9:>12.2f}"
             f"{seconds / base_t:>12.2f}{flops / base_f if base_f else float('nan'):>12.2f}"
+        )
+    if "b" in rows and "e" in rows:
+        (tb, fb), (te, fe) = rows["b"], rows["e"]
+        lines.append(
+            f"\n(e) / (b): time {te / tb:.2f}x, FLOP {fe / fb:.2f}x (issue #13's target: time <= 1.10x)"
         )
     return "\n".join(lines)
 

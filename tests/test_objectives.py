@@ -67,9 +67,7 @@ def test_flipped_view_channel_k_lands_on_joint_k_in_the_canonical_frame(syrip_sa
     views, truth, labelled = [], [], []
     for r, s in zip(records, samples, strict=True):
         kp = np.asarray(r.keypoints, dtype=np.float64)
-        in_view, lab = flip_channels(
-            True, apply_affine(kp, s["strong_affine"].double().numpy()), r.labelled
-        )
+        in_view, lab = flip_channels(True, apply_affine(kp, s["strong_affine"].double().numpy()), r.labelled)
         views.append(torch.from_numpy(in_view).float())
         truth.append(torch.from_numpy(apply_affine(kp, s["canonical_affine"].double().numpy())).float())
         labelled.append(torch.from_numpy(np.asarray(r.labelled, bool)))
@@ -251,8 +249,11 @@ def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_p
     )
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     mirror = torch.tensor([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]])
-    keypoints, peaks = objectives.geometry_teacher_keypoints(teacher, maps, codec)
-    labels = objectives.geometry_pseudo_labels(keypoints, peaks, torch.stack([identity, mirror]), codec, 0.5)
+    options = objectives.ObjectiveOptions().override(geo_pose_threshold=0.5)
+    keypoints, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, options)
+    labels = objectives.geometry_pseudo_labels(
+        keypoints, keep, torch.stack([identity, mirror]), codec, options
+    )
     flip = list(COCO17.flip_indices)
     expected_mirrored = canonical[0, flip] * torch.tensor([-1.0, 1.0]) + torch.tensor([W - 1.0, 0.0])
     assert (labels["geo_keypoints"][0] - canonical[0]).norm(dim=-1).max() < 0.5

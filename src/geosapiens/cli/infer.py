@@ -17,6 +17,7 @@ from geosapiens.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
     from geosapiens.deploy.predict import ClipPrediction
+    from geosapiens.deploy.runtime import PoseRunner
     from geosapiens.deploy.sources import Clip
     from geosapiens.stages.tta import HeadAdaptation
 
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tta.critic", dest="tta_critic", default=None, help="small-critic file: geometry terms")
     p.add_argument("--tta.normal_priors", dest="tta_normal_priors", default=None, help="normal priors JSON")
+    p.add_argument(
+        "--tta.geometry_teacher",
+        dest="tta_geometry_teacher",
+        default=None,
+        help="geometry teacher checkpoint at the model's crop size: geo_pose, toward its keypoints on "
+        "--tta.critic's maps",
+    )
     p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of video tracks")
     p.add_argument("--smooth.min_cutoff", dest="smooth_min_cutoff", type=float, default=1.0, help="Hz")
     p.add_argument("--smooth.beta", dest="smooth_beta", type=float, default=0.01, help="per px/s")
@@ -74,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation | None:
+def _adaptation(args: argparse.Namespace, clips: list[Clip], runner: PoseRunner) -> HeadAdaptation | None:
     if args.tta_steps <= 0:
         return None
+    if args.tta_geometry_teacher and not args.tta_critic:
+        raise ValueError("--tta.geometry_teacher reads the critic's maps: give --tta.critic too")
     from geosapiens.stages.tta import HeadAdaptation
 
     critic = None
@@ -90,8 +100,12 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip]) -> HeadAdaptation |
         critic=critic,
         normal_priors=args.tta_normal_priors,
         pose_prior=args.pose_prior,
+        geometry_teacher=args.tta_geometry_teacher,
         manifold_margin=args.tta_manifold_margin,
     )
+    adaptation.weigh_as(getattr(runner, "hparams", {}))  # a mean teacher's own loss weights
+    if args.tta_geometry_teacher and "geo_pose" not in adaptation.active:
+        raise ValueError(f"--tta.geometry_teacher: {args.model}'s stage trained geo_pose with no weight")
     usable = [t for t in adaptation.active if t != "temporal" or any(c.sequence for c in clips)]
     if not usable:
         raise ValueError(
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             boxes,
             batch_size=args.batch_size,
             flip=args.flip,
-            adaptation=_adaptation(args, clips),
+            adaptation=_adaptation(args, clips, runner),
             smoothing=smoothing,
             quality=QualityCheck(args.min_score, prior, args.max_pose_error),
         )

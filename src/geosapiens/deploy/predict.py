@@ -111,7 +111,7 @@ class Predictor:
             model = getattr(runner, "model", None)
             if model is None:
                 raise ValueError("test-time adaptation trains the head: use the PyTorch runtime (a .ckpt)")
-            adaptation.remember(model.head)
+            adaptation.remember(model.head, self.input_size)
         self.smoothing = smoothing
         self.quality = quality or QualityCheck()
         self.padding = padding

@@ -66,13 +66,22 @@ class TorchRunner:
         model: the network (put in eval mode here).
         input_size: its crop size (H, W).
         source: what to name in errors (the checkpoint).
+        hparams: the hyper-parameters of the stage that trained it (test-time adaptation weighs its terms as
+            a mean teacher did: :meth:`~geosapiens.stages.tta.HeadAdaptation.weigh_as`).
     """
 
-    def __init__(self, model: PoseModel, input_size: tuple[int, int], source: str = "PoseModel") -> None:
+    def __init__(
+        self,
+        model: PoseModel,
+        input_size: tuple[int, int],
+        source: str = "PoseModel",
+        hparams: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.num_keypoints = int(model.num_keypoints)
         self.source = source
+        self.hparams = dict(hparams or {})
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images, self.input_size, self.source)
@@ -197,8 +206,8 @@ def open_runner(
 
         if threads is not None:
             torch.set_num_threads(int(threads))
-        model, input_size, _ = pose_model_from_checkpoint(path, weights)
-        return TorchRunner(model, input_size, source=str(path))
+        model, input_size, hparams = pose_model_from_checkpoint(path, weights)
+        return TorchRunner(model, input_size, source=str(path), hparams=hparams)
     runner = OnnxRunner(path, threads=threads)
     recorded = runner.metadata.get("weights")
     if recorded is not None and weights is not None and recorded != weights:

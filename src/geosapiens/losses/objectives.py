@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +52,7 @@ from geosapiens.losses import functional as losses
 from geosapiens.losses.functional import DEFAULT_LAMBDA_Z
 from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
+from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "prepare_inputs",
     "label_free_objective",
     "weighted_sum",
+    "load_geometry_teacher",
     "geometry_teacher_keypoints",
     "geometry_pseudo_labels",
 ]
@@ -114,6 +118,15 @@ class ObjectiveOptions:
             raise ValueError(f"ObjectiveOptions has no option {sorted(unknown)}; options: {sorted(names)}")
         return replace(self, **values)
 
+    @classmethod
+    def from_args(
+        cls, objective: Mapping[str, Any] | None = None, manifold_margin: float | None = None
+    ) -> ObjectiveOptions:
+        """The options of a caller's ``objective`` overrides and ``manifold_margin`` argument (None: the
+        default here), as the mean-teacher stage and test-time adaptation both take them."""
+        margin = {} if manifold_margin is None else {"manifold_margin": manifold_margin}
+        return cls().override(**(objective or {}), **margin)
+
 
 @dataclass
 class ObjectiveInputs:
@@ -162,8 +175,9 @@ class _Registered:
 
     @property
     def needs_maps(self) -> bool:
-        """The term reads critic maps (the caller must provide them)."""
-        return bool({"maps", "uv", "body_distance"} & set(self.needs))
+        """The term reads critic maps, or the geometry teacher's keypoints on them (the caller must provide
+        them)."""
+        return bool({"maps", "uv", "body_distance", "geo_keypoints"} & set(self.needs))
 
 
 TERMS: dict[str, _Registered] = {}
@@ -352,16 +366,36 @@ def _temporal(inputs: ObjectiveInputs) -> torch.Tensor:
     return losses.bone_length_consistency(keypoints)
 
 
+def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> nn.Module:
+    """The frozen pose network of a geometry teacher checkpoint, checked to take the model's crops.
+
+    Raises:
+        ValueError: the teacher was trained on crops of another size (its keypoints would be in another
+            frame); a :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
+    """
+    net, size, _ = pose_model_from_checkpoint(path)
+    if tuple(size) != tuple(input_size):
+        raise ValueError(
+            f"{path}: geometry teacher trained on {size[0]}x{size[1]} crops, the model takes "
+            f"{input_size[0]}x{input_size[1]}"
+        )
+    return net.requires_grad_(False).eval()
+
+
 def geometry_teacher_keypoints(
-    geometry_teacher: nn.Module, maps: GeometryMaps, codec: UDPHeatmapCodec
+    geometry_teacher: nn.Module, maps: GeometryMaps, codec: UDPHeatmapCodec, options: ObjectiveOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The geometry teacher on critic maps of the canonical crop: (B, K, 2) keypoints in canonical px
-    (argmax + DARK) and (B, K) heatmap peaks. Cached maps never change, so callers may keep these per image.
+    (argmax + DARK) and (B, K) which of them are pseudo-labels (heatmap peak >= ``geo_pose_threshold``).
+
+    Both depend on the maps alone, so callers compute them once per image (cached maps) or group (TTA) and
+    move them into each view with :func:`geometry_pseudo_labels`.
 
     Args:
         geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`.
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
         codec: the stage's codec (input size = the crop size).
+        options: the objective's options (``geo_pose_threshold``).
     """
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
@@ -373,40 +407,37 @@ def geometry_teacher_keypoints(
     with torch.no_grad():
         heatmaps = geometry_teacher(x).float()
         keypoints, _ = codec.decode(heatmaps)
-    return keypoints.to(heatmaps), heatmaps.amax(dim=(-2, -1))
+    return keypoints.to(heatmaps), heatmaps.amax(dim=(-2, -1)) >= options.geo_pose_threshold
 
 
 def geometry_pseudo_labels(
     keypoints: torch.Tensor,
-    peaks: torch.Tensor,
+    keep: torch.Tensor,
     maps_to_view: torch.Tensor | None,
     codec: UDPHeatmapCodec,
-    threshold: float,
-    flip_indices: Sequence[int] = COCO17.flip_indices,
+    options: ObjectiveOptions,
 ) -> dict[str, torch.Tensor]:
     """The geometry teacher's keypoints moved into the view: ``extras`` of ``geo_pose``.
 
-    Keypoints are taken into the view by ``maps_to_view`` and their channels swapped back on mirrored views.
-    A joint is a pseudo-label where the teacher's heatmap peak reaches ``threshold`` and the point lies
+    Keypoints are taken into the view by ``maps_to_view`` and their channels swapped back on mirrored views
+    (``options.flip_indices``). A joint is a pseudo-label where the teacher kept it and the point lies
     inside the view.
 
     Args:
         keypoints: (B, K, 2) canonical px, from :func:`geometry_teacher_keypoints`.
-        peaks: (B, K) their heatmap peaks.
-        maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop.
+        keep: (B, K) its pseudo-label joints.
+        maps_to_view: (B, 2, 3) canonical px -> view px; None = the view is the canonical crop (TTA).
         codec: the stage's codec (input size = the crop size).
-        threshold: minimum heatmap peak of a pseudo-label joint.
-        flip_indices: left/right channel swap for mirrored views.
+        options: the objective's options.
 
     Returns:
         ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool.
     """
-    keep = peaks >= threshold
     if maps_to_view is not None:
         keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
         mirrored = is_mirror(maps_to_view)
-        keypoints = _swap_mirrored(keypoints, mirrored, flip_indices)
-        keep = _swap_mirrored(keep, mirrored, flip_indices)
+        keypoints = _swap_mirrored(keypoints, mirrored, options.flip_indices)
+        keep = _swap_mirrored(keep, mirrored, options.flip_indices)
     h, w = codec.input_size
     inside = (keypoints >= 0).all(-1) & (keypoints[..., 0] <= w - 1) & (keypoints[..., 1] <= h - 1)
     return {"geo_keypoints": keypoints.detach(), "geo_keep": keep & inside}

@@ -28,7 +28,6 @@ from geosapiens.models.critics import GeometricCritic
 from geosapiens.models.geometry import body_distance, warp_maps
 from geosapiens.models.normal_prior import load_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
-from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 from geosapiens.stages.base import PoseStage
 
 SUPERVISED_TERMS = ("sup", "cons")  # every other term is a label-free one (losses.objectives.TERMS)
@@ -95,8 +94,7 @@ class MeanTeacherAdaptation(PoseStage):
             raise ValueError(
                 f"loss_terms {sorted(unknown)} are unknown: use sup, cons or {sorted(objectives.TERMS)}"
             )
-        margin = {} if manifold_margin is None else {"manifold_margin": manifold_margin}
-        self.options = objectives.ObjectiveOptions().override(**(objective or {}), **margin)
+        self.options = objectives.ObjectiveOptions.from_args(objective, manifold_margin)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.hold_frozen("critic", critic)
         if terms.get("manifold", LossTerm(0.0)).weight > 0 and not pose_prior:
@@ -107,12 +105,7 @@ class MeanTeacherAdaptation(PoseStage):
             raise ValueError("geo_pose has weight but no geometry_teacher checkpoint is set")
         net = None
         if geometry_teacher:
-            net, size, _ = pose_model_from_checkpoint(geometry_teacher)
-            if tuple(size) != tuple(self.hparams.input_size):
-                raise ValueError(
-                    f"{geometry_teacher}: geometry teacher trained on {size[0]}x{size[1]} crops, the stage "
-                    f"uses {self.hparams.input_size[0]}x{self.hparams.input_size[1]}"
-                )
+            net = objectives.load_geometry_teacher(geometry_teacher, self.hparams.input_size)
         self.hold_frozen("geometry_teacher", net)
         self._geometry_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hold_frozen("vae", PoseVAE.load(pose_prior) if pose_prior else None)
@@ -160,21 +153,26 @@ class MeanTeacherAdaptation(PoseStage):
         }
 
     def geometry_keypoints(self, target: dict, maps) -> tuple[torch.Tensor, torch.Tensor]:
-        """The geometry teacher's canonical keypoints and peaks for the target batch. Cached critic maps
+        """The geometry teacher's canonical keypoints and pseudo-label joints for the target batch
+        (:func:`~geosapiens.losses.objectives.geometry_teacher_keypoints`). Cached critic maps
         never change, so each image's are computed once and kept (in memory, not in checkpoints): the
         teacher then costs one forward per target image per run, not one per step."""
         if "critic_maps" not in target:  # an online critic's maps follow the view: no reuse
-            return objectives.geometry_teacher_keypoints(self.geometry_teacher, maps, self.codec)
+            return objectives.geometry_teacher_keypoints(
+                self.geometry_teacher, maps, self.codec, self.options
+            )
         paths = list(target["image_path"])
         todo = [i for i, path in enumerate(paths) if path not in self._geometry_memo]
         if todo:
             index = torch.as_tensor(todo, device=maps.depth.device)
             rows = maps.rows(index)
-            keypoints, peaks = objectives.geometry_teacher_keypoints(self.geometry_teacher, rows, self.codec)
+            keypoints, keep = objectives.geometry_teacher_keypoints(
+                self.geometry_teacher, rows, self.codec, self.options
+            )
             for j, i in enumerate(todo):
-                self._geometry_memo[paths[i]] = (keypoints[j], peaks[j])
-        keypoints, peaks = zip(*(self._geometry_memo[path] for path in paths), strict=True)
-        return torch.stack(keypoints), torch.stack(peaks)
+                self._geometry_memo[paths[i]] = (keypoints[j], keep[j])
+        keypoints, keep = zip(*(self._geometry_memo[path] for path in paths), strict=True)
+        return torch.stack(keypoints), torch.stack(keep)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         w = self.schedule.weights(fractional_epoch(self.trainer, batch_idx))
@@ -223,17 +221,15 @@ class MeanTeacherAdaptation(PoseStage):
             )
             kept["cons_kept"] = cons_kept
         if label_free:
-            geo_pose = "geo_pose" in label_free
-            geometric = geo_pose or any(objectives.TERMS[name].needs_maps for name in label_free)
+            geometric = any(objectives.TERMS[name].needs_maps for name in label_free)
             critic = self.critic_inputs(target) if geometric else {}
             extras = {}
-            if geo_pose:
+            if "geo_pose" in label_free:
                 extras = objectives.geometry_pseudo_labels(
                     *self.geometry_keypoints(target, critic["maps"]),
                     canonical_to_view(target["canonical_affine"], target["strong_affine"]),
                     self.codec,
-                    self.options.geo_pose_threshold,
-                    self.options.flip_indices,
+                    self.options,
                 )
                 kept["geo_pose_kept"] = extras["geo_keep"].float().mean()
             inputs = objectives.prepare_inputs(
