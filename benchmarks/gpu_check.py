@@ -319,6 +319,8 @@ def section_step_cost(p: Preset, paths: dict[str, Path]) -> dict:
             str(p.cost_warmup),
             "--device",
             p.device,
+            "--stages",
+            "abcd",  # (e)'s teacher runs once per cached image: its steady state is (c)'s step
         ]
     )
     rows = step_cost.measure(args, paths)
