@@ -34,7 +34,9 @@ Measured signal (``benchmarks/geometry_signal.py``, ``docs/results/geometry_sign
 images, oracle critic; Spearman with keypoint error over perturbed and predicted poses / change of a warm-up
 network's mean error when the keypoints descend the term): geo_pose +0.43 / -50%, geo_body +0.53 / -10%,
 manifold +0.57 / 0%, geo_norm +0.12 / 0%, geo_depth -0.42 / 0%. ``configs/demo/uda.yaml`` trains with
-geo_body + geo_pose (+0.46 / -47%); the seed's geo_depth and geo_norm are kept for ablations.
+geo_body + geo_pose (+0.46 / -47%; +0.46 / -41% at the full protocol's 128 px); the seed's geo_depth and
+geo_norm are kept for ablations. With the small learned critic's maps the configured objective is harmful
+(+0.24 / +15%): trained on synthetic RGB, that critic inherits the style gap geometry is meant to bypass.
 """
 
 from __future__ import annotations
