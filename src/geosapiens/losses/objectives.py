@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,7 +53,6 @@ from geosapiens.losses import functional as losses
 from geosapiens.losses.functional import DEFAULT_LAMBDA_Z
 from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
 from geosapiens.skeleton import COCO17
 
 __all__ = [
@@ -67,7 +65,6 @@ __all__ = [
     "prepare_inputs",
     "label_free_objective",
     "weighted_sum",
-    "load_geometry_teacher",
     "geometry_teacher_keypoints",
     "geometry_pseudo_labels",
 ]
@@ -366,22 +363,6 @@ def _manifold(inputs: ObjectiveInputs) -> torch.Tensor:
 def _temporal(inputs: ObjectiveInputs) -> torch.Tensor:
     keypoints = apply_affine(inputs.keypoints, inputs.crop_to_image.to(inputs.keypoints))
     return losses.bone_length_consistency(keypoints)
-
-
-def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> nn.Module:
-    """The frozen pose network of a geometry teacher checkpoint, checked to take the model's crops.
-
-    Raises:
-        ValueError: the teacher was trained on crops of another size (its keypoints would be in another
-            frame); a :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
-    """
-    net, size, _ = pose_model_from_checkpoint(path)
-    if tuple(size) != tuple(input_size):
-        raise ValueError(
-            f"{path}: geometry teacher trained on {size[0]}x{size[1]} crops, the model takes "
-            f"{input_size[0]}x{input_size[1]}"
-        )
-    return net.requires_grad_(False).eval()
 
 
 def geometry_teacher_keypoints(

@@ -11,6 +11,7 @@ Meta's official Sapiens files are another format, read by :mod:`geosapiens.model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_pose_model",
     "evaluated_weights",
+    "load_geometry_teacher",
     "load_model_weights",
     "pose_model_from_checkpoint",
     "prefixed_weights",
@@ -140,3 +142,19 @@ def pose_model_from_checkpoint(
     model = build_pose_model(hparams["backbone"], input_size, backbone_kwargs, hparams.get("head_kwargs"))
     _load_prefixed(model, ckpt, path, f"{weights or evaluated_weights(hparams)}.")
     return model.eval(), input_size, hparams
+
+
+def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> PoseModel:
+    """The frozen pose network of a geometry teacher checkpoint, checked to take the model's crops.
+
+    Raises:
+        ValueError: the teacher was trained on crops of another size (its keypoints would be in another
+            frame); a :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
+    """
+    net, size, _ = pose_model_from_checkpoint(path)
+    if tuple(size) != tuple(input_size):
+        raise ValueError(
+            f"{path}: geometry teacher trained on {size[0]}x{size[1]} crops, the model takes "
+            f"{input_size[0]}x{input_size[1]}"
+        )
+    return net.requires_grad_(False).eval()

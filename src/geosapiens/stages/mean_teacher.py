@@ -28,6 +28,7 @@ from geosapiens.models.critics import GeometricCritic
 from geosapiens.models.geometry import body_distance, warp_maps
 from geosapiens.models.normal_prior import load_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
+from geosapiens.models.stage_checkpoint import load_geometry_teacher
 from geosapiens.stages.base import PoseStage
 
 SUPERVISED_TERMS = ("sup", "cons")  # every other term is a label-free one (losses.objectives.TERMS)
@@ -105,7 +106,7 @@ class MeanTeacherAdaptation(PoseStage):
             raise ValueError("geo_pose has weight but no geometry_teacher checkpoint is set")
         net = None
         if geometry_teacher:
-            net = objectives.load_geometry_teacher(geometry_teacher, self.hparams.input_size)
+            net = load_geometry_teacher(geometry_teacher, self.hparams.input_size)
         self.hold_frozen("geometry_teacher", net)
         self._geometry_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hold_frozen("vae", PoseVAE.load(pose_prior) if pose_prior else None)

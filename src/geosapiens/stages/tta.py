@@ -31,6 +31,7 @@ from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.models.normal_prior import load_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
+from geosapiens.models.stage_checkpoint import load_geometry_teacher
 
 __all__ = ["DEFAULT_WEIGHTS", "HeadAdaptation", "TestTimeAdaptation"]
 
@@ -139,7 +140,7 @@ class HeadAdaptation:
         which must take the model's ``input_size`` crops (checked here, before anything is predicted)."""
         self._trained = copy.deepcopy(head.state_dict())
         if self.geometry_teacher_file:
-            self.geometry_teacher = objectives.load_geometry_teacher(self.geometry_teacher_file, input_size)
+            self.geometry_teacher = load_geometry_teacher(self.geometry_teacher_file, input_size)
 
     def reset(self, head: nn.Module) -> None:
         """Put the trained weights back (a new video starts, or testing ends)."""
