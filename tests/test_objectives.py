@@ -310,3 +310,28 @@ def test_the_geometry_teacher_runs_once_per_cached_target_image():
     del target["critic_maps"]  # an online critic's maps follow the view: computed every time
     stage.geometry_keypoints(target, maps)
     assert stage.geometry_teacher.images == 7
+
+
+def test_heatmap_pseudo_labels_move_a_misplaced_peak_where_the_point_form_cannot():
+    """``geo_heatmap`` trains the heatmap itself: a joint whose peak sits far from its pseudo-label is rebuilt
+    there. ``geo_pose`` reads the heatmap through the windowed soft-argmax, so its gradient only reaches the
+    pixels around the current peak, and the argmax stays where it was."""
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    h, w = HEATMAP_HW
+    labels_at = torch.tensor([[[20.0, 20.0]]]).expand(1, 17, 2).clone()  # input px
+    labels = objectives.geometry_pseudo_labels(
+        labels_at, torch.ones(1, 17, dtype=torch.bool), None, codec, objectives.ObjectiveOptions()
+    )
+    wrong = torch.tensor([[[70.0, 70.0]]]).expand(1, 17, 2)  # 50 * sqrt(2) px away: no overlap
+    moved = {}
+    for term in objectives.TEACHER_TERMS:
+        heatmaps = codec.encode(wrong, torch.ones(1, 17))[0].clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([heatmaps], lr=0.02)
+        for _ in range(100):
+            optimiser.zero_grad()
+            inputs = objectives.prepare_inputs(heatmaps, codec, extras=labels)
+            objectives.label_free_objective(inputs, {term: 1.0})[term].backward()
+            optimiser.step()
+        moved[term] = float((codec.decode(heatmaps.detach())[0] - labels_at).norm(dim=-1).max())
+    assert moved["geo_heatmap"] < 2.0, moved  # within half a heatmap px (stride 4)
+    assert moved["geo_pose"] > 40.0, moved

@@ -1,6 +1,7 @@
-"""Test-time adaptation with ``geo_pose``: a geometry teacher read from its checkpoint pulls the head toward
-its keypoints on the critic's maps, computed once per group; its crop size is checked against the model's;
-the label-free weights are the trained stage's, else the documented default."""
+"""Test-time adaptation with the geometry teacher's pseudo-labels (``geo_pose``, ``geo_heatmap``): a teacher
+read from its checkpoint pulls the head toward its keypoints on the critic's maps, computed once per group;
+its crop size is checked against the model's; the label-free weights are the trained stage's, else the
+documented default."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from geosapiens.cli.main import main
 from geosapiens.data.geometry_inputs import maps_to_input
+from geosapiens.losses import objectives
 from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.small_critic import SmallCritic, SmallCriticNet
 from geosapiens.models.stage_checkpoint import build_pose_model, pose_model_from_checkpoint
@@ -54,21 +56,25 @@ def _critic() -> SmallCritic:
     return SmallCritic(SmallCriticNet(backbone="timm:resnet10t", **TINY_CRITIC), mask_threshold=0.0)
 
 
-def test_geo_pose_pulls_the_decoded_keypoints_toward_the_geometry_teachers_once_per_group(files):
+@pytest.mark.parametrize("term", objectives.TEACHER_TERMS)
+def test_the_teacher_terms_pull_the_decoded_keypoints_toward_the_geometry_teachers_once_per_group(
+    files, term
+):
     torch.manual_seed(1)
     critic = _critic()
-    only_geo_pose = {"geo_body": 0.0, "manifold": 0.0, "temporal": 0.0}
-    assert "geo_pose" not in HeadAdaptation(critic=critic).active  # no teacher, no geo_pose
-    assert "geo_pose" not in HeadAdaptation(geometry_teacher=str(files["teacher"])).active  # no maps
+    only = {name: 0.0 for name in DEFAULT_WEIGHTS} | {name: 0.0 for name in objectives.TEACHER_TERMS}
+    only[term] = 1.0
+    assert term not in HeadAdaptation(critic=critic, weights=only).active  # no teacher, no pseudo-labels
+    assert term not in HeadAdaptation(geometry_teacher=str(files["teacher"]), weights=only).active  # no maps
     adaptation = HeadAdaptation(
-        steps=20,
+        steps=40,
         lr=1e-3,
         critic=critic,
         geometry_teacher=str(files["teacher"]),
-        weights=only_geo_pose,
+        weights=only,
         objective={"geo_pose_threshold": 0.0},  # an untrained teacher's peaks are tiny
     )
-    assert adaptation.active == ["geo_pose"]
+    assert adaptation.active == [term]
 
     model = build_pose_model("timm:resnet10t", SIZE).eval()
     codec = UDPHeatmapCodec(SIZE, (SIZE[0] // 4, SIZE[1] // 4))
@@ -103,7 +109,7 @@ def test_a_geometry_teacher_of_another_crop_size_is_refused_naming_its_file(file
 def test_the_weights_are_the_trained_stages_else_the_default():
     adaptation = HeadAdaptation(critic=_critic(), weights={"temporal": 0.5})
     # the default, the override, and 0 for the terms whose files were not given (geometry teacher, pose prior)
-    assert adaptation.weights == DEFAULT_WEIGHTS | {"geo_pose": 0.0, "manifold": 0.0, "temporal": 0.5}
+    assert adaptation.weights == DEFAULT_WEIGHTS | {"geo_heatmap": 0.0, "manifold": 0.0, "temporal": 0.5}
     terms = {"cons": {"weight": 1.0}, "geo_body": {"weight": 0.2}, "geo_depth": {"weight": 0.0}}
     adaptation.weigh_as({"loss_terms": terms})  # a mean teacher's, over the plan's layout
     assert adaptation.weights == {

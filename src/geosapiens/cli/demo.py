@@ -108,7 +108,8 @@ class Protocol:
 
 
 ABLATIONS = (
-    "no_geo_pose",
+    "no_geo_teacher",
+    "point_geo_pose",
     "no_body",
     "plus_depth",
     "plus_normal",
@@ -332,15 +333,22 @@ def _catalogue(p: DemoPlan) -> dict[str, Run]:
         ]
 
     oracle_geometry = geometry(p.cache, p.normal_priors)
+
+    def switch(term: str, weight: float) -> str:
+        return f"--model.init_args.loss_terms.{term}.weight={weight}"
+
+    # name -> (row suffix, overrides of demo/uda.yaml)
     ablation_switches = {
-        "no_geo_pose": ("-geometry teacher", "--model.init_args.loss_terms.geo_pose.weight=0.0"),
-        "no_body": ("-body", "--model.init_args.loss_terms.geo_body.weight=0.0"),
+        "no_geo_teacher": ("-geometry teacher", [switch("geo_heatmap", 0.0)]),
+        # the geometry teacher's pseudo-labels as points (geo_pose, through the windowed soft-argmax)
+        "point_geo_pose": ("(point pseudo-labels)", [switch("geo_heatmap", 0.0), switch("geo_pose", 0.225)]),
+        "no_body": ("-body", [switch("geo_body", 0.0)]),
         # the seed's terms, off in demo/uda.yaml (measured not to point to the true pose), added back
-        "plus_depth": ("+depth", "--model.init_args.loss_terms.geo_depth.weight=1.5e-3"),
-        "plus_normal": ("+normal", "--model.init_args.loss_terms.geo_norm.weight=0.1"),
-        "no_manifold": ("-manifold", "--model.init_args.loss_terms.manifold.weight=0.0"),
-        "no_elastic": ("-elastic", "--data.init_args.source.init_args.elastic_prob=0.0"),
-        "no_cutocclude": ("-cut-occlude", "--data.init_args.source.init_args.occlude_prob=0.0"),
+        "plus_depth": ("+depth", [switch("geo_depth", 1.5e-3)]),
+        "plus_normal": ("+normal", [switch("geo_norm", 0.1)]),
+        "no_manifold": ("-manifold", [switch("manifold", 0.0)]),
+        "no_elastic": ("-elastic", ["--data.init_args.source.init_args.elastic_prob=0.0"]),
+        "no_cutocclude": ("-cut-occlude", ["--data.init_args.source.init_args.occlude_prob=0.0"]),
     }
     runs = [
         Run(
@@ -443,7 +451,7 @@ def _catalogue(p: DemoPlan) -> dict[str, Run]:
             about="slim-head student distilled from the Geo-Sapiens teacher's heatmaps (unlabelled)",
         ),
     ]
-    for name, (suffix, switch) in ablation_switches.items():
+    for name, (suffix, switches) in ablation_switches.items():
         runs.append(
             Run(
                 name,
@@ -451,10 +459,9 @@ def _catalogue(p: DemoPlan) -> dict[str, Run]:
                 ["demo/uda.yaml"],
                 "adapt",
                 "adapt",
-                lambda seed, switch=switch: [*oracle_geometry(seed), switch],
+                lambda seed, switches=switches: [*oracle_geometry(seed), *switches],
                 after="warmup",
-                about=f"ablation: Geo-Sapiens {'without' if suffix[0] == '-' else 'with'} {suffix[1:]} "
-                f"({switch.rsplit('.', 1)[-1]})",
+                about=f"ablation: Geo-Sapiens {suffix} ({' '.join(switches)})",
             )
         )
     return {r.name: r for r in runs}

@@ -87,6 +87,7 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip], runner: PoseRunner)
         return None
     if args.tta_geometry_teacher and not args.tta_critic:
         raise ValueError("--tta.geometry_teacher reads the critic's maps: give --tta.critic too")
+    from geosapiens.losses import objectives
     from geosapiens.stages.tta import HeadAdaptation
 
     critic = None
@@ -104,8 +105,9 @@ def _adaptation(args: argparse.Namespace, clips: list[Clip], runner: PoseRunner)
         manifold_margin=args.tta_manifold_margin,
     )
     adaptation.weigh_as(getattr(runner, "hparams", {}))  # a mean teacher's own loss weights
-    if args.tta_geometry_teacher and "geo_pose" not in adaptation.active:
-        raise ValueError(f"--tta.geometry_teacher: {args.model}'s stage trained geo_pose with no weight")
+    if args.tta_geometry_teacher and not set(objectives.TEACHER_TERMS) & set(adaptation.active):
+        terms = " / ".join(objectives.TEACHER_TERMS)
+        raise ValueError(f"--tta.geometry_teacher: {args.model}'s stage trained {terms} with no weight")
     usable = [t for t in adaptation.active if t != "temporal" or any(c.sequence for c in clips)]
     if not usable:
         raise ValueError(

@@ -27,6 +27,9 @@ Terms (:data:`TERMS`, name -> pure function of :class:`ObjectiveInputs`; registe
     geo_norm   per-joint normal priors (:func:`geosapiens.losses.functional.normal_prior_loss`)
     geo_pose   distance to the geometry teacher's confident keypoints on the critic maps (point pseudo-labels:
                :func:`geometry_pseudo_labels`; :mod:`geosapiens.data.geometry_inputs`)
+    geo_heatmap heatmap MSE to Gaussians at those keypoints (the same pseudo-labels as heatmap targets, as
+               ``L_sup`` is trained): the form that trains a heatmap network, where ``geo_pose``'s
+               soft-argmax can only move mass within its window around the current peak
     manifold   pose-VAE reconstruction error beyond a margin (:func:`~.functional.manifold_loss`)
     temporal   bone-length consistency over consecutive video frames, in image px (TTA)
 
@@ -60,6 +63,7 @@ __all__ = [
     "ObjectiveOptions",
     "ObjectiveInputs",
     "TERMS",
+    "TEACHER_TERMS",
     "register_term",
     "label_free_keypoints",
     "prepare_inputs",
@@ -176,10 +180,12 @@ class _Registered:
     def needs_maps(self) -> bool:
         """The term reads critic maps, or the geometry teacher's keypoints on them (the caller must provide
         them)."""
-        return bool({"maps", "uv", "body_distance", "geo_keypoints"} & set(self.needs))
+        return bool({"maps", "uv", "body_distance", "geo_keypoints", "geo_targets"} & set(self.needs))
 
 
 TERMS: dict[str, _Registered] = {}
+# the terms that read the geometry teacher's pseudo-labels (:func:`geometry_pseudo_labels`)
+TEACHER_TERMS = ("geo_pose", "geo_heatmap")
 
 
 def register_term(name: str, needs: Sequence[str] = ()) -> Callable[[Term], Term]:
@@ -400,7 +406,7 @@ def geometry_pseudo_labels(
     codec: UDPHeatmapCodec,
     options: ObjectiveOptions,
 ) -> dict[str, torch.Tensor]:
-    """The geometry teacher's keypoints moved into the view: ``extras`` of ``geo_pose``.
+    """The geometry teacher's keypoints moved into the view: ``extras`` of :data:`TEACHER_TERMS`.
 
     Keypoints are taken into the view by ``maps_to_view`` and their channels swapped back on mirrored views
     (``options.flip_indices``). A joint is a pseudo-label where the teacher kept it and the point lies
@@ -414,7 +420,8 @@ def geometry_pseudo_labels(
         options: the objective's options.
 
     Returns:
-        ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool.
+        ``geo_keypoints`` (B, K, 2) view px, view channel order; ``geo_keep`` (B, K) bool; their codec
+        targets ``geo_targets`` (B, K, h, w) and ``geo_target_weights`` (B, K) (``geo_heatmap``).
     """
     if maps_to_view is not None:
         keypoints = apply_affine(keypoints, maps_to_view.to(keypoints))
@@ -423,7 +430,20 @@ def geometry_pseudo_labels(
         keep = _swap_mirrored(keep, mirrored, options.flip_indices)
     h, w = codec.input_size
     inside = (keypoints >= 0).all(-1) & (keypoints[..., 0] <= w - 1) & (keypoints[..., 1] <= h - 1)
-    return {"geo_keypoints": keypoints.detach(), "geo_keep": keep & inside}
+    keep = keep & inside
+    targets, target_weights = codec.encode(keypoints.detach(), keep.to(keypoints.dtype))
+    return {
+        "geo_keypoints": keypoints.detach(),
+        "geo_keep": keep,
+        "geo_targets": targets,
+        "geo_target_weights": target_weights,
+    }
+
+
+@register_term("geo_heatmap", needs=("geo_targets",))
+def _geo_heatmap(inputs: ObjectiveInputs) -> torch.Tensor:
+    extras = inputs.extras
+    return losses.heatmap_mse(inputs.heatmaps, extras["geo_targets"], extras["geo_target_weights"])
 
 
 @register_term("geo_pose", needs=("geo_keypoints",))

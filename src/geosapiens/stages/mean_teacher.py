@@ -102,8 +102,9 @@ class MeanTeacherAdaptation(PoseStage):
             raise ValueError("manifold has weight but no pose_prior checkpoint is set")
         if terms.get("geo_norm", LossTerm(0.0)).weight > 0 and not normal_priors:
             raise ValueError("geo_norm has weight but no normal_priors file is set")
-        if terms.get("geo_pose", LossTerm(0.0)).weight > 0 and not geometry_teacher:
-            raise ValueError("geo_pose has weight but no geometry_teacher checkpoint is set")
+        for name in objectives.TEACHER_TERMS:
+            if terms.get(name, LossTerm(0.0)).weight > 0 and not geometry_teacher:
+                raise ValueError(f"{name} has weight but no geometry_teacher checkpoint is set")
         net = None
         if geometry_teacher:
             net = load_geometry_teacher(geometry_teacher, self.hparams.input_size)
@@ -189,7 +190,7 @@ class MeanTeacherAdaptation(PoseStage):
         self, batch: dict, w: dict[str, float]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The step's terms, unweighted (``sup`` always, the others where ``w`` is positive), and the share
-        of teacher joints each pseudo-label term kept (``cons_kept``, ``geo_pose_kept``).
+        of teacher joints each pseudo-label term kept (``cons_kept``, ``geo_teacher_kept``).
 
         ``training_step`` weights them; ``benchmarks/geometry_signal.py`` measures each one's gradient."""
         source, target = batch["source"], batch["target"]
@@ -225,14 +226,14 @@ class MeanTeacherAdaptation(PoseStage):
             geometric = any(objectives.TERMS[name].needs_maps for name in label_free)
             critic = self.critic_inputs(target) if geometric else {}
             extras = {}
-            if "geo_pose" in label_free:
+            if any(name in label_free for name in objectives.TEACHER_TERMS):
                 extras = objectives.geometry_pseudo_labels(
                     *self.geometry_keypoints(target, critic["maps"]),
                     canonical_to_view(target["canonical_affine"], target["strong_affine"]),
                     self.codec,
                     self.options,
                 )
-                kept["geo_pose_kept"] = extras["geo_keep"].float().mean()
+                kept["geo_teacher_kept"] = extras["geo_keep"].float().mean()
             inputs = objectives.prepare_inputs(
                 hm_strong,
                 self.codec,

@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_WEIGHTS", "HeadAdaptation", "TestTimeAdaptation"]
 # mean teacher's own weights replace them (HeadAdaptation.weigh_as). They are configs/demo/uda.yaml's, where
 # they are measured (each term's head gradient matched to L_cons'); the seed's geo_depth and geo_norm are off
 # there (measured not to point to the true pose). temporal is TTA's alone (video); its 0.1 is not measured.
-DEFAULT_WEIGHTS = {"geo_body": 0.35, "geo_pose": 0.225, "manifold": 5e-3, "temporal": 0.1}
+DEFAULT_WEIGHTS = {"geo_body": 0.35, "geo_heatmap": 30.0, "manifold": 5e-3, "temporal": 0.1}
 
 
 class HeadAdaptation:
@@ -109,7 +109,7 @@ class HeadAdaptation:
             raise ValueError(f"HeadAdaptation: unknown terms {sorted(unknown)}; use {known}")
         off = {"geo_norm"} if self.priors is None else set()
         off |= {"manifold"} if self.vae is None else set()
-        off |= {"geo_pose"} if not self.geometry_teacher_file else set()
+        off |= set(objectives.TEACHER_TERMS) if not self.geometry_teacher_file else set()
         if self.cache is None and self.critic is None:
             off |= {name for name, term in objectives.TERMS.items() if term.needs_maps}
         return {name: 0.0 if name in off else w for name, w in weights.items()}
@@ -177,7 +177,7 @@ class HeadAdaptation:
 
     def pseudo_labels(self, maps: GeometryMaps | None, codec: UDPHeatmapCodec) -> dict[str, torch.Tensor]:
         """``geo_pose``'s pseudo-labels of a group of canonical crops (``extras``; empty when it is off)."""
-        if maps is None or self.weights.get("geo_pose", 0.0) <= 0:
+        if maps is None or all(self.weights.get(name, 0.0) <= 0 for name in objectives.TEACHER_TERMS):
             return {}
         if self.geometry_teacher is None:
             raise RuntimeError("HeadAdaptation.adapt before remember(): the geometry teacher is read there")
