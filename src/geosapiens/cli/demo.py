@@ -11,7 +11,7 @@ runs every stage and baseline on it through the same commands a user runs on rea
    (``critics cache --critic small:FILE``);
 3. ``priors fit`` (per-keypoint normal priors, per critic), the pose VAE (``configs/priors/pose_vae.yaml``
    + ``configs/demo/pose_vae.yaml``) and the geometry teacher (``configs/demo/geometry_teacher.yaml``: a pose
-   network on the oracle critic's maps of the synthetic stills, whose keypoints are ``geo_pose``'s
+   network on the oracle critic's maps of the synthetic stills, whose keypoints are ``geo_heatmap``'s
    pseudo-labels);
 4. per seed, the training runs: each ``fit`` (model selection on a validation split: ``ModelCheckpoint`` on
    ``val/pck@0.1``) then ``test`` of its best checkpoint on the real-like test split (validate100), into

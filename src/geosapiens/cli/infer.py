@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta.geometry_teacher",
         dest="tta_geometry_teacher",
         default=None,
-        help="geometry teacher checkpoint at the model's crop size: geo_pose, toward its keypoints on "
-        "--tta.critic's maps",
+        help="geometry teacher checkpoint at the model's crop size: geo_heatmap / geo_pose, toward its "
+        "keypoints on --tta.critic's maps",
     )
     p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of video tracks")
     p.add_argument("--smooth.min_cutoff", dest="smooth_min_cutoff", type=float, default=1.0, help="Hz")

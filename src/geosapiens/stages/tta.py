@@ -1,8 +1,8 @@
 """Test-time adaptation: a few decoder steps per video (or image group) on the geometric objectives alone.
 
 Before a group of frames is predicted, the encoder stays frozen and the head takes ``steps`` gradient steps on
-the label-free terms the mean-teacher stage trains with (``geo_body``, ``geo_pose``, ``manifold``; the seed's
-``geo_depth`` and ``geo_norm``) and, for video, bone-length consistency over time; the frames are then
+the label-free terms the mean-teacher stage trains with (``geo_body``, ``geo_heatmap``, ``manifold``; the
+seed's ``geo_depth`` and ``geo_norm``) and, for video, bone-length consistency over time; the frames are then
 predicted by the adapted head. The head is reset to its trained weights whenever a new video starts (or for
 every group of stills), so nothing learnt on one infant leaks into the next.
 
@@ -37,8 +37,9 @@ __all__ = ["DEFAULT_WEIGHTS", "HeadAdaptation", "TestTimeAdaptation"]
 
 # Weights of the label-free terms for a network trained without them (warm-up, supervised, distilled); a
 # mean teacher's own weights replace them (HeadAdaptation.weigh_as). They are configs/demo/uda.yaml's, where
-# they are measured (each term's head gradient matched to L_cons'); the seed's geo_depth and geo_norm are off
-# there (measured not to point to the true pose). temporal is TTA's alone (video); its 0.1 is not measured.
+# they are measured (geo_body's head gradient matched to L_cons', geo_heatmap's weight chosen on validation);
+# the seed's geo_depth and geo_norm are off there (measured not to point to the true pose). temporal is TTA's
+# alone (video); its 0.1 is not measured.
 DEFAULT_WEIGHTS = {"geo_body": 0.35, "geo_heatmap": 30.0, "manifold": 5e-3, "temporal": 0.1}
 
 
@@ -49,10 +50,11 @@ class HeadAdaptation:
     trains with. Geometry maps come from a critic cache (by image path, for datasets: its canonical crops are
     the test crops, so they are read as stored) or a critic run on the crops (for new videos); without either
     the geometric terms are off, without normal priors ``geo_norm`` is, without a pose VAE ``manifold`` is,
-    without a geometry teacher ``geo_pose`` is. Depth is read at the joints the trained head is confident of
-    (its heatmap peaks before the first step play the teacher's part). ``geo_pose``'s pseudo-labels are the
-    geometry teacher's keypoints on the group's critic maps, computed once per group (the maps do not change
-    between steps) by the stage's functions, with no view affine (the crops are canonical).
+    without a geometry teacher ``geo_heatmap`` and ``geo_pose`` are. Depth is read at the joints the trained
+    head is confident of (its heatmap peaks before the first step play the teacher's part). The pseudo-labels
+    of ``geo_heatmap`` / ``geo_pose`` are the geometry teacher's keypoints on the group's critic maps,
+    computed once per group (the maps do not change between steps) by the stage's functions, with no view
+    affine (the crops are canonical).
 
     Weights: :data:`DEFAULT_WEIGHTS`, or, after :meth:`weigh_as` with the hyper-parameters of a mean-teacher
     stage (as :class:`TestTimeAdaptation` and ``geosapiens infer`` do), the weights that stage trained with;
@@ -66,11 +68,11 @@ class HeadAdaptation:
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
         geometry_teacher: checkpoint of a pose network on critic maps (``configs/demo/geometry_teacher.yaml``)
-            at the model's crop size; required for ``geo_pose``. Read by :meth:`remember`.
+            at the model's crop size; required for ``geo_heatmap`` and ``geo_pose``. Read by :meth:`remember`.
         manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``); None = the
             objective's default (0).
-        weights: weight overrides by term name (``geo_body``, ``geo_pose``, ``geo_depth``, ``geo_norm``,
-            ``manifold``, ``temporal``).
+        weights: weight overrides by term name (``geo_body``, ``geo_heatmap``, ``geo_pose``, ``geo_depth``,
+            ``geo_norm``, ``manifold``, ``temporal``).
         objective: overrides of :class:`~geosapiens.losses.objectives.ObjectiveOptions` by name.
     """
 
@@ -176,7 +178,8 @@ class HeadAdaptation:
         return GeometryMaps(to(maps.depth), to(maps.normals), valid, to(maps.body_distance))
 
     def pseudo_labels(self, maps: GeometryMaps | None, codec: UDPHeatmapCodec) -> dict[str, torch.Tensor]:
-        """``geo_pose``'s pseudo-labels of a group of canonical crops (``extras``; empty when it is off)."""
+        """The geometry teacher's pseudo-labels of a group of canonical crops (``extras``; empty when no term
+        reads them)."""
         if maps is None or all(self.weights.get(name, 0.0) <= 0 for name in objectives.TEACHER_TERMS):
             return {}
         if self.geometry_teacher is None:
@@ -198,7 +201,7 @@ class HeadAdaptation:
 
         ``crop_to_image`` (T, 2, 3) marks the group as consecutive video frames; bone lengths are then
         compared in image pixels, so a box that follows the infant does not count as a change of length.
-        ``extras`` holds the group's ``geo_pose`` pseudo-labels (:meth:`pseudo_labels`).
+        ``extras`` holds the group's geometry-teacher pseudo-labels (:meth:`pseudo_labels`).
         """
         weights = {
             name: w
