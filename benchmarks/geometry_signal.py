@@ -59,7 +59,7 @@ from geosapiens.models.critics import GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.models.preprocess import to_tensor
 
-GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", "geo_pose")  # what "configured" sums (no manifold)
+GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", *objectives.TEACHER_TERMS)  # what "configured" sums
 LIMB_CHAINS = ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16))  # shoulder-elbow-wrist, hip-knee-ankle
 PARENT = {7: 5, 9: 7, 8: 6, 10: 8, 13: 11, 15: 13, 14: 12, 16: 14, 5: 11, 6: 12, 11: 5, 12: 6}
 
@@ -188,7 +188,8 @@ def build_objectives(
             f"box, PCK@0.1 {100 * float(pck):.1f}"
         )
     available = {"geo_body", "geo_depth"} | ({"geo_norm"} if normal_prior else set())
-    available |= ({"manifold"} if vae is not None else set()) | ({"geo_pose"} if extras else set())
+    available |= {"manifold"} if vae is not None else set()
+    available |= set(objectives.TEACHER_TERMS) if extras else set()
 
     def term(names: dict[str, float]) -> Objective:
         def f(kp: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -429,7 +430,8 @@ def gradient_scale(args: argparse.Namespace, stage, dm) -> dict:
 
 def _usable(stage, name: str) -> bool:
     """Whether the stage has what the label-free term ``name`` reads (its prior, priors file, teacher)."""
-    needs = {"manifold": stage.vae, "geo_norm": stage.prior_mean, "geo_pose": stage.geometry_teacher}
+    needs = {"manifold": stage.vae, "geo_norm": stage.prior_mean}
+    needs |= {name: stage.geometry_teacher for name in objectives.TEACHER_TERMS}
     return name != "temporal" and (name not in needs or needs[name] is not None)
 
 
@@ -563,7 +565,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--network", help="pose checkpoint whose predictions are a perturbation and a start")
     p.add_argument("--normal-priors", help="normal priors file (geo_norm)")
     p.add_argument("--pose-prior", help="pose VAE checkpoint (manifold)")
-    p.add_argument("--geometry-teacher", help="geometry teacher checkpoint (geo_pose)")
+    p.add_argument("--geometry-teacher", help="geometry teacher checkpoint (geo_heatmap, geo_pose)")
     p.add_argument("--geo-pose-threshold", type=float, help="geometry-teacher confidence cut (the config's)")
     p.add_argument("--images", type=int, default=100, help="images to use (0 = all)")
     p.add_argument("--levels", type=int, default=5, help="perturbation levels per family")

@@ -204,7 +204,7 @@ def test_geometry_signal_quick_writes_the_documented_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["configured"] in result["objectives"]
-    for name in ("geo_depth", "geo_norm", "geo_pose", result["configured"]):
+    for name in ("geo_depth", "geo_norm", "geo_pose", "geo_heatmap", result["configured"]):
         row = result["objectives"][name]
         assert -1.0 <= row["spearman"] <= 1.0
         assert np.isfinite(row["descent_rel_change"])
