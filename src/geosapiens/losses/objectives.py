@@ -36,10 +36,13 @@ Terms (:data:`TERMS`, name -> pure function of :class:`ObjectiveInputs`; registe
 Measured signal (``benchmarks/geometry_signal.py``, ``docs/results/geometry_signal.md``: 50 real-like demo
 images, oracle critic; Spearman with keypoint error over perturbed and predicted poses / change of a warm-up
 network's mean error when the keypoints descend the term): geo_pose +0.43 / -50%, geo_body +0.53 / -10%,
-manifold +0.57 / 0%, geo_norm +0.12 / 0%, geo_depth -0.42 / 0%. ``configs/demo/uda.yaml`` trains with
-geo_body + geo_pose (+0.46 / -47%; +0.46 / -41% at the full protocol's 128 px); the seed's geo_depth and
-geo_norm are kept for ablations. With the small learned critic's maps the configured objective is harmful
-(+0.24 / +15%): trained on synthetic RGB, that critic inherits the style gap geometry is meant to bypass.
+manifold +0.57 / 0%, geo_norm +0.12 / 0%, geo_depth -0.42 / 0%; at the full protocol's 128 px geo_heatmap
++0.44 / -7% (its value saturates once the Gaussians stop overlapping, so descent on coordinates stalls; in
+training it rebuilds the peak, which geo_pose cannot). ``configs/demo/uda.yaml`` trains with geo_body +
+geo_heatmap (+0.44 / -27% at 128 px), the weight chosen in training on validation; the seed's geo_depth and
+geo_norm are kept for ablations, geo_pose for the point-form ablation. With the small learned critic's maps
+the geometry teacher finds 10% of the joints and the configured objective carries no signal (+0.07 / +6%):
+trained on synthetic RGB, that critic inherits the style gap geometry is meant to bypass.
 """
 
 from __future__ import annotations
