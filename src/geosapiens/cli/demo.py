@@ -147,7 +147,7 @@ PROTOCOLS: dict[str, Protocol] = {
             128,
             {
                 "warmup": (600, 100),
-                "geometry_teacher": (600, 100),
+                "geometry_teacher": (1200, 200),
                 "oracle": (300, 100),
                 "adabn": (40, 40),
                 "adapt": (150, 50),
