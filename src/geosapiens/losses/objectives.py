@@ -39,7 +39,8 @@ network's mean error when the keypoints descend the term): geo_pose +0.43 / -50%
 manifold +0.57 / 0%, geo_norm +0.12 / 0%, geo_depth -0.42 / 0%; at the full protocol's 128 px geo_heatmap
 +0.44 / -7% (its value saturates once the Gaussians stop overlapping, so descent on coordinates stalls; in
 training it rebuilds the peak, which geo_pose cannot). ``configs/demo/uda.yaml`` trains with geo_body +
-geo_heatmap (+0.44 / -27% at 128 px), the weight chosen in training on validation; the seed's geo_depth and
+geo_heatmap (+0.44 / -27% at 128 px with the 600-step teacher, +0.71 / -43% with the 1200-step one that
+the full protocol trains), the weight chosen in training on validation; the seed's geo_depth and
 geo_norm are kept for ablations, geo_pose for the point-form ablation. With the small learned critic's maps
 the geometry teacher finds 10% of the joints and the configured objective carries no signal (+0.07 / +6%):
 trained on synthetic RGB, that critic inherits the style gap geometry is meant to bypass.
