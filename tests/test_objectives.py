@@ -317,7 +317,6 @@ def test_heatmap_pseudo_labels_move_a_misplaced_peak_where_the_point_form_cannot
     there. ``geo_pose`` reads the heatmap through the windowed soft-argmax, so its gradient only reaches the
     pixels around the current peak, and the argmax stays where it was."""
     codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
-    h, w = HEATMAP_HW
     labels_at = torch.tensor([[[20.0, 20.0]]]).expand(1, 17, 2).clone()  # input px
     labels = objectives.geometry_pseudo_labels(
         labels_at, torch.ones(1, 17, dtype=torch.bool), None, codec, objectives.ObjectiveOptions()
