@@ -77,6 +77,17 @@ def test_net_shapes_and_unit_normals():
     torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, *INPUT_HW), atol=1e-4, rtol=0)
 
 
+def test_a_dilated_backbone_round_trips_through_the_export(tmp_path):
+    """backbone_kwargs (here a stride-16 backbone: a finer mask) travel in the file's metadata."""
+    task = SmallCriticTask(**TINY, backbone_kwargs={"output_stride": 16})
+    assert task.net.backbone.stride == 16
+    critic = SmallCritic.from_file(task.export(tmp_path / "critic.safetensors"))
+    assert critic.net.config["backbone_kwargs"] == {"output_stride": 16}
+    images = torch.randn(1, 3, *INPUT_HW)
+    task.eval()
+    torch.testing.assert_close(critic(images).normals, task.net(images)[2])
+
+
 @pytest.mark.slow
 def test_dataset_crops_and_targets(rendered):
     root, ann = rendered
@@ -97,6 +108,29 @@ def test_dataset_crops_and_targets(rendered):
     torch.manual_seed(0)
     aug = RenderedMapsDataset(records, INPUT_HW, augment=True)[0]
     assert not torch.equal(aug["image"], ds[0]["image"]) and aug["valid"].any()
+
+
+@pytest.mark.slow
+def test_restyling_changes_the_pixels_and_keeps_the_geometry(rendered):
+    """Background and clothes are retextured around the rendered body mask; occluders cut the mask only."""
+    root, ann = rendered
+    records = _records(root, ann)
+    plain = RenderedMapsDataset(records, INPUT_HW, augment=True)
+    restyled = RenderedMapsDataset(records, INPUT_HW, augment=True, restyle=1.0, photometric=1.0)
+    cut = 0
+    for i in range(4):
+        torch.manual_seed(i)
+        a = plain[i]
+        torch.manual_seed(i)  # the same view: the affine is drawn before the restyling
+        b = restyled[i]
+        for key in ("depth", "normals", "inside"):
+            assert torch.equal(a[key], b[key]), key
+        assert not (b["valid"] & ~a["valid"]).any()  # an occluder never adds body
+        cut += int((a["valid"] & ~b["valid"]).sum())
+        background = ~a["valid"][0] & a["inside"][0]
+        changed = (a["image"] - b["image"]).abs().amax(dim=0) > 0.1
+        assert changed[background].float().mean() > 0.5 and changed[a["valid"][0]].float().mean() > 0.5
+    assert cut > 0
 
 
 @pytest.mark.slow
@@ -160,6 +194,10 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
             "0",
             "--data.init_args.val_every",
             "4",
+            "--data.init_args.restyle",
+            "0.5",
+            "--data.init_args.target_annotation_file",
+            "annotations/val_real/person_keypoints_val_infant.json",
             *[
                 a
                 for k, v in TINY.items()
@@ -173,6 +211,8 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
             "0",
             "--trainer.limit_val_batches",
             "1",
+            "--trainer.val_check_interval",
+            "2",
             "--trainer.accelerator",
             "cpu",
             "--trainer.logger",
@@ -185,7 +225,10 @@ def test_config_trains_exports_and_loads_as_a_frozen_critic(rendered, tmp_path, 
     )
     assert isinstance(cli.model, SmallCriticTask)
     cli.trainer.fit(cli.model, cli.datamodule)
-    assert export.is_file() and np.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+    metrics = cli.trainer.callback_metrics
+    assert export.is_file() and np.isfinite(metrics["train/loss"].item())
+    # the other style's maps are validated beside the held-out renders
+    assert 0 <= metrics["val_target/mask_iou"].item() <= 1 and np.isfinite(metrics["val/mask_iou"].item())
 
     critic = SmallCritic.from_file(export)
     assert critic.state_dict() == {} and len(critic.weights()) > 0

@@ -1,4 +1,11 @@
-"""Rendered depth/normal maps as training data of the small critic: canonical crops and their target maps."""
+"""Rendered depth/normal maps as training data of the small critic: canonical crops and their target maps.
+
+A critic trained on the synthetic renders' RGB alone inherits their style: on the real-like images its body
+mask overlapped the oracle's with IoU 0.37 (3 epochs, geometric augmentation only). Because the target maps
+say exactly where the body is, a training crop can be restyled without touching its labels: a random texture
+behind the body and over its clothes, textured occluders that cut the body mask, and the pose network's
+photometric augmentation (colour, blur, noise, JPEG).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from geosapiens.affine import apply_affine
+from geosapiens.data.augment import Photometric
 from geosapiens.data.crop import ViewParams, view_affine, warp_image
+from geosapiens.data.occlude import CutOcclude, TextureBank, procedural_texture
 from geosapiens.data.oracle_critic import OracleCritic
 from geosapiens.data.records import PoseRecord
 from geosapiens.errors import DataError
@@ -40,6 +50,8 @@ class RenderedMapsDataset(Dataset):
         augment: bool = False,
         max_rotation: float = 30.0,
         max_scale: float = 0.2,
+        restyle: float = 0.0,
+        photometric: float = 0.0,
     ) -> None:
         self.records = [r for r in records if r.maps_path is not None]
         if not self.records:
@@ -48,6 +60,10 @@ class RenderedMapsDataset(Dataset):
         self.input_size = (int(input_size_hw[0]), int(input_size_hw[1]))
         self.padding, self.augment = padding, augment
         self.max_rotation, self.max_scale = max_rotation, max_scale
+        self.restyle = float(restyle)
+        self.occlude = CutOcclude(prob=self.restyle, size_range=(0.15, 0.35))
+        self.textures = TextureBank(procedural_prob=1.0)
+        self.photometric = Photometric(photometric) if photometric > 0 else None
         self.oracle = OracleCritic()
 
     def __len__(self) -> int:
@@ -70,13 +86,44 @@ class RenderedMapsDataset(Dataset):
         image = read_image(record.image_path, record=record.image_id)
         maps = self.oracle.maps([record], torch.from_numpy(affine)[None], self.input_size)
         inside = warp_image(np.ones(image.shape[:2], np.uint8), affine, self.input_size, border_value=0) > 0
+        crop, valid = warp_image(image, affine, self.input_size), maps.valid[0]
+        if self.augment and (self.restyle > 0 or self.photometric is not None):
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            keypoints = apply_affine(record.keypoints, affine)
+            crop, body = self._restyle(crop, valid[0].numpy(), inside, keypoints, record.labelled, rng)
+            valid = torch.from_numpy(body)[None]
         return {
-            "image": to_tensor(warp_image(image, affine, self.input_size)),
+            "image": to_tensor(crop),
             "depth": maps.depth[0],
             "normals": maps.normals[0],
-            "valid": maps.valid[0],
+            "valid": valid,
             "inside": torch.from_numpy(inside)[None],
         }
+
+    def _restyle(
+        self,
+        crop: np.ndarray,
+        body: np.ndarray,
+        inside: np.ndarray,
+        keypoints: np.ndarray,
+        labelled: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Restyle an (H, W, 3) uint8 crop around its (H, W) body mask; returns the crop and the new mask."""
+        size = crop.shape[:2]
+        out = crop.astype(np.float32)
+        if rng.random() < self.restyle:
+            background = ~body & inside
+            out[background] = procedural_texture(size, rng)[background]
+        if rng.random() < self.restyle:
+            strength = rng.uniform(0.3, 0.8)
+            pattern = procedural_texture(size, rng).astype(np.float32) / 127.5
+            out[body] *= (1 - strength) + strength * pattern[body]
+        crop = out.clip(0, 255).astype(np.uint8)
+        crop, _, covered = self.occlude(crop, keypoints, labelled, labelled.copy(), rng, self.textures)
+        if self.photometric is not None:
+            crop = self.photometric(crop, rng)
+        return crop, body & ~covered
 
 
 class SmallCriticDataModule(L.LightningDataModule):
@@ -87,6 +134,10 @@ class SmallCriticDataModule(L.LightningDataModule):
         input_size: crop (H, W). padding: box padding.
         val_every: every ``val_every``-th image (by sorted image path) is held out for validation.
         batch_size, num_workers: DataLoader settings. augment: augment the training crops.
+        restyle, photometric: :class:`RenderedMapsDataset`'s restyling of the training crops.
+        target_annotation_file: rendered images of the other style (the real-like ``val_real``), validated as
+            a second loader (``val_target/*``): how well the critic holds across the style gap. A diagnostic
+            the generator makes possible (real target images have no depth labels); nothing selects on it.
     """
 
     def __init__(
@@ -99,6 +150,9 @@ class SmallCriticDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         augment: bool = True,
+        restyle: float = 0.0,
+        photometric: float = 0.0,
+        target_annotation_file: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -118,8 +172,13 @@ class SmallCriticDataModule(L.LightningDataModule):
         every = max(2, int(hp.val_every))
         val = [r for i, r in enumerate(records) if i % every == every - 1] or records[-1:]
         train = [r for r in records if all(r is not v for v in val)]
-        self.train_set = RenderedMapsDataset(train, hp.input_size, hp.padding, augment=hp.augment)
-        self.val_set = RenderedMapsDataset(val, hp.input_size, hp.padding, augment=False)
+        self.train_set = RenderedMapsDataset(
+            train, hp.input_size, hp.padding, hp.augment, restyle=hp.restyle, photometric=hp.photometric
+        )
+        self.val_sets = [RenderedMapsDataset(val, hp.input_size, hp.padding)]
+        if hp.target_annotation_file:
+            target = read_syrip(hp.data_root, hp.target_annotation_file)
+            self.val_sets.append(RenderedMapsDataset(target, hp.input_size, hp.padding))
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -132,11 +191,14 @@ class SmallCriticDataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
         hp = self.hparams
-        return DataLoader(
-            self.val_set,
-            batch_size=hp.batch_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
+        return [
+            DataLoader(
+                val_set,
+                batch_size=hp.batch_size,
+                num_workers=hp.num_workers,
+                persistent_workers=hp.num_workers > 0,
+            )
+            for val_set in self.val_sets
+        ]

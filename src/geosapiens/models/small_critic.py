@@ -47,6 +47,8 @@ class SmallCriticNet(nn.Module):
 
     Args:
         backbone: :func:`~geosapiens.models.backbone.create_backbone` name (``timm:resnet18`` for the demo).
+        backbone_kwargs: its keyword arguments, e.g. ``output_stride`` (a mask decoded from a stride-32 map of
+            a 128 px crop is a blob: 4 x 4 features).
         depth_deconvs, normal_deconvs: channels of each x2 deconvolution of the two heads.
         depth_convs, normal_convs: channels of the 1x1 convolutions after them.
 
@@ -62,6 +64,7 @@ class SmallCriticNet(nn.Module):
         depth_convs: Sequence[int] = (32,),
         normal_deconvs: Sequence[int] = (96, 64, 48),
         normal_convs: Sequence[int] = (48,),
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from geosapiens.models.backbone import create_backbone
@@ -69,12 +72,13 @@ class SmallCriticNet(nn.Module):
 
         self.config = {
             "backbone": backbone,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
             "depth_deconvs": [int(c) for c in depth_deconvs],
             "depth_convs": [int(c) for c in depth_convs],
             "normal_deconvs": [int(c) for c in normal_deconvs],
             "normal_convs": [int(c) for c in normal_convs],
         }
-        self.backbone = create_backbone(backbone)
+        self.backbone = create_backbone(backbone, **self.config["backbone_kwargs"])
         width = self.backbone.out_channels
         self.depth_head = SapiensDepthHead(width, depth_deconvs, depth_convs, out_channels=2)
         self.normal_head = SapiensNormalHead(width, normal_deconvs, normal_convs, out_channels=3)
@@ -154,7 +158,14 @@ def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     hparams = ckpt.get("hyper_parameters", {})
     config = {
         k: hparams[k]
-        for k in ("backbone", "depth_deconvs", "depth_convs", "normal_deconvs", "normal_convs")
+        for k in (
+            "backbone",
+            "depth_deconvs",
+            "depth_convs",
+            "normal_deconvs",
+            "normal_convs",
+            "backbone_kwargs",
+        )
         if k in hparams
     }
     return config, prefixed_weights(ckpt, path, "net.")

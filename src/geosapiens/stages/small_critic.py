@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics.functional.classification import binary_jaccard_index
 
 from geosapiens.losses.functional import critic_losses
 from geosapiens.models.critics import GeometryMaps
@@ -22,7 +24,8 @@ class SmallCriticTask(L.LightningModule):
     """Trains :class:`SmallCriticNet` on rendered depth/normal maps.
 
     Args:
-        backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs: the :class:`SmallCriticNet`.
+        backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs, backbone_kwargs: the
+            :class:`SmallCriticNet`.
         lr, weight_decay: AdamW.
         depth_weight, normal_weight, mask_weight: loss weights.
         export_path: where :meth:`export` writes the network at the end of ``fit`` (None: not written).
@@ -35,6 +38,7 @@ class SmallCriticTask(L.LightningModule):
         depth_convs: Sequence[int] = (32,),
         normal_deconvs: Sequence[int] = (96, 64, 48),
         normal_convs: Sequence[int] = (48,),
+        backbone_kwargs: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         depth_weight: float = 1.0,
@@ -44,7 +48,9 @@ class SmallCriticTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = SmallCriticNet(backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs)
+        self.net = SmallCriticNet(
+            backbone, depth_deconvs, depth_convs, normal_deconvs, normal_convs, backbone_kwargs
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.net(images)
@@ -53,6 +59,8 @@ class SmallCriticTask(L.LightningModule):
         depth, mask_logit, normals = self.net(batch["image"])
         target = GeometryMaps(depth=batch["depth"], normals=batch["normals"], valid=batch["valid"])
         losses = critic_losses(depth, mask_logit, normals, target, batch["inside"])
+        if stage != "train":
+            losses["mask_iou"] = binary_jaccard_index(mask_logit.sigmoid(), target.valid.int())
         hp = self.hparams
         loss = (
             hp.depth_weight * losses["depth"]
@@ -60,16 +68,31 @@ class SmallCriticTask(L.LightningModule):
             + hp.mask_weight * losses["mask"]
         )
         batch_size = batch["image"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+            add_dataloader_idx=False,
+        )
         for name, value in losses.items():
-            self.log(f"{stage}/{name}", value, batch_size=batch_size, sync_dist=stage != "train")
+            self.log(
+                f"{stage}/{name}",
+                value,
+                batch_size=batch_size,
+                sync_dist=stage != "train",
+                add_dataloader_idx=False,
+            )
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> torch.Tensor:
+        return self._step(batch, "val_target" if dataloader_idx else "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
