@@ -19,6 +19,7 @@ stage.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,16 +157,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 def _read_lightning(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters", {})
-    config = {
-        k: hparams[k]
-        for k in (
-            "backbone",
-            "depth_deconvs",
-            "depth_convs",
-            "normal_deconvs",
-            "normal_convs",
-            "backbone_kwargs",
-        )
-        if k in hparams
-    }
+    # the task's hyper-parameters include the network's arguments (SmallCriticNet.config's keys)
+    config = {k: hparams[k] for k in inspect.signature(SmallCriticNet).parameters if k in hparams}
     return config, prefixed_weights(ckpt, path, "net.")
