@@ -13,9 +13,11 @@ only score the test:
     relative to ``L_sup`` and ``L_cons``, on one real adaptation batch of the stage.
 
 Everything happens in the canonical crop frame of each image, where critic caches store their maps; errors
-are in % of the box's longer side. Maps can be degraded (``--degrade blur=2,normals=15,nomask``) to see how
-the signal falls as the critic errs. ``--quick`` generates tiny-preset data with the oracle critic, a tiny
-geometry teacher and the normal priors in a temporary folder, and runs everything on it (a test runs it).
+are in % of the box's longer side. Maps can be degraded (``--degrade blur=8,normals=15,nomask``, blur in crop
+pixels: :mod:`geosapiens.data.degraded_critic`, ``geosapiens critics degrade`` writes a degraded cache to
+train with) to see how the signal falls as the critic errs. ``--quick`` generates tiny-preset data with the
+oracle critic, a tiny geometry teacher and the normal priors in a temporary folder, and runs everything on it
+(a test runs it).
 
     python benchmarks/geometry_signal.py --data demo_data/SyRIP --cache demo_data/critic_cache/oracle_96x96 \
         --config configs/demo/uda.yaml \
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -51,12 +52,12 @@ import yaml
 from geosapiens.affine import apply_affine
 from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import canonical_affine, warp_image
+from geosapiens.data.degraded_critic import CriticDegradation
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.images import read_image
 from geosapiens.losses import objectives
 from geosapiens.models.codec import HEATMAP_STRIDE, UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
-from geosapiens.models.geometry import body_distance
 from geosapiens.models.preprocess import to_tensor
 
 GEOMETRIC = ("geo_body", "geo_depth", "geo_norm", *objectives.TEACHER_TERMS)  # what "configured" sums
@@ -98,40 +99,6 @@ def load_targets(root: Path, annotation: str, cache: CriticCache, count: int, pa
         maps,
         paths,
     )
-
-
-def degrade(maps: GeometryMaps, spec: str, seed: int = 0) -> GeometryMaps:
-    """``blur=SIGMA_PX,normals=DEG,depth=STD,nomask`` applied to every map (a sweep of critic error)."""
-    if not spec:
-        return maps
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    depth, normals = maps.depth.numpy().copy(), maps.normals.numpy().copy()
-    valid = maps.valid.numpy().copy()
-    for item in spec.split(","):
-        name, _, value = item.partition("=")
-        if name == "blur":
-            s = float(value)
-            for i in range(len(depth)):
-                w = cv2.GaussianBlur(valid[i, 0].astype(np.float32), (0, 0), s)
-                depth[i, 0] = cv2.GaussianBlur(depth[i, 0] * valid[i, 0], (0, 0), s) / np.maximum(w, 1e-3)
-                for c in range(3):
-                    normals[i, c] = cv2.GaussianBlur(normals[i, c] * valid[i, 0], (0, 0), s)
-                valid[i, 0] = w > 0.5
-        elif name == "normals":
-            noise = rng.normal(0, math.tan(math.radians(float(value))) / math.sqrt(3), normals.shape)
-            normals = normals + noise.astype(np.float32)
-        elif name == "depth":
-            depth = depth + rng.normal(0, float(value), depth.shape).astype(np.float32)
-        elif name == "nomask":
-            valid = np.ones_like(valid)
-        else:
-            raise SystemExit(f"--degrade: unknown item {item!r} (blur=S, normals=DEG, depth=STD, nomask)")
-    n = torch.from_numpy(normals)
-    n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    v = torch.from_numpy(valid).bool()
-    return GeometryMaps(torch.from_numpy(depth) * v, n * v, v, body_distance(v))
 
 
 # -- objectives ------------------------------------------------------------------------------------------
@@ -342,7 +309,8 @@ def measure(args: argparse.Namespace, stage=None) -> dict:
     rng = np.random.default_rng(0)
     cache = CriticCache(args.cache)
     t = load_targets(Path(args.data), args.annotation, cache, args.images, args.padding)
-    t.maps = degrade(t.maps, args.degrade)
+    stride = float(cache.manifest["crop"]["stride"])  # --degrade's blur is in crop px, the maps at the stride
+    t.maps = CriticDegradation.parse(args.degrade)(t.maps, np.random.default_rng(0), crop_px=stride)
     if stage is None:
         weights, options = demo_weights(), objectives.ObjectiveOptions()
     else:
@@ -573,7 +541,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.5, help="descent step size (Adam, crop px)")
     p.add_argument("--padding", type=float, default=1.25, help="crop padding (the cache's)")
     p.add_argument(
-        "--degrade", default="", help="critic-map degradation: blur=S,normals=DEG,depth=STD,nomask"
+        "--degrade",
+        default="",
+        help="critic-map degradation: blur=PX (crop pixels),normals=DEG,depth=STD,nomask",
     )
     p.add_argument(
         "--gradients",

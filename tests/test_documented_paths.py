@@ -490,6 +490,7 @@ LIGHT_HELP = [
     ["export", "--help"],
     ["seeds", "--help"],
     ["critics", "cache", "--help"],
+    ["critics", "degrade", "--help"],
     ["priors", "fit", "--help"],
     ["data", "check", "--help"],
     ["data", "synth", "--help"],

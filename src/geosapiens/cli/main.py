@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data check": ("geosapiens.cli.check", "validates a MINI-RGBD or SyRIP folder and lists every problem"),
     "data synth": ("geosapiens.cli.synth", "writes procedural infant data in the real formats"),
     "critics cache": ("geosapiens.cli.critics", "precomputes a critic's depth/normal maps"),
+    "critics degrade": ("geosapiens.cli.degrade", "copies a critic cache with its maps degraded (a sweep)"),
     "priors fit": (
         "geosapiens.cli.priors",
         "fits per-keypoint normal priors (von Mises-Fisher) from a critic",
@@ -61,7 +62,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 GROUPS = {
     "data": "dataset tools: check a folder, generate data",
-    "critics": "geometric critics: precompute depth/normal maps",
+    "critics": "geometric critics: precompute depth/normal maps, degrade them",
     "priors": "geometric priors: fit per-keypoint normal priors",
 }
 # ``predict INPUT ...`` (a path first, not an option) was file prediction before ``infer``; still accepted

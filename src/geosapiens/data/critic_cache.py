@@ -106,9 +106,13 @@ def critic_identity(spec: str) -> dict[str, Any]:
 
 def _same_critic(a: dict[str, Any], b: dict[str, Any]) -> bool:
     key = [(f["size"], f["sha256_first_mb"]) for f in a.get("files", [])]
-    return a.get("kind") == b.get("kind") and key == [
+    same = a.get("kind") == b.get("kind") and key == [
         (f["size"], f["sha256_first_mb"]) for f in b.get("files", [])
     ]
+    if a.get("kind") == "degraded":  # geosapiens.data.degraded_critic: the same corruption of the same critic
+        same = same and (a["degradation"], a["seed"]) == (b.get("degradation"), b.get("seed"))
+        same = same and _same_critic(a["of"], b.get("of", {}))
+    return same
 
 
 def _describe_critic(identity: dict[str, Any]) -> str:
@@ -116,6 +120,9 @@ def _describe_critic(identity: dict[str, Any]) -> str:
         f"{f['path']} ({f['size']} B, sha256[:1MiB] {f['sha256_first_mb'][:12]})"
         for f in identity.get("files", [])
     )
+    if identity.get("kind") == "degraded":
+        how = f"{identity['degradation']}, seed {identity['seed']}"
+        return f"{_describe_critic(identity['of'])} degraded ({how})"
     return identity.get("kind", "?") + (f" [{files}]" if files else "")
 
 
