@@ -135,9 +135,9 @@ def build_objectives(
 
         vae = PoseVAE.load(args.pose_prior)
     if args.geometry_teacher:
-        from geosapiens.models.stage_checkpoint import pose_model_from_checkpoint
+        from geosapiens.models.stage_checkpoint import load_geometry_teacher
 
-        net, _, _ = pose_model_from_checkpoint(args.geometry_teacher)
+        net = load_geometry_teacher(args.geometry_teacher, codec.input_size)
         parts = [
             objectives.geometry_pseudo_labels(
                 *objectives.geometry_teacher_keypoints(net, t.maps.rows(slice(i, i + 64)), codec, options),

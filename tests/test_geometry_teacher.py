@@ -19,6 +19,7 @@ from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.geometry_inputs import CriticMapsDataset, MapDegradation, maps_to_input
 from geosapiens.losses.functional import sample_maps
+from geosapiens.models.codec import resize_aligned
 from geosapiens.skeleton import COCO17
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +84,29 @@ def test_maps_follow_the_view_and_a_mirror_swaps_channels_and_negates_normal_x(t
     assert len(cos) > 20 and float(cos.median()) > 0.95
 
 
+def test_a_teacher_crop_smaller_than_the_caches_is_the_same_crop_of_the_box(tiny):
+    records = read_syrip(tiny["syrip"], TRAIN)
+    cache = CriticCache(tiny["cache"])  # 64x64 crops
+    full, half = CriticMapsDataset(records, cache, (64, 64)), CriticMapsDataset(records, cache, (32, 32))
+    ious = []
+    for i in range(len(records)):
+        a, b = full[i], half[i]
+        torch.testing.assert_close(b["keypoints"], a["keypoints"] * (31 / 63), atol=1e-3, rtol=0)  # UDP
+        body_a = resize_aligned(a["image"][None, 4:5], (32, 32))[0, 0] > 0.5
+        body_b = b["image"][4] > 0.5
+        if body_a.any():
+            ious.append(float((body_a & body_b).sum() / (body_a | body_b).sum()))
+    assert len(ious) > 10 and np.median(ious) > 0.9
+
+    from geosapiens.data.datamodules import SyRIPSynthDataModule
+    from geosapiens.data.geometry_inputs import CriticInputDataModule
+    from geosapiens.errors import DataError
+
+    wide = SyRIPSynthDataModule(root=tiny["syrip"], input_size=(32, 24), num_workers=0)
+    with pytest.raises(DataError, match="cache of 64x64 crops, the model takes 32x24"):
+        CriticInputDataModule(wide, tiny["cache"]).setup("fit")
+
+
 def test_degradation_is_keyed_and_keeps_unit_normals_on_the_body(tiny):
     records = read_syrip(tiny["syrip"], TRAIN)
     ds = CriticMapsDataset(
@@ -115,8 +139,9 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
         f"--data.init_args.data.init_args.root={tiny['syrip']}",
         "--data.init_args.data.init_args.batch_size=4",
         "--data.init_args.data.init_args.num_workers=0",
-        "--data.init_args.data.init_args.input_size=[64,64]",
-        "--model.init_args.input_size=[64,64]",
+        # the teacher at half the student's crop, reading the student's 64 px cache (the paper's 256 vs 1024)
+        "--data.init_args.data.init_args.input_size=[32,32]",
+        "--model.init_args.input_size=[32,32]",
         f"--trainer.default_root_dir={gt_dir}",
         f"--trainer.logger.init_args.save_dir={gt_dir}",
         *common,

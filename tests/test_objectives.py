@@ -230,9 +230,10 @@ def test_lambda_z_comes_from_the_critic_unless_set():
 class _FixedPose(torch.nn.Module):
     """A geometry teacher whose heatmaps are known: Gaussians at fixed canonical keypoints."""
 
-    def __init__(self, heatmaps: torch.Tensor):
+    def __init__(self, heatmaps: torch.Tensor, input_size: tuple[int, int] = INPUT_HW):
         super().__init__()
         self.heatmaps = heatmaps
+        self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heatmaps.expand(x.shape[0], -1, -1, -1)
@@ -273,6 +274,19 @@ def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_p
         geo_pose(kp).backward()
         toward = (kp.grad * (kp.detach() - labels["geo_keypoints"])).sum(-1)  # -grad points back
         assert (toward > 0).all()
+
+
+def test_a_geometry_teacher_at_a_smaller_crop_gives_keypoints_in_the_models_crop():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    small = UDPHeatmapCodec((64, 64), (16, 16))
+    canonical = torch.rand(1, 17, 2, generator=torch.Generator().manual_seed(2)) * 55.0 + 20.0
+    at_small = canonical * (63 / 95)  # the same points on the teacher's grid (UDP: pixel centres align)
+    teacher = _FixedPose(small.encode(at_small, torch.ones(1, 17))[0], input_size=(64, 64))
+    H, W = INPUT_HW
+    maps = GeometryMaps(torch.zeros(1, 1, H, W), torch.zeros(1, 3, H, W), torch.ones(1, 1, H, W, dtype=bool))
+    options = objectives.ObjectiveOptions().override(geo_pose_threshold=0.5)
+    keypoints, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, options)
+    assert keep.all() and (keypoints - canonical).norm(dim=-1).max() < 1.0  # 2/3 px on the teacher's grid
 
 
 class _Counting(_FixedPose):

@@ -44,7 +44,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     cv2.imwrite(str(root / "infant.png"), np.random.default_rng(0).integers(0, 255, (80, 60, 3), np.uint8))
     return {
         "teacher": _checkpoint(root / "teacher.ckpt", **maps_in),
-        "teacher96": _checkpoint(root / "teacher96.ckpt", (96, 96), **maps_in),
+        "teacher32": _checkpoint(root / "teacher32.ckpt", (32, 32), **maps_in),
+        "teacher_wide": _checkpoint(root / "teacher_wide.ckpt", (64, 48), **maps_in),
         "model": _checkpoint(root / "model.ckpt"),
         "critic": root / "critic.safetensors",
         "image": root / "infant.png",
@@ -99,10 +100,13 @@ def test_the_teacher_terms_pull_the_decoded_keypoints_toward_the_geometry_teache
     assert error() == pytest.approx(before)
 
 
-def test_a_geometry_teacher_of_another_crop_size_is_refused_naming_its_file(files):
-    adaptation = HeadAdaptation(critic=_critic(), geometry_teacher=str(files["teacher96"]))
+def test_a_geometry_teacher_of_another_crop_of_the_box_is_refused_naming_its_file(files):
     model = build_pose_model("timm:resnet10t", SIZE)
-    with pytest.raises(ValueError, match=rf"{files['teacher96']}: .*96x96 crops, the model takes 64x64"):
+    adaptation = HeadAdaptation(critic=_critic(), geometry_teacher=str(files["teacher32"]))
+    adaptation.remember(model.head, SIZE)  # the same crop at half the resolution: read
+    assert adaptation.geometry_teacher.input_size == (32, 32)
+    adaptation = HeadAdaptation(critic=_critic(), geometry_teacher=str(files["teacher_wide"]))
+    with pytest.raises(ValueError, match=rf"{files['teacher_wide']}: .*64x48 crops, the model takes 64x64"):
         adaptation.remember(model.head, SIZE)
 
 
@@ -130,9 +134,9 @@ def test_infer_adapts_with_a_geometry_teacher_and_refuses_a_wrong_one(files, tmp
     assert main([*args, *tta, *teacher, "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "coco_results.json").is_file()
 
-    wrong = ["--tta.geometry_teacher", str(files["teacher96"])]
+    wrong = ["--tta.geometry_teacher", str(files["teacher_wide"])]
     assert main([*args, *tta, *wrong, "--out", str(tmp_path / "wrong")]) == 2
     err = capsys.readouterr().err
-    assert f"{files['teacher96']}: geometry teacher trained on 96x96 crops, the model takes 64x64" in err
+    assert f"{files['teacher_wide']}: geometry teacher trained on 64x48 crops, the model takes 64x64" in err
     assert main([*args, "--tta.steps", "2", *teacher]) == 2
     assert "--tta.critic" in capsys.readouterr().err

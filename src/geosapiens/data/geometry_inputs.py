@@ -33,6 +33,7 @@ from geosapiens.data.critic_cache import CriticCache
 from geosapiens.data.crop import canonical_affine, canonical_to_view, view_affine
 from geosapiens.data.records import PoseRecord
 from geosapiens.data.sampling import SampleKey, key_rng
+from geosapiens.errors import DataError
 from geosapiens.models.critics import GeometryMaps
 
 __all__ = [
@@ -108,7 +109,8 @@ class CriticMapsDataset(Dataset):
 
     Args:
         records: the samples; every image must be in ``cache``.
-        cache: maps of the records' images in the canonical crop frame (``geosapiens critics cache``).
+        cache: maps of the records' images in the canonical crop frame (``geosapiens critics cache``), of
+            any crop size with the aspect ratio of ``input_size`` (the same crop of the box).
         input_size: crop (H, W).
         padding: box padding factor of the crop (the cache's, checked).
         geometry: random view geometry; None = the canonical crop.
@@ -139,7 +141,7 @@ class CriticMapsDataset(Dataset):
         record = self.records[index]
         params = self.geometry.sample(rng) if self.geometry is not None else None
         affine = view_affine(record.bbox, self.input_size, params, self.padding)
-        canonical = canonical_affine(record.bbox, self.input_size, self.padding)
+        canonical = canonical_affine(record.bbox, self.cache.input_size, self.padding)  # the cache's frame
         keypoints = apply_affine(np.asarray(record.keypoints, dtype=np.float64), affine)
         keypoints, labelled = flip_channels(
             params is not None and params.flip, keypoints, np.asarray(record.labelled, bool)
@@ -167,7 +169,9 @@ class CriticInputDataModule(L.LightningDataModule):
     """A labelled DataModule whose crops are replaced by the critic's maps of the same crops.
 
     The wrapped DataModule says which records make each split, the crop, its padding and the view geometry;
-    the maps come from ``critic_cache`` (which must hold every image of the splits used). Photometric,
+    the maps come from ``critic_cache`` (which must hold every image of the splits used). The cache may be
+    built for larger crops of the same box (the student's: Sapiens' 1024 px crops, maps stored at 256 px),
+    so the teacher trains at the maps' resolution. Photometric,
     elastic and cut-occlude augmentation are RGB-only and do not apply; :class:`MapDegradation` takes their
     place. Loaders, keyed sampling and resume state are the wrapped DataModule's.
 
@@ -205,7 +209,14 @@ class CriticInputDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.data.trainer = self.trainer
         self.data.setup(stage)
-        self.cache = CriticCache(self.critic_cache, input_size=self.data.input_size)
+        self.cache = CriticCache(self.critic_cache, padding=self.data.padding)
+        (H, W), (h, w) = self.cache.input_size, self.data.input_size
+        if H * w != W * h:
+            raise DataError(
+                self.critic_cache,
+                f"cache of {H}x{W} crops, the model takes {h}x{w}: not the same crop of the box (aspect "
+                "ratio); build the cache at the model's aspect ratio",
+            )
 
     def _dataset(self, records: Sequence[PoseRecord], train: bool) -> CriticMapsDataset:
         return CriticMapsDataset(

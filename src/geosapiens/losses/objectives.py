@@ -50,17 +50,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from geosapiens.affine import apply_affine, is_mirror
+from geosapiens.affine import apply_affine, is_mirror, udp_rescale
 from geosapiens.losses import functional as losses
 from geosapiens.losses.functional import DEFAULT_LAMBDA_Z
 from geosapiens.models.codec import UDPHeatmapCodec
 from geosapiens.models.critics import GeometryMaps
 from geosapiens.skeleton import COCO17
+
+if TYPE_CHECKING:
+    from geosapiens.models.stage_checkpoint import GeometryTeacher
 
 __all__ = [
     "DEFAULT_LAMBDA_Z",
@@ -376,7 +379,7 @@ def _temporal(inputs: ObjectiveInputs) -> torch.Tensor:
 
 
 def geometry_teacher_keypoints(
-    geometry_teacher: nn.Module, maps: GeometryMaps, codec: UDPHeatmapCodec, options: ObjectiveOptions
+    geometry_teacher: GeometryTeacher, maps: GeometryMaps, codec: UDPHeatmapCodec, options: ObjectiveOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The geometry teacher on critic maps of the canonical crop: (B, K, 2) keypoints in canonical px
     (argmax + DARK) and (B, K) which of them are pseudo-labels (heatmap peak >= ``geo_pose_threshold``).
@@ -385,7 +388,8 @@ def geometry_teacher_keypoints(
     move them into each view with :func:`geometry_pseudo_labels`.
 
     Args:
-        geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`.
+        geometry_teacher: a frozen pose network on :func:`~geosapiens.data.geometry_inputs.maps_to_input`,
+            at its own crop size (the maps are resampled to it, its keypoints rescaled to the model's crop).
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
         codec: the stage's codec (input size = the crop size).
         options: the objective's options (``geo_pose_threshold``).
@@ -393,13 +397,18 @@ def geometry_teacher_keypoints(
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
 
-    size = tuple(codec.input_size)
+    size = geometry_teacher.input_size
     x = maps_to_input(maps)
     if tuple(x.shape[-2:]) != size:
         x = resize_aligned(x, size)
     with torch.no_grad():
         heatmaps = geometry_teacher(x).float()
+    if size == tuple(codec.input_size):
         keypoints, _ = codec.decode(heatmaps)
+    else:
+        keypoints, _ = UDPHeatmapCodec(size, heatmaps.shape[-2:]).decode(heatmaps)
+        to_crop = torch.from_numpy(udp_rescale(size, codec.input_size)).to(keypoints.device)
+        keypoints = apply_affine(keypoints.double(), to_crop)
     return keypoints.to(heatmaps), heatmaps.amax(dim=(-2, -1)) >= options.geo_pose_threshold
 
 

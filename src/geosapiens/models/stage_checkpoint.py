@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_pose_model",
     "evaluated_weights",
+    "GeometryTeacher",
     "load_geometry_teacher",
     "load_model_weights",
     "pose_model_from_checkpoint",
@@ -144,17 +145,36 @@ def pose_model_from_checkpoint(
     return model.eval(), input_size, hparams
 
 
-def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> PoseModel:
-    """The frozen pose network of a geometry teacher checkpoint, checked to take the model's crops.
+class GeometryTeacher(nn.Module):
+    """A geometry teacher's frozen pose network and the crop size it was trained on (``input_size``).
+
+    The teacher's crop is the student's canonical crop of the box at its own resolution (same aspect ratio):
+    critic maps are stored at a stride of the student's crop (256 px for Sapiens' 1024), so a teacher at the
+    maps' resolution sees all there is, at a sixteenth of the pixels. Its keypoints are taken to the
+    student's crop by :func:`~geosapiens.losses.objectives.geometry_teacher_keypoints`.
+    """
+
+    def __init__(self, net: nn.Module, input_size: Sequence[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+
+    def forward(self, maps_input: torch.Tensor) -> torch.Tensor:
+        """(B, 5, H, W) critic maps at ``input_size`` -> (B, K, H/4, W/4) heatmaps."""
+        return self.net(maps_input)
+
+
+def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> GeometryTeacher:
+    """The frozen geometry teacher of a checkpoint, checked to see the model's crops (same aspect ratio).
 
     Raises:
-        ValueError: the teacher was trained on crops of another size (its keypoints would be in another
-            frame); a :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
+        ValueError: the teacher was trained on crops of another aspect ratio (another crop of the box); a
+            :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
     """
     net, size, _ = pose_model_from_checkpoint(path)
-    if tuple(size) != tuple(input_size):
+    if size[0] * int(input_size[1]) != size[1] * int(input_size[0]):
         raise ValueError(
             f"{path}: geometry teacher trained on {size[0]}x{size[1]} crops, the model takes "
-            f"{input_size[0]}x{input_size[1]}"
+            f"{input_size[0]}x{input_size[1]}: not the same crop of the box (aspect ratio)"
         )
-    return net.requires_grad_(False).eval()
+    return GeometryTeacher(net, size).requires_grad_(False).eval()
