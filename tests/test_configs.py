@@ -15,6 +15,7 @@ STACKS = [
     ["uda.yaml"],
     ["fewshot.yaml"],
     ["distill.yaml"],
+    ["geometry_teacher.yaml"],
     ["warmup.yaml", "oracle.yaml"],
     *[["uda.yaml", f"baselines/{n}"] for n in ("source_only.yaml", "shift_style.yaml", "fidip.yaml")],
     ["baselines/zero_shot_sapiens.yaml"],

@@ -3,8 +3,8 @@ say, on generated data in the layout the paper configs read (``$GEOSAPIENS_DATA/
 ``$GEOSAPIENS_DATA/MINI-RGBD_web``), from a temporary working folder (the configs' relative ``runs/...`` and
 ``demo_data/...`` paths land there). A small overlay only shrinks the model, the crop and the step counts.
 
-- the paper chain of "Training the paper setting": critic cache, normal priors, pose VAE, ``fit
-  configs/uda.yaml`` (its W&B logger, offline), ``--ckpt_path last`` resuming the same W&B run and
+- the paper chain of "Training the paper setting": critic cache, normal priors, geometry teacher, pose VAE,
+  ``fit configs/uda.yaml`` (its W&B logger, offline), ``--ckpt_path last`` resuming the same W&B run and
   checkpoint folder, ``fit configs/fewshot.yaml`` from its default ``init_checkpoint`` and ``test
   configs/uda.yaml --ckpt_path best`` in a new CLI call;
 - the demo configs' headers: ``fit``, ``test --ckpt_path best`` and dataset-level ``predict`` with
@@ -60,6 +60,16 @@ data:
     target:
       init_args: {input_size: [64, 64], batch_size: 2, num_workers: 0}
 """
+# The geometry teacher at half the paper tiny crop: it reads the 64 px cache at 32 px, as the paper's 256 px
+# teacher reads the 1024 px crops' cache.
+TEACHER_TINY = """
+trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, accelerator: cpu, devices: 1,
+          num_sanity_val_steps: 0, log_every_n_steps: 1, enable_progress_bar: false}
+model:
+  init_args: {input_size: [32, 32]}
+data:
+  init_args: {data: {init_args: {batch_size: 2, num_workers: 0}}}
+"""
 FEWSHOT_TINY = """
 trainer: {max_steps: 2, val_check_interval: 2, check_val_every_n_epoch: null, precision: 32-true,
           accelerator: cpu, devices: 1, num_sanity_val_steps: 0, enable_progress_bar: false}
@@ -102,6 +112,7 @@ def workdir(tmp_path_factory):
     assert main(["data", "synth", "--out", str(root / "demo_data"), "--preset", "tiny", "--quiet"]) == 0
     for name, text in (
         ("paper_tiny.yaml", PAPER_TINY),
+        ("teacher_tiny.yaml", TEACHER_TINY),
         ("fewshot_tiny.yaml", FEWSHOT_TINY),
         ("demo_tiny.yaml", DEMO_TINY),
         ("distill_tiny.yaml", DISTILL_TINY),
@@ -155,7 +166,9 @@ def paper(workdir) -> Path:
         "--min-count",
         "3",
     ]
-    assert main(priors) == 0
+    assert main(priors) == 0  # read by the +normal and seed-geometry ablations
+    assert main(["fit", *_configs("geometry_teacher.yaml"), "--config", "teacher_tiny.yaml"]) == 0
+    assert (workdir / "runs/geometry_teacher/checkpoints/best.ckpt").is_file()  # uda.yaml's geometry_teacher
     vae = [
         "fit",
         *_configs("priors/pose_vae.yaml"),
@@ -187,7 +200,8 @@ OVERLAYS = [
     "baselines/shift_style.yaml",
     "baselines/fidip.yaml",
     *(f"ablations/{name}.yaml" for name in (
-        "no_body", "no_depth", "no_normal", "no_manifold", "no_elastic", "no_cutocclude", "seed_geometry"
+        "no_geo_teacher", "no_body", "plus_depth", "plus_normal", "no_manifold", "no_elastic",
+        "no_cutocclude", "seed_geometry",
     )),
 ]  # fmt: skip
 ORACLE_TINY = """

@@ -61,10 +61,10 @@ class MeanTeacherAdaptation(PoseStage):
             quantile (e.g. the 95th percentile) of the prior's errors on its own training poses; None = the
             objective's default (0: the plain error).
         normal_priors: per-keypoint normal priors file (``geosapiens priors fit``); required for ``geo_norm``.
-        geometry_teacher: checkpoint of a pose network trained on critic maps (``configs/demo/
-            geometry_teacher.yaml``); required for ``geo_heatmap`` and ``geo_pose``, whose pseudo-labels are
-            its keypoints on the critic maps of each target image. Frozen, and like the pose VAE re-read from
-            its file.
+        geometry_teacher: checkpoint of a pose network trained on critic maps of the model's crop of the box,
+            at any resolution (``configs/geometry_teacher.yaml``); required for ``geo_heatmap`` and
+            ``geo_pose``, whose pseudo-labels are its keypoints on the critic maps of each target image.
+            Frozen, and like the pose VAE re-read from its file.
         **kwargs: :class:`PoseStage` arguments.
     """
 

@@ -31,7 +31,7 @@ from geosapiens.models.critics import GeometricCritic, GeometryMaps
 from geosapiens.models.geometry import body_distance
 from geosapiens.models.normal_prior import load_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
-from geosapiens.models.stage_checkpoint import load_geometry_teacher
+from geosapiens.models.stage_checkpoint import GeometryTeacher, load_geometry_teacher
 
 __all__ = ["DEFAULT_WEIGHTS", "HeadAdaptation", "TestTimeAdaptation"]
 
@@ -67,8 +67,9 @@ class HeadAdaptation:
         critic: a frozen critic run on the crops when there is no cache.
         normal_priors: per-keypoint normal priors file; required for ``geo_norm``.
         pose_prior: pose VAE checkpoint; required for ``manifold``.
-        geometry_teacher: checkpoint of a pose network on critic maps (``configs/demo/geometry_teacher.yaml``)
-            at the model's crop size; required for ``geo_heatmap`` and ``geo_pose``. Read by :meth:`remember`.
+        geometry_teacher: checkpoint of a pose network on critic maps of the model's crop of the box, at any
+            resolution (``configs/geometry_teacher.yaml``); required for ``geo_heatmap`` and ``geo_pose``.
+            Read by :meth:`remember`.
         manifold_margin: prior reconstruction error that costs nothing (``losses.manifold_loss``); None = the
             objective's default (0).
         weights: weight overrides by term name (``geo_body``, ``geo_heatmap``, ``geo_pose``, ``geo_depth``,
@@ -96,7 +97,7 @@ class HeadAdaptation:
         self.priors = load_normal_priors(normal_priors).tensors() if normal_priors else None
         self.vae = PoseVAE.load(pose_prior).requires_grad_(False).eval() if pose_prior else None
         self.geometry_teacher_file = geometry_teacher
-        self.geometry_teacher: nn.Module | None = None  # read by remember(), at the model's crop size
+        self.geometry_teacher: GeometryTeacher | None = None  # read by remember(), for the model's crop
         self.weights = self._usable(DEFAULT_WEIGHTS)
         self.options = objectives.ObjectiveOptions.from_args(objective, manifold_margin)
         self.history: list[tuple[float, float]] = []  # (objective before, after) per adapted group
@@ -139,7 +140,8 @@ class HeadAdaptation:
 
     def remember(self, head: nn.Module, input_size: tuple[int, int]) -> None:
         """Keep ``head``'s current weights as the trained ones to reset to, and read the geometry teacher,
-        which must take the model's ``input_size`` crops (checked here, before anything is predicted)."""
+        which must see the model's ``input_size`` crop of the box (checked here, before anything is
+        predicted)."""
         self._trained = copy.deepcopy(head.state_dict())
         if self.geometry_teacher_file:
             self.geometry_teacher = load_geometry_teacher(self.geometry_teacher_file, input_size)
