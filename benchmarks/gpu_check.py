@@ -20,8 +20,9 @@ and the exit status is 1 if any failed):
 (b) ``step_cost``: ``benchmarks/step_cost.py`` at sapiens_0.6b 1024x1024, B=2 per domain: supervised, mean
     teacher, + cached geometry, + an online critic of Sapiens-1B shape: s/step, GFLOP/step and both ratios.
 (c) ``fit``: ``configs/uda.yaml`` through the ``geosapiens fit`` CLI (``trainer_cli``) on generated data
-    (``geosapiens data synth --preset tiny``; an oracle critic cache, random normal priors and pose VAE, as
-    step_cost prepares them) at 1024x1024, bf16-mixed, random-init weights, ~30 steps. Overrides, and why:
+    (``geosapiens data synth --preset tiny``; an oracle critic cache, random normal priors, pose VAE and
+    geometry teacher, as step_cost prepares them) at 1024x1024, bf16-mixed, random-init weights, ~30 steps.
+    Overrides, and why:
     every loss term from step 0 without a ramp (the config's weights; a 30-step run never reaches epochs 21
     and 51), warm-up 5 steps (not 500), CSVLogger instead of W&B, no callbacks or checkpoints (a 0.6B
     student + teacher + AdamW checkpoint is ~10 GB a save), validation once after the steps, MINI-RGBD's
@@ -427,6 +428,8 @@ def fit_args(p: Preset, paths: dict[str, Path], run_dir: Path) -> list[str]:
         str(paths["vae"]),
         "--model.init_args.normal_priors",
         str(paths["priors"]),
+        "--model.init_args.geometry_teacher",
+        str(paths["teacher"]),
         "--model.init_args.loss_terms",
         json.dumps(terms),
         "--model.init_args.warmup_steps",
@@ -448,7 +451,11 @@ def fit_args(p: Preset, paths: dict[str, Path], run_dir: Path) -> list[str]:
 
 
 def section_fit(p: Preset, paths: dict[str, Path], work: Path, device: torch.device) -> dict:
-    cli = trainer_cli(fit_args(p, paths, work / "fit"), run=False)
+    # uda.yaml's geometry teacher (configs/geometry_teacher.yaml: RegNetX-200MF on the maps at a quarter of
+    # the crop), random weights
+    size = max(32, p.size // 4)
+    teacher = step_cost.geometry_teacher(work / "geometry_teacher.ckpt", "timm:regnetx_002", size)
+    cli = trainer_cli(fit_args(p, {**paths, "teacher": teacher}, work / "fit"), run=False)
     warmup = min(3, p.fit_steps // 3)
     timer, recorder = loader_headroom.StepTimer(warmup), LossRecorder()
     cli.trainer.callbacks.extend([timer, recorder])
