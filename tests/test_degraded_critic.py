@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,21 @@ def test_errors_name_the_file(cache, tmp_path, capsys):
     assert "not a critic cache" in capsys.readouterr().err
     assert main(["--cache", str(cache), "--out", str(tmp_path / "f"), "--degrade", "blurry"]) == 1
     assert "bad item 'blurry'" in capsys.readouterr().err
+
+
+def test_the_protocols_critic_sweep_rows_differ_from_geo_sapiens_by_their_cache_alone():
+    from geosapiens.cli.demo import CRITIC_SWEEP, plan
+
+    p = plan(Path("runs/protocol"), Path("demo_data"), protocol="full", critic_sweep=True)
+    uda = next(r for r in p.runs if r.name == "uda")
+    sweep = [r for r in p.runs if r.name in {f"uda_{n}" for n in CRITIC_SWEEP}]
+    assert [r.name for r in sweep] == [f"uda_{n}" for n in CRITIC_SWEEP]
+    for run, (name, spec) in zip(sweep, CRITIC_SWEEP.items(), strict=True):
+        CriticDegradation.parse(spec)
+        assert run.method == f"Geo-Sapiens (oracle maps, {spec})"  # against SHIFT-style, as every Geo row
+        args, base = p.run_args(run, 1), p.run_args(uda, 1)
+        cache = "--data.init_args.target.init_args.critic_cache="
+        assert f"{cache}{p.degraded_cache(name)}" in args and f"{cache}{p.cache}" in base
+        assert [a for a in args if not a.startswith(cache)] == [a for a in base if not a.startswith(cache)]
+    plain = plan(Path("runs/protocol"), Path("demo_data"), protocol="full")
+    assert not any(r.name in {f"uda_{n}" for n in CRITIC_SWEEP} for r in plain.runs)
