@@ -236,7 +236,7 @@ class _FixedPose(torch.nn.Module):
         self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heatmaps.expand(x.shape[0], -1, -1, -1)
+        return self.heatmaps.expand(x.shape[0], -1, -1, -1) if len(self.heatmaps) == 1 else self.heatmaps
 
 
 def test_geometry_pseudo_labels_land_on_the_right_joint_of_a_mirrored_view_and_pull_toward_it():
@@ -287,6 +287,21 @@ def test_a_geometry_teacher_at_a_smaller_crop_gives_keypoints_in_the_models_crop
     options = objectives.ObjectiveOptions().override(geo_pose_threshold=0.5)
     keypoints, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, options)
     assert keep.all() and (keypoints - canonical).norm(dim=-1).max() < 1.0  # 2/3 px on the teacher's grid
+
+
+def test_an_image_the_geometry_teacher_is_unsure_of_gives_no_pseudo_label():
+    codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
+    points = torch.rand(1, 17, 2, generator=torch.Generator().manual_seed(3)) * 70.0 + 13.0
+    sure = codec.encode(points, torch.ones(1, 17))[0]  # every peak 1
+    teacher = _FixedPose(torch.cat([sure, 0.3 * sure]))  # the second image: every peak 0.3
+    H, W = INPUT_HW
+    maps = GeometryMaps(torch.zeros(2, 1, H, W), torch.zeros(2, 3, H, W), torch.ones(2, 1, H, W, dtype=bool))
+    options = objectives.ObjectiveOptions()
+    _, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, options)
+    assert keep.all()  # each joint's peak clears geo_pose_threshold (0.2)
+    gated = options.override(geo_image_threshold=0.5)
+    _, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, gated)
+    assert keep[0].all() and not keep[1].any()
 
 
 class _Counting(_FixedPose):

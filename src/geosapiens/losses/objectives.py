@@ -97,6 +97,8 @@ class ObjectiveOptions:
             the teacher does not see a joint, the map shows the surface in front of it, not the joint.
         manifold_margin: pose-prior reconstruction error that costs nothing (``losses.manifold_loss``).
         geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are no pseudo-label.
+        geo_image_threshold: an image whose geometry-teacher peaks average below this gives no pseudo-label
+            at all: the teacher's confidence in an image's pose falls with the critic's maps (0 = off).
         flip_indices: left/right channel swap for mirrored views.
 
     Occlusion, measured (600 real-like demo crops, ground-truth joints, the generator's depth-test
@@ -118,6 +120,7 @@ class ObjectiveOptions:
     visibility_threshold: float | None = 0.1
     manifold_margin: float = 0.0
     geo_pose_threshold: float = 0.2
+    geo_image_threshold: float = 0.0
     flip_indices: tuple[int, ...] = COCO17.flip_indices
 
     def override(self, **values) -> ObjectiveOptions:
@@ -382,7 +385,8 @@ def geometry_teacher_keypoints(
     geometry_teacher: GeometryTeacher, maps: GeometryMaps, codec: UDPHeatmapCodec, options: ObjectiveOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The geometry teacher on critic maps of the canonical crop: (B, K, 2) keypoints in canonical px
-    (argmax + DARK) and (B, K) which of them are pseudo-labels (heatmap peak >= ``geo_pose_threshold``).
+    (argmax + DARK) and (B, K) which of them are pseudo-labels (heatmap peak >= ``geo_pose_threshold``, in an
+    image whose mean peak is >= ``geo_image_threshold``).
 
     Both depend on the maps alone, so callers compute them once per image (cached maps) or group (TTA) and
     move them into each view with :func:`geometry_pseudo_labels`.
@@ -392,7 +396,7 @@ def geometry_teacher_keypoints(
             at its own crop size (the maps are resampled to it, its keypoints rescaled to the model's crop).
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
         codec: the stage's codec (input size = the crop size).
-        options: the objective's options (``geo_pose_threshold``).
+        options: the objective's options (``geo_pose_threshold``, ``geo_image_threshold``).
     """
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
@@ -409,7 +413,9 @@ def geometry_teacher_keypoints(
         keypoints, _ = UDPHeatmapCodec(size, heatmaps.shape[-2:]).decode(heatmaps)
         to_crop = torch.from_numpy(udp_rescale(size, codec.input_size)).to(keypoints.device)
         keypoints = apply_affine(keypoints.double(), to_crop)
-    return keypoints.to(heatmaps), heatmaps.amax(dim=(-2, -1)) >= options.geo_pose_threshold
+    peaks = heatmaps.amax(dim=(-2, -1))
+    confident = peaks.mean(dim=1, keepdim=True) >= options.geo_image_threshold
+    return keypoints.to(heatmaps), (peaks >= options.geo_pose_threshold) & confident
 
 
 def geometry_pseudo_labels(
