@@ -150,9 +150,10 @@ def build_objectives(
         extras = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         decoded = extras["geo_keypoints"]
         pck = ((decoded - t.keypoints).norm(dim=-1) <= 0.1 * t.box[:, None])[t.labelled].float().mean()
+        kept = (extras["geo_keep"] & t.labelled).sum() / t.labelled.sum()
         print(
             f"geometry teacher on these maps: mean error {float(pose_error(decoded, t).mean()):.2f}% of the "
-            f"box, PCK@0.1 {100 * float(pck):.1f}"
+            f"box, PCK@0.1 {100 * float(pck):.1f}, pseudo-labels {100 * float(kept):.0f}% of the joints"
         )
     available = {"geo_body", "geo_depth"} | ({"geo_norm"} if normal_prior else set())
     available |= {"manifold"} if vae is not None else set()
@@ -310,7 +311,12 @@ def measure(args: argparse.Namespace, stage=None) -> dict:
     cache = CriticCache(args.cache)
     t = load_targets(Path(args.data), args.annotation, cache, args.images, args.padding)
     stride = float(cache.manifest["crop"]["stride"])  # --degrade's blur is in crop px, the maps at the stride
+    clean = t.maps.valid.bool()
     t.maps = CriticDegradation.parse(args.degrade)(t.maps, np.random.default_rng(0), crop_px=stride)
+    iou = (clean & t.maps.valid).flatten(1).sum(1) / (clean | t.maps.valid).flatten(1).sum(1).clamp_min(1)
+    if args.degrade:
+        median = float(iou.median())
+        print(f"maps degraded ({args.degrade}): body-mask IoU with the cache's {median:.2f} (median)")
     if stage is None:
         weights, options = demo_weights(), objectives.ObjectiveOptions()
     else:
@@ -337,6 +343,7 @@ def measure(args: argparse.Namespace, stage=None) -> dict:
         "objectives": {},
         "images": len(t.paths),
         "degrade": args.degrade,
+        "degraded_mask_iou": float(iou.median()),
         "weights": weights,
     }
     for name, objective in terms.items():
