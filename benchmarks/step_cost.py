@@ -51,6 +51,7 @@ from geosapiens.models.heads import SapiensDepthHead, SapiensNormalHead
 from geosapiens.models.normal_prior import NormalPriors, save_normal_priors
 from geosapiens.models.pose_vae import PoseVAE
 from geosapiens.models.sapiens_critic import _WholeImageCritic
+from geosapiens.models.stage_checkpoint import VALIDATION_CONFIDENCE
 from geosapiens.stages import MeanTeacherAdaptation, SupervisedPose
 
 TRAIN = "annotations/200R_1000S/person_keypoints_train_infant.json"
@@ -118,7 +119,9 @@ def geometry_teacher(path: Path, backbone: str, size: int) -> Path:
     stage = SupervisedPose(
         backbone=backbone, backbone_kwargs=kwargs, input_size=(size, size), flip_test=False
     )
-    torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}, path)
+    # no validation, so no confidence to gate images by: 0 keeps every image (objective.geo_image_confidence)
+    checkpoint = {"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}
+    torch.save({**checkpoint, VALIDATION_CONFIDENCE: 0.0}, path)
     return path
 
 

@@ -20,6 +20,7 @@ from geosapiens.data.formats.syrip import read_syrip
 from geosapiens.data.geometry_inputs import CriticMapsDataset, MapDegradation, maps_to_input
 from geosapiens.losses.functional import sample_maps
 from geosapiens.models.codec import resize_aligned
+from geosapiens.models.stage_checkpoint import load_geometry_teacher
 from geosapiens.skeleton import COCO17
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +150,11 @@ def test_geometry_teacher_trains_on_maps_and_its_heatmaps_supervise_the_student(
     assert main(fit) == 0
     teacher = gt_dir / "checkpoints" / "best.ckpt"
     assert teacher.is_file()
+    # its validation confidence (mean heatmap peak over the hold-out) is logged and kept in the checkpoint
+    with open(gt_dir / "metrics.csv") as f:
+        logged = [float(r["val/confidence"]) for r in csv.DictReader(f) if r.get("val/confidence")]
+    confidence = load_geometry_teacher(teacher, (64, 64)).confidence
+    assert len(logged) == 1 and confidence == pytest.approx(logged[0]) and confidence > 0
 
     uda_dir = tmp_path / "uda"
     terms = (

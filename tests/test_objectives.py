@@ -230,10 +230,11 @@ def test_lambda_z_comes_from_the_critic_unless_set():
 class _FixedPose(torch.nn.Module):
     """A geometry teacher whose heatmaps are known: Gaussians at fixed canonical keypoints."""
 
-    def __init__(self, heatmaps: torch.Tensor, input_size: tuple[int, int] = INPUT_HW):
+    def __init__(self, heatmaps: torch.Tensor, input_size: tuple[int, int] = INPUT_HW, confidence=None):
         super().__init__()
         self.heatmaps = heatmaps
         self.input_size = input_size
+        self.confidence = confidence
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heatmaps.expand(x.shape[0], -1, -1, -1) if len(self.heatmaps) == 1 else self.heatmaps
@@ -293,15 +294,19 @@ def test_an_image_the_geometry_teacher_is_unsure_of_gives_no_pseudo_label():
     codec = UDPHeatmapCodec(INPUT_HW, HEATMAP_HW)
     points = torch.rand(1, 17, 2, generator=torch.Generator().manual_seed(3)) * 70.0 + 13.0
     sure = codec.encode(points, torch.ones(1, 17))[0]  # every peak 1
-    teacher = _FixedPose(torch.cat([sure, 0.3 * sure]))  # the second image: every peak 0.3
+    # the second image: every peak 0.3; on its validation images the teacher's peaks averaged 0.8
+    teacher = _FixedPose(torch.cat([sure, 0.3 * sure]), confidence=0.8)
     H, W = INPUT_HW
     maps = GeometryMaps(torch.zeros(2, 1, H, W), torch.zeros(2, 3, H, W), torch.ones(2, 1, H, W, dtype=bool))
     options = objectives.ObjectiveOptions()
     _, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, options)
     assert keep.all()  # each joint's peak clears geo_pose_threshold (0.2)
-    gated = options.override(geo_image_threshold=0.5)
+    gated = options.override(geo_image_confidence=0.5)  # 0.3 < 0.5 x 0.8 <= 1
     _, keep = objectives.geometry_teacher_keypoints(teacher, maps, codec, gated)
     assert keep[0].all() and not keep[1].any()
+    teacher.confidence = None  # a checkpoint that does not record it
+    with pytest.raises(ValueError, match="validation confidence"):
+        objectives.geometry_teacher_keypoints(teacher, maps, codec, gated)
 
 
 class _Counting(_FixedPose):

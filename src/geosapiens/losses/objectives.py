@@ -97,8 +97,10 @@ class ObjectiveOptions:
             the teacher does not see a joint, the map shows the surface in front of it, not the joint.
         manifold_margin: pose-prior reconstruction error that costs nothing (``losses.manifold_loss``).
         geo_pose_threshold: geometry-teacher joints whose heatmap peak is below this are no pseudo-label.
-        geo_image_threshold: an image whose geometry-teacher peaks average below this gives no pseudo-label
-            at all: the teacher's confidence in an image's pose falls with the critic's maps (0 = off).
+        geo_image_confidence: an image gives no pseudo-label at all when the geometry teacher's heatmap peaks
+            on it average below this fraction of the teacher's validation confidence (its mean over the
+            synthetic hold-out, kept in its checkpoint); 0 = off. The teacher's confidence on an image falls
+            with the critic's maps (docs/results/critic_sweep/).
         flip_indices: left/right channel swap for mirrored views.
 
     Occlusion, measured (600 real-like demo crops, ground-truth joints, the generator's depth-test
@@ -120,7 +122,7 @@ class ObjectiveOptions:
     visibility_threshold: float | None = 0.1
     manifold_margin: float = 0.0
     geo_pose_threshold: float = 0.2
-    geo_image_threshold: float = 0.0
+    geo_image_confidence: float = 0.0
     flip_indices: tuple[int, ...] = COCO17.flip_indices
 
     def override(self, **values) -> ObjectiveOptions:
@@ -386,7 +388,7 @@ def geometry_teacher_keypoints(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The geometry teacher on critic maps of the canonical crop: (B, K, 2) keypoints in canonical px
     (argmax + DARK) and (B, K) which of them are pseudo-labels (heatmap peak >= ``geo_pose_threshold``, in an
-    image whose mean peak is >= ``geo_image_threshold``).
+    image the teacher is sure enough of: ``geo_image_confidence``).
 
     Both depend on the maps alone, so callers compute them once per image (cached maps) or group (TTA) and
     move them into each view with :func:`geometry_pseudo_labels`.
@@ -396,7 +398,7 @@ def geometry_teacher_keypoints(
             at its own crop size (the maps are resampled to it, its keypoints rescaled to the model's crop).
         maps: critic maps in the canonical crop frame, at any UDP-aligned resolution.
         codec: the stage's codec (input size = the crop size).
-        options: the objective's options (``geo_pose_threshold``, ``geo_image_threshold``).
+        options: the objective's options (``geo_pose_threshold``, ``geo_image_confidence``).
     """
     from geosapiens.data.geometry_inputs import maps_to_input
     from geosapiens.models.codec import resize_aligned
@@ -414,8 +416,15 @@ def geometry_teacher_keypoints(
         to_crop = torch.from_numpy(udp_rescale(size, codec.input_size)).to(keypoints.device)
         keypoints = apply_affine(keypoints.double(), to_crop)
     peaks = heatmaps.amax(dim=(-2, -1))
-    confident = peaks.mean(dim=1, keepdim=True) >= options.geo_image_threshold
-    return keypoints.to(heatmaps), (peaks >= options.geo_pose_threshold) & confident
+    keep = peaks >= options.geo_pose_threshold
+    if options.geo_image_confidence > 0:
+        if geometry_teacher.confidence is None:
+            raise ValueError(
+                "objective.geo_image_confidence needs the geometry teacher's validation confidence, which "
+                "its checkpoint does not record: retrain it (any validation records it) or set it to 0"
+            )
+        keep &= peaks.mean(dim=1, keepdim=True) >= options.geo_image_confidence * geometry_teacher.confidence
+    return keypoints.to(heatmaps), keep
 
 
 def geometry_pseudo_labels(

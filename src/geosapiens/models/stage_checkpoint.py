@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from geosapiens.models.pose_model import PoseModel
 
 __all__ = [
+    "VALIDATION_CONFIDENCE",
     "build_pose_model",
     "evaluated_weights",
     "GeometryTeacher",
@@ -34,6 +35,11 @@ __all__ = [
     "prefixed_weights",
     "read_checkpoint",
 ]
+
+
+# checkpoint key of a pose stage's last validation confidence (the mean over images of their joints' heatmap
+# peaks; :class:`~geosapiens.stages.base.PoseStage`)
+VALIDATION_CONFIDENCE = "validation_confidence"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def evaluated_weights(hparams: dict[str, Any]) -> str:
 
 
 def pose_model_from_checkpoint(
-    path: str | Path, weights: str | None = None
+    path: str | Path, weights: str | None = None, checkpoint: dict[str, Any] | None = None
 ) -> tuple[PoseModel, tuple[int, int], dict[str, Any]]:
     """The trained pose network of a stage checkpoint, rebuilt from its hyperparameters, in eval mode.
 
@@ -116,6 +122,7 @@ def pose_model_from_checkpoint(
         path: a Lightning checkpoint written by a pose stage (``best.ckpt``, ``last.ckpt``).
         weights: which network: ``model`` (the student) or ``teacher`` (the mean teacher's EMA network);
             None = the one the stage evaluated (:func:`evaluated_weights`).
+        checkpoint: the file's contents (:func:`read_checkpoint`), when the caller has read them already.
 
     Returns:
         The model, its crop size (H, W) and the checkpoint's hyperparameters.
@@ -123,7 +130,7 @@ def pose_model_from_checkpoint(
     from geosapiens.models.official_checkpoint import load_checkpoint
 
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "backbone" not in hparams or "input_size" not in hparams:
         raise CheckpointError(
@@ -146,7 +153,9 @@ def pose_model_from_checkpoint(
 
 
 class GeometryTeacher(nn.Module):
-    """A geometry teacher's frozen pose network and the crop size it was trained on (``input_size``).
+    """A geometry teacher's frozen pose network, the crop size it was trained on (``input_size``) and how sure
+    it was of its validation poses (``confidence``: the mean over images of their joints' heatmap peaks; None
+    for a checkpoint that does not record it).
 
     The teacher's crop is the student's canonical crop of the box at its own resolution (same aspect ratio):
     critic maps are stored at a stride of the student's crop (256 px for Sapiens' 1024), so a teacher at the
@@ -154,10 +163,11 @@ class GeometryTeacher(nn.Module):
     student's crop by :func:`~geosapiens.losses.objectives.geometry_teacher_keypoints`.
     """
 
-    def __init__(self, net: nn.Module, input_size: Sequence[int]) -> None:
+    def __init__(self, net: nn.Module, input_size: Sequence[int], confidence: float | None = None) -> None:
         super().__init__()
         self.net = net
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.confidence = confidence
 
     def forward(self, maps_input: torch.Tensor) -> torch.Tensor:
         """(B, 5, H, W) critic maps at ``input_size`` -> (B, K, H/4, W/4) heatmaps."""
@@ -171,10 +181,11 @@ def load_geometry_teacher(path: str | Path, input_size: Sequence[int]) -> Geomet
         ValueError: the teacher was trained on crops of another aspect ratio (another crop of the box); a
             :class:`~geosapiens.errors.CheckpointError` for an unreadable file.
     """
-    net, size, _ = pose_model_from_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    net, size, _ = pose_model_from_checkpoint(path, checkpoint=ckpt)
     if size[0] * int(input_size[1]) != size[1] * int(input_size[0]):
         raise ValueError(
             f"{path}: geometry teacher trained on {size[0]}x{size[1]} crops, the model takes "
             f"{input_size[0]}x{input_size[1]}: not the same crop of the box (aspect ratio)"
         )
-    return GeometryTeacher(net, size).requires_grad_(False).eval()
+    return GeometryTeacher(net, size, ckpt.get(VALIDATION_CONFIDENCE)).requires_grad_(False).eval()

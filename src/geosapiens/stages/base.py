@@ -13,12 +13,13 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from geosapiens.affine import apply_affine, invert_affine
 from geosapiens.metrics.pck import PCK, SampleErrors, pck_curve_from_errors
 from geosapiens.models.codec import UDPHeatmapCodec, flip_test
 from geosapiens.models.frozen import drop_frozen_keys, frozen_children, keep_frozen
-from geosapiens.models.stage_checkpoint import build_pose_model, load_model_weights
+from geosapiens.models.stage_checkpoint import VALIDATION_CONFIDENCE, build_pose_model, load_model_weights
 from geosapiens.skeleton import COCO17
 
 
@@ -81,6 +82,10 @@ class PoseStage(L.LightningModule):
         self.codec = UDPHeatmapCodec((h, w), (h // 4, w // 4), sigma=sigma)
         self.param_ndims: dict[int, int] = {}
         self.val_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
+        # how sure the network is of the validation poses: the mean over images of their joints' heatmap
+        # peaks, kept in the checkpoint (a geometry teacher's is the reference of its per-image gate)
+        self.val_confidence = MeanMetric()
+        self.validation_confidence: float | None = None
         self.test_pck = PCK(thresholds=pck_thresholds, norm=pck_norm)
         # every test sample's errors, for paired comparisons of runs, and the test PCK curve drawn from them
         # (both written by TestResultsWriter; LogValidationImages plots the curve)
@@ -100,6 +105,8 @@ class PoseStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         drop_frozen_keys(self, checkpoint["state_dict"])
+        if self.validation_confidence is not None:
+            checkpoint[VALIDATION_CONFIDENCE] = self.validation_confidence
 
     def train(self, mode: bool = True) -> PoseStage:
         super().train(mode)
@@ -132,8 +139,16 @@ class PoseStage(L.LightningModule):
         return apply_affine(keypoints, invert_affine(affine)), scores
 
     # -- evaluation ------------------------------------------------------------------------------------------
-    def _evaluate(self, batch: dict, metric: PCK, errors: SampleErrors | None = None) -> None:
-        pred, _ = self.predict_keypoints(batch["image"], batch["affine"])
+    def _evaluate(
+        self,
+        batch: dict,
+        metric: PCK,
+        errors: SampleErrors | None = None,
+        confidence: MeanMetric | None = None,
+    ) -> None:
+        pred, scores = self.predict_keypoints(batch["image"], batch["affine"])
+        if confidence is not None:
+            confidence.update(scores.mean(dim=1))
         target = apply_affine(batch["keypoints"], invert_affine(batch["affine"]))
         labelled = batch["weights"] > 0
         metric.update(pred, target, labelled, bbox=batch["bbox"])
@@ -141,13 +156,17 @@ class PoseStage(L.LightningModule):
             errors.update(pred, target, labelled, index=batch["index"], bbox=batch["bbox"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_pck)
+        self._evaluate(batch, self.val_pck, confidence=self.val_confidence)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_pck, self.test_errors)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_pck, "val/")
+        if self.val_confidence.update_called:
+            self.validation_confidence = float(self.val_confidence.compute())
+            self.log("val/confidence", self.validation_confidence, sync_dist=False)
+        self.val_confidence.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_pck, "test/")
