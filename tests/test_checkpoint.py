@@ -204,3 +204,18 @@ def test_convert_reports_errors(tmp_path, files, capsys):
     assert "pass --grid H W" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["convert", str(files["depth"]), str(tmp_path / "o.pth")])
+
+
+def test_a_stage_keeps_its_validation_confidence_in_its_checkpoints_and_across_a_resume():
+    from geosapiens.models.stage_checkpoint import VALIDATION_CONFIDENCE
+    from geosapiens.stages import SupervisedPose
+
+    stage = SupervisedPose(backbone="timm:resnet10t", input_size=(64, 64), flip_test=False)
+    checkpoint = {"state_dict": stage.state_dict()}
+    stage.on_save_checkpoint(checkpoint)
+    assert VALIDATION_CONFIDENCE not in checkpoint  # never validated: nothing to keep
+    stage.validation_confidence = 0.62
+    stage.on_save_checkpoint(checkpoint)
+    resumed = SupervisedPose(backbone="timm:resnet10t", input_size=(64, 64), flip_test=False)
+    resumed.on_load_checkpoint(checkpoint)
+    assert checkpoint[VALIDATION_CONFIDENCE] == resumed.validation_confidence == 0.62

@@ -108,6 +108,10 @@ class PoseStage(L.LightningModule):
         if self.validation_confidence is not None:
             checkpoint[VALIDATION_CONFIDENCE] = self.validation_confidence
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed run's checkpoints keep it until its next validation
+        self.validation_confidence = checkpoint.get(VALIDATION_CONFIDENCE)
+
     def train(self, mode: bool = True) -> PoseStage:
         super().train(mode)
         for name in frozen_children(self):
