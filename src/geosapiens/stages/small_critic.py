@@ -67,23 +67,11 @@ class SmallCriticTask(L.LightningModule):
             + hp.normal_weight * losses["normal"]
             + hp.mask_weight * losses["mask"]
         )
-        batch_size = batch["image"].shape[0]
-        self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=stage != "train",
-            add_dataloader_idx=False,
-        )
-        for name, value in losses.items():
-            self.log(
-                f"{stage}/{name}",
-                value,
-                batch_size=batch_size,
-                sync_dist=stage != "train",
-                add_dataloader_idx=False,
-            )
+        # one key per validation loader (val/, val_target/), not Lightning's dataloader_idx suffix
+        n = batch["image"].shape[0]
+        common = dict(batch_size=n, sync_dist=stage != "train", add_dataloader_idx=False)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **common)
+        self.log_dict({f"{stage}/{name}": value for name, value in losses.items()}, **common)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
